@@ -1,0 +1,736 @@
+//! Configuration in two phases: [`raw`] parses the YAML schema (unknown keys are errors),
+//! [`Config::from_yaml`] validates it into the typed, compiled form the gateway runs on.
+//! Every problem is reported with its key path, line and column; nothing is bound or
+//! fetched until the whole file is valid.
+
+pub mod raw;
+pub mod source;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Method, Uri};
+use jsonwebtoken::Algorithm;
+use serde_norway::Value;
+
+pub use source::{Problem, Problems};
+use source::Positions;
+
+/// The validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub limits: Limits,
+    pub log: LogConfig,
+    pub realm: String,
+    pub token_cache: TokenCacheConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub identity_headers: Vec<IdentityHeader>,
+    pub routes: Vec<RouteConfig>,
+    /// Things that are allowed but worth an operator's look (`check` prints them).
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub json: bool,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenCacheConfig {
+    pub max_entries: u64,
+    pub ttl: Duration,
+}
+
+#[derive(Clone)]
+pub enum KeySource {
+    /// `jwks_uri` from `{issuer}/.well-known/openid-configuration`.
+    Discovery,
+    Uri(Uri),
+    File(PathBuf),
+    /// A shared HMAC secret: this issuer accepts HS* only.
+    Secret(Vec<u8>),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Discovery => f.write_str("Discovery"),
+            KeySource::Uri(u) => write!(f, "Uri({u})"),
+            KeySource::File(p) => write!(f, "File({})", p.display()),
+            KeySource::Secret(_) => f.write_str("Secret(<redacted>)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub keys: KeySource,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub jwks_refresh: Duration,
+    pub jwks_max_stale: Duration,
+    /// Minimum time between refetches caused by an unknown `kid`.
+    pub jwks_refetch_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Scheme and authority only; the request's normalized path is appended.
+    pub uri: Uri,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityHeader {
+    pub name: HeaderName,
+    /// Dotted claim path, split.
+    pub claim: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    /// Segment-aware: `/api` matches `/api` and `/api/x`, not `/apix`.
+    Prefix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Lower-case host without port.
+    pub host: Option<String>,
+    pub path: PathMatch,
+    pub methods: Option<Vec<Method>>,
+    pub upstream: usize,
+    /// `None` is `auth: none`.
+    pub auth: Option<AuthPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    /// Indexes into `Config::issuers`.
+    pub issuers: Vec<usize>,
+    pub scopes: Vec<String>,
+    pub claims: Vec<ClaimRequirement>,
+    pub sources: Vec<TokenSource>,
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// The raw value of a named header.
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimRequirement {
+    pub claim: Vec<String>,
+    pub matcher: ClaimMatcher,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClaimMatcher {
+    Equals(serde_json::Value),
+    OneOf(Vec<serde_json::Value>),
+    Contains(serde_json::Value),
+}
+
+const HMAC_ALGS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+/// Headers an identity header may never be: the gateway or HTTP itself owns them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-request-id",
+];
+
+impl Config {
+    /// Read and validate a file. The error lists every problem found.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Problems {
+            file: file.clone(),
+            list: vec![Problem {
+                path: String::new(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_yaml(&text, base, &|k| std::env::var(k).ok())
+            .map_err(|list| Problems { file, list })
+    }
+
+    /// Validate YAML text; relative file paths resolve against `base`.
+    pub fn from_yaml(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<Problem>> {
+        let (value, pos) = source::load(text, env)?;
+        let raw: raw::Gateway = deserialize(value, &pos)?;
+        let mut v = Validator {
+            pos: &pos,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let config = v.gateway(raw, base);
+        if v.problems.is_empty() {
+            let mut config = config;
+            config.warnings = v.warnings;
+            Ok(config)
+        } else {
+            Err(v.problems)
+        }
+    }
+}
+
+/// Deserialize a subtree, turning serde's error into a positioned problem.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    value: Value,
+    pos: &Positions,
+) -> Result<T, Vec<Problem>> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        vec![pos.problem(&path, e.into_inner().to_string())]
+    })
+}
+
+struct Validator<'a> {
+    pos: &'a Positions,
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, path: &str, msg: impl Into<String>) {
+        self.problems.push(self.pos.problem(path, msg));
+    }
+
+    fn warn(&mut self, path: &str, msg: impl Into<String>) {
+        self.warnings.push(self.pos.problem(path, msg));
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(path, format!("`{s}` is not an address: write it as 127.0.0.1:8080 or [::1]:8080"));
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, path: &str, d: Option<raw::Dur>, default: Duration) -> Duration {
+        match d {
+            Some(raw::Dur(d)) if d.is_zero() => {
+                self.err(path, "must be greater than zero");
+                default
+            }
+            Some(raw::Dur(d)) => d,
+            None => default,
+        }
+    }
+
+    fn gateway(&mut self, raw: raw::Gateway, base: &Path) -> Config {
+        if raw.listeners.is_empty() {
+            self.err("listeners", "at least one listener is required");
+        }
+        let listeners = raw
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| self.addr(&format!("listeners[{i}].address"), &l.address))
+            .collect();
+        let admin = raw
+            .admin
+            .as_ref()
+            .and_then(|a| self.addr("admin.address", &a.address));
+
+        let limits = Limits {
+            header_timeout: self.positive(
+                "limits.header_timeout",
+                raw.limits.header_timeout,
+                Duration::from_secs(10),
+            ),
+            max_header_bytes: raw.limits.max_header_bytes.unwrap_or(16 * 1024),
+            max_connections: raw.limits.max_connections.unwrap_or(10_000),
+            idle_timeout: self.positive(
+                "limits.idle_timeout",
+                raw.limits.idle_timeout,
+                Duration::from_secs(60),
+            ),
+        };
+        if limits.max_header_bytes < 1024 {
+            self.err("limits.max_header_bytes", "must be at least 1024");
+        }
+        if limits.max_connections == 0 {
+            self.err("limits.max_connections", "must be greater than zero");
+        }
+
+        let json = match raw.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                self.err("log.format", format!("`{other}` is not a log format: use text or json"));
+                false
+            }
+        };
+        let level = raw.log.level.clone().unwrap_or_else(|| "info".to_owned());
+        if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+            self.err("log.level", format!("`{level}` is not a level: use trace, debug, info, warn or error"));
+        }
+
+        let token_cache = TokenCacheConfig {
+            max_entries: raw.token_cache.max_entries.unwrap_or(100_000),
+            ttl: self.positive("token_cache.ttl", raw.token_cache.ttl, Duration::from_secs(300)),
+        };
+
+        let issuers = self.issuers(&raw.issuers, base);
+        let upstreams = self.upstreams(&raw.upstreams);
+        let identity_headers = self.identity_headers(&raw.identity_headers);
+        let routes = self.routes(raw.routes, &issuers, &upstreams);
+
+        Config {
+            listeners,
+            admin,
+            limits,
+            log: LogConfig { json, level },
+            realm: raw.realm.unwrap_or_else(|| "jwtgate".to_owned()),
+            token_cache,
+            issuers,
+            upstreams,
+            identity_headers,
+            routes,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn issuers(&mut self, raw: &[raw::Issuer], base: &Path) -> Vec<IssuerConfig> {
+        let mut names = HashSet::new();
+        let mut iss_values = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let p = format!("issuers[{i}]");
+            if !names.insert(r.name.clone()) {
+                self.err(&format!("{p}.name"), format!("duplicate issuer name `{}`", r.name));
+            }
+            if r.issuer.is_empty() {
+                self.err(&format!("{p}.issuer"), "must not be empty: it must equal the tokens' `iss` claim");
+            } else if !iss_values.insert(r.issuer.clone()) {
+                self.err(&format!("{p}.issuer"), format!("issuer `{}` is configured twice; tokens are matched to an issuer by `iss`", r.issuer));
+            }
+            let sources = [r.discovery, r.jwks_uri.is_some(), r.jwks_file.is_some(), r.secret.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            if sources != 1 {
+                self.err(&p, "exactly one key source is required: `discovery: true`, `jwks_uri`, `jwks_file` or `secret`");
+            }
+            let keys = if let Some(s) = &r.secret {
+                if s.len() < 32 {
+                    self.err(&format!("{p}.secret"), "an HMAC secret must be at least 32 bytes");
+                }
+                KeySource::Secret(s.as_bytes().to_vec())
+            } else if let Some(u) = &r.jwks_uri {
+                KeySource::Uri(self.fetch_url(&format!("{p}.jwks_uri"), u).unwrap_or_default())
+            } else if let Some(f) = &r.jwks_file {
+                KeySource::File(base.join(f))
+            } else {
+                if r.discovery {
+                    let _ = self.fetch_url(&format!("{p}.issuer"), &r.issuer);
+                }
+                KeySource::Discovery
+            };
+
+            if r.audiences.is_empty() || r.audiences.iter().any(String::is_empty) {
+                self.err(&format!("{p}.audiences"), "list the audiences this gateway accepts (the tokens' `aud`); at least one, none empty");
+            }
+            let mut algorithms = Vec::new();
+            if r.algorithms.is_empty() {
+                self.err(&format!("{p}.algorithms"), "list the allowed signing algorithms, e.g. [RS256]");
+            }
+            for (j, a) in r.algorithms.iter().enumerate() {
+                let ap = format!("{p}.algorithms[{j}]");
+                match parse_algorithm(a) {
+                    Some(alg) => {
+                        let hmac = HMAC_ALGS.contains(&alg);
+                        if hmac && r.secret.is_none() {
+                            self.err(&ap, format!("{a} needs a shared `secret`; an issuer with public keys never accepts HMAC algorithms"));
+                        } else if !hmac && r.secret.is_some() {
+                            self.err(&ap, format!("an issuer with a `secret` accepts only HS256, HS384 or HS512, not {a}"));
+                        }
+                        algorithms.push(alg);
+                    }
+                    None => self.err(&ap, format!("`{a}` is not a supported algorithm: use RS256/384/512, PS256/384/512, ES256/384, EdDSA, or HS256/384/512 with a secret")),
+                }
+            }
+            let leeway = r.leeway.map(|d| d.0).unwrap_or(Duration::from_secs(30));
+            if leeway > Duration::from_secs(300) {
+                self.err(&format!("{p}.leeway"), "at most 5m: clock skew larger than that is a broken clock");
+            }
+            out.push(IssuerConfig {
+                name: r.name.clone(),
+                issuer: r.issuer.clone(),
+                keys,
+                audiences: r.audiences.clone(),
+                algorithms,
+                leeway,
+                jwks_refresh: self.positive(&format!("{p}.jwks_refresh"), r.jwks_refresh, Duration::from_secs(600)),
+                jwks_max_stale: self.positive(&format!("{p}.jwks_max_stale"), r.jwks_max_stale, Duration::from_secs(86_400)),
+                jwks_refetch_interval: self.positive(&format!("{p}.jwks_refetch_interval"), r.jwks_refetch_interval, Duration::from_secs(10)),
+            });
+        }
+        out
+    }
+
+    /// An http(s) URL to fetch keys from; plain http is allowed but warned about off loopback.
+    fn fetch_url(&mut self, path: &str, s: &str) -> Option<Uri> {
+        let uri: Uri = match s.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                self.err(path, format!("`{s}` is not a URL"));
+                return None;
+            }
+        };
+        match (uri.scheme_str(), uri.host()) {
+            (Some("https"), Some(_)) => Some(uri),
+            (Some("http"), Some(host)) => {
+                if !is_loopback_host(host) {
+                    self.warn(path, format!("keys fetched over plain http from `{host}` can be tampered with in transit; use https"));
+                }
+                Some(uri)
+            }
+            _ => {
+                self.err(path, format!("`{s}` must be an absolute http:// or https:// URL"));
+                None
+            }
+        }
+    }
+
+    fn upstreams(&mut self, raw: &[raw::Upstream]) -> Vec<UpstreamConfig> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let p = format!("upstreams[{i}]");
+            if !names.insert(r.name.clone()) {
+                self.err(&format!("{p}.name"), format!("duplicate upstream name `{}`", r.name));
+            }
+            let uri = match r.url.parse::<Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {
+                    if u.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty()) {
+                        self.err(&format!("{p}.url"), "must not carry a path or query: the request's normalized path is forwarded as is");
+                    }
+                    u
+                }
+                Ok(u) if u.scheme_str() == Some("https") => {
+                    self.err(&format!("{p}.url"), "https upstreams are not supported yet; use http:// (loopback or a trusted network)");
+                    u
+                }
+                _ => {
+                    self.err(&format!("{p}.url"), format!("`{}` must be an absolute http:// URL such as http://127.0.0.1:3000", r.url));
+                    Uri::default()
+                }
+            };
+            let uri = Uri::builder()
+                .scheme(uri.scheme_str().unwrap_or("http"))
+                .authority(uri.authority().map(|a| a.as_str()).unwrap_or("invalid"))
+                .path_and_query("/")
+                .build()
+                .unwrap_or_default();
+            out.push(UpstreamConfig {
+                name: r.name.clone(),
+                uri,
+                connect_timeout: self.positive(&format!("{p}.connect_timeout"), r.connect_timeout, Duration::from_secs(2)),
+                timeout: self.positive(&format!("{p}.timeout"), r.timeout, Duration::from_secs(30)),
+            });
+        }
+        if out.is_empty() {
+            self.err("upstreams", "at least one upstream is required");
+        }
+        out
+    }
+
+    fn identity_headers(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<IdentityHeader> {
+        let mut out: Vec<IdentityHeader> = Vec::new();
+        for (name, claim) in raw {
+            let p = format!("identity_headers.{name}");
+            let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
+                self.err(&p, format!("`{name}` is not a valid header name"));
+                continue;
+            };
+            if RESERVED_HEADERS.contains(&hn.as_str()) {
+                self.err(&p, format!("`{name}` is owned by HTTP or the gateway and cannot carry identity"));
+                continue;
+            }
+            if out.iter().any(|h| h.name == hn) {
+                self.err(&p, format!("`{name}` is listed twice (header names are case-insensitive)"));
+                continue;
+            }
+            let path: Vec<String> = claim.split('.').map(str::to_owned).collect();
+            if path.iter().any(String::is_empty) {
+                self.err(&p, format!("`{claim}` is not a claim path: write `sub` or `realm_access.roles`"));
+                continue;
+            }
+            out.push(IdentityHeader { name: hn, claim: path });
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        raw: Vec<raw::Route>,
+        issuers: &[IssuerConfig],
+        upstreams: &[UpstreamConfig],
+    ) -> Vec<RouteConfig> {
+        let issuer_index: HashMap<&str, usize> = issuers.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let upstream_index: HashMap<&str, usize> = upstreams.iter().enumerate().map(|(i, u)| (u.name.as_str(), i)).collect();
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        if raw.is_empty() {
+            self.err("routes", "at least one route is required");
+        }
+        for (i, r) in raw.into_iter().enumerate() {
+            let p = format!("routes[{i}]");
+            if !names.insert(r.name.clone()) {
+                self.err(&format!("{p}.name"), format!("duplicate route name `{}`", r.name));
+            }
+            let path = match (&r.matcher.path, &r.matcher.path_prefix) {
+                (Some(x), None) => self.route_path(&format!("{p}.match.path"), x).map(PathMatch::Exact),
+                (None, Some(x)) => self.route_path(&format!("{p}.match.path_prefix"), x).map(|s| {
+                    PathMatch::Prefix(if s == "/" { s } else { s.trim_end_matches('/').to_owned() })
+                }),
+                _ => {
+                    self.err(&format!("{p}.match"), "give exactly one of `path` or `path_prefix`");
+                    None
+                }
+            };
+            let methods = r.matcher.methods.as_ref().map(|ms| {
+                ms.iter()
+                    .enumerate()
+                    .filter_map(|(j, m)| {
+                        let up = m.to_ascii_uppercase();
+                        match Method::from_bytes(up.as_bytes()) {
+                            Ok(m) => Some(m),
+                            Err(_) => {
+                                self.err(&format!("{p}.match.methods[{j}]"), format!("`{m}` is not an HTTP method"));
+                                None
+                            }
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let host = r.matcher.host.as_ref().map(|h| h.to_ascii_lowercase());
+            if let Some(h) = &host {
+                if h.is_empty() || h.contains(':') || h.contains('/') {
+                    self.err(&format!("{p}.match.host"), "a host name without port, e.g. api.example.com");
+                }
+            }
+            let upstream = match upstream_index.get(r.upstream.as_str()) {
+                Some(u) => *u,
+                None => {
+                    self.err(&format!("{p}.upstream"), format!("no upstream named `{}`", r.upstream));
+                    0
+                }
+            };
+            let auth = self.auth(&format!("{p}.auth"), r.auth, &issuer_index);
+            if let Some(path) = path {
+                out.push(RouteConfig { name: r.name, host, path, methods, upstream, auth });
+            }
+        }
+        out
+    }
+
+    fn route_path(&mut self, path: &str, s: &str) -> Option<String> {
+        match crate::route::normalize_path(s.as_bytes()) {
+            Ok(n) if n == s => Some(s.to_owned()),
+            Ok(n) => {
+                self.err(path, format!("`{s}` is not in normalized form; write `{n}`"));
+                None
+            }
+            Err(e) => {
+                self.err(path, format!("`{s}` is not a valid path: {e}"));
+                None
+            }
+        }
+    }
+
+    fn auth(
+        &mut self,
+        path: &str,
+        value: Value,
+        issuer_index: &HashMap<&str, usize>,
+    ) -> Option<AuthPolicy> {
+        if value.as_str() == Some("none") {
+            return None;
+        }
+        if !value.is_mapping() {
+            self.err(path, "write `auth: none` or `auth: { issuers: [...] }`");
+            return None;
+        }
+        let policy: raw::Policy = match deserialize(value, &Positions::default()) {
+            Ok(p) => p,
+            Err(e) => {
+                for p in e {
+                    let sub = if p.path.is_empty() { path.to_owned() } else { format!("{path}.{}", p.path) };
+                    self.err(&sub, p.message);
+                }
+                return None;
+            }
+        };
+        if policy.issuers.is_empty() {
+            self.err(&format!("{path}.issuers"), "name at least one issuer, or write `auth: none`");
+        }
+        let issuers = policy
+            .issuers
+            .iter()
+            .enumerate()
+            .filter_map(|(j, n)| match issuer_index.get(n.as_str()) {
+                Some(i) => Some(*i),
+                None => {
+                    self.err(&format!("{path}.issuers[{j}]"), format!("no issuer named `{n}`"));
+                    None
+                }
+            })
+            .collect();
+        let mut claims = Vec::new();
+        for (name, m) in policy.require.claims {
+            let cp = format!("{path}.require.claims.{name}");
+            let claim: Vec<String> = name.split('.').map(str::to_owned).collect();
+            if claim.iter().any(String::is_empty) {
+                self.err(&cp, "not a claim path");
+                continue;
+            }
+            let matcher: raw::Matcher = match serde_norway::from_value(m) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.err(&cp, format!("{e}; use one of `equals: V`, `one_of: [..]`, `contains: V`"));
+                    continue;
+                }
+            };
+            let matcher = match (matcher.equals, matcher.one_of, matcher.contains) {
+                (Some(v), None, None) => ClaimMatcher::Equals(v),
+                (None, Some(v), None) => ClaimMatcher::OneOf(v),
+                (None, None, Some(v)) => ClaimMatcher::Contains(v),
+                _ => {
+                    self.err(&cp, "give exactly one of `equals`, `one_of`, `contains`");
+                    continue;
+                }
+            };
+            claims.push(ClaimRequirement { claim, matcher });
+        }
+        let sources = match policy.token_sources {
+            None => vec![TokenSource::Bearer],
+            Some(list) => {
+                if list.is_empty() {
+                    self.err(&format!("{path}.token_sources"), "list at least one source, or leave it out for `[header]`");
+                }
+                let mut out: Vec<TokenSource> = Vec::new();
+                for (j, v) in list.iter().enumerate() {
+                    let sp = format!("{path}.token_sources[{j}]");
+                    match token_source(v) {
+                        Ok(s) if out.contains(&s) => self.err(&sp, "listed twice"),
+                        Ok(s) => out.push(s),
+                        Err(e) => self.err(&sp, e),
+                    }
+                }
+                out
+            }
+        };
+        Some(AuthPolicy {
+            issuers,
+            scopes: policy.require.scopes,
+            claims,
+            sources,
+            forward_token: policy.forward_token,
+        })
+    }
+}
+
+fn token_source(v: &Value) -> Result<TokenSource, String> {
+    const HELP: &str = "a token source is `header`, `{ header: NAME }`, `{ cookie: NAME }` or `{ query: NAME }`";
+    if v.as_str() == Some("header") {
+        return Ok(TokenSource::Bearer);
+    }
+    let map = v.as_mapping().filter(|m| m.len() == 1).ok_or(HELP)?;
+    let (k, val) = map.iter().next().ok_or(HELP)?;
+    let name = val.as_str().filter(|s| !s.is_empty()).ok_or(HELP)?;
+    match k.as_str() {
+        Some("header") => HeaderName::from_bytes(name.as_bytes())
+            .map(TokenSource::Header)
+            .map_err(|_| format!("`{name}` is not a header name")),
+        Some("cookie") => Ok(TokenSource::Cookie(name.to_owned())),
+        Some("query") => Ok(TokenSource::Query(name.to_owned())),
+        Some("websocket_protocol") => Err("`websocket_protocol` token sources are not supported yet".to_owned()),
+        _ => Err(HELP.to_owned()),
+    }
+}
+
+pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
+    Some(match s {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        _ => return None,
+    })
+}
+
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

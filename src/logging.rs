@@ -1,0 +1,17 @@
+//! Log set-up: text or JSON through `tracing`. Tokens, signatures and secrets are never
+//! logged anywhere in the crate; the access line carries route names, not queries.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogConfig;
+
+/// Install the global subscriber; `RUST_LOG` overrides the configured level.
+pub fn init(cfg: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if cfg.json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,189 @@
+//! Finding the token: from the route's configured sources, exactly one of which may carry
+//! it (RFC 6750 §2), and removing it again before the request goes upstream.
+
+use std::borrow::Cow;
+
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
+
+use crate::config::TokenSource;
+use crate::error::Reject;
+use crate::route::hex;
+
+/// A presented token. `Debug` never shows it.
+pub struct Token<'a> {
+    pub value: Cow<'a, str>,
+    /// Index of the source in the route's `token_sources`.
+    pub source: usize,
+}
+
+impl std::fmt::Debug for Token<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(<redacted>, source {})", self.source)
+    }
+}
+
+/// The token the request presents through `sources`, if any. Two tokens — from two
+/// sources, or twice from one — are refused rather than one of them picked.
+pub fn extract<'a>(
+    sources: &[TokenSource],
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Option<Token<'a>>, Reject> {
+    let mut found: Option<Token<'a>> = None;
+    for (index, source) in sources.iter().enumerate() {
+        let value = match source {
+            TokenSource::Bearer => bearer(headers)?,
+            TokenSource::Header(name) => single(headers.get_all(name).iter())?
+                .map(|v| v.to_str().map(|s| Cow::Borrowed(s.trim())).map_err(|_| Reject::Malformed))
+                .transpose()?,
+            TokenSource::Cookie(name) => cookie(headers, name)?,
+            TokenSource::Query(name) => query.map(|q| query_param(q, name)).transpose()?.flatten(),
+        };
+        if let Some(value) = value {
+            if found.is_some() {
+                return Err(Reject::MultipleTokens);
+            }
+            if value.is_empty() {
+                return Err(Reject::Malformed);
+            }
+            found = Some(Token { value, source: index });
+        }
+    }
+    Ok(found)
+}
+
+fn single<'a>(mut values: impl Iterator<Item = &'a HeaderValue>) -> Result<Option<&'a HeaderValue>, Reject> {
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Reject::MultipleTokens);
+    }
+    Ok(first)
+}
+
+/// `Authorization: Bearer <token>`; another scheme is not a token of ours.
+fn bearer(headers: &HeaderMap) -> Result<Option<Cow<'_, str>>, Reject> {
+    let Some(v) = single(headers.get_all(AUTHORIZATION).iter())? else {
+        return Ok(None);
+    };
+    let s = v.to_str().map_err(|_| Reject::Malformed)?;
+    let (scheme, rest) = s.split_once(' ').unwrap_or((s, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    Ok(Some(Cow::Borrowed(rest.trim())))
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a, str>>, Reject> {
+    let mut found = None;
+    for v in headers.get_all(COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            let (k, val) = pair.split_once('=').unwrap_or((pair, ""));
+            if k.trim() == name {
+                if found.is_some() {
+                    return Err(Reject::MultipleTokens);
+                }
+                found = Some(Cow::Borrowed(val.trim().trim_matches('"')));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A query parameter by name, comparing decoded names so `access%5Ftoken` is no way around.
+fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, Reject> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(k) == name {
+            if found.is_some() {
+                return Err(Reject::MultipleTokens);
+            }
+            found = Some(percent_decode(v));
+        }
+    }
+    Ok(found)
+}
+
+/// Remove the token from where it came so the upstream never sees it. Returns the new
+/// query string when the token came from the query.
+pub fn remove(source: &TokenSource, headers: &mut HeaderMap, query: Option<&str>) -> Option<Option<String>> {
+    match source {
+        TokenSource::Bearer => {
+            headers.remove(AUTHORIZATION);
+            None
+        }
+        TokenSource::Header(name) => {
+            headers.remove(name);
+            None
+        }
+        TokenSource::Cookie(name) => {
+            let kept: Vec<String> = headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|s| s.split(';'))
+                .filter(|pair| pair.split_once('=').map_or(pair.trim(), |(k, _)| k.trim()) != name)
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect();
+            headers.remove(COOKIE);
+            if !kept.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                    headers.insert(COOKIE, v);
+                }
+            }
+            None
+        }
+        TokenSource::Query(name) => {
+            let q = query?;
+            let kept: Vec<&str> = q
+                .split('&')
+                .filter(|pair| percent_decode(pair.split_once('=').map_or(*pair, |(k, _)| k)) != name.as_str())
+                .collect();
+            Some(if kept.is_empty() { None } else { Some(kept.join("&")) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Query names are compared decoded, so an encoded name cannot smuggle the token past removal.
+    #[test]
+    fn encoded_query_names_match() {
+        assert_eq!(query_param("a=1&access%5Ftoken=t.o.k", "access_token").ok().flatten().as_deref(), Some("t.o.k"));
+        assert_eq!(query_param("access_token=a&access_token=b", "access_token").err(), Some(Reject::MultipleTokens));
+        assert_eq!(
+            remove(&TokenSource::Query("access_token".into()), &mut HeaderMap::new(), Some("a=1&access%5ftoken=x&b=2")),
+            Some(Some("a=1&b=2".to_owned()))
+        );
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("a%41"), "aA");
+    }
+}

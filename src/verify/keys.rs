@@ -1,0 +1,490 @@
+//! Per-issuer signing keys: fetched from a JWKS URL (explicit or by OIDC discovery), read
+//! from a file, or a configured HMAC secret. Keys are swapped in atomically; the request
+//! path only reads. An unknown `kid` triggers at most one refetch per issuer at a time and
+//! at most one per `jwks_refetch_interval`, so a flood of random kids never becomes a flood
+//! to the identity provider.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+use crate::config::{IssuerConfig, KeySource};
+use crate::metrics::Metrics;
+
+/// Largest key document accepted: a JWKS is a few KiB; more is an attack or a mistake.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bit for each algorithm, so a key's permitted algorithms are one mask test.
+pub fn alg_bit(alg: Algorithm) -> u16 {
+    1 << (match alg {
+        Algorithm::HS256 => 0,
+        Algorithm::HS384 => 1,
+        Algorithm::HS512 => 2,
+        Algorithm::ES256 => 3,
+        Algorithm::ES384 => 4,
+        Algorithm::RS256 => 5,
+        Algorithm::RS384 => 6,
+        Algorithm::RS512 => 7,
+        Algorithm::PS256 => 8,
+        Algorithm::PS384 => 9,
+        Algorithm::PS512 => 10,
+        Algorithm::EdDSA => 11,
+    })
+}
+
+const RSA_ALGS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+pub struct Key {
+    pub kid: Option<Box<str>>,
+    pub key: DecodingKey,
+    /// Algorithms this key may verify (`alg_bit` mask).
+    pub algs: u16,
+}
+
+/// One generation of an issuer's keys.
+pub struct KeySet {
+    pub keys: Vec<Key>,
+    /// When the keys were last confirmed by the source; `None` for a secret (never stale).
+    pub confirmed: Option<Instant>,
+    /// Changes whenever the keys themselves change: cached verifications of an older
+    /// epoch are verified again.
+    pub epoch: u64,
+    fingerprint: u64,
+}
+
+impl KeySet {
+    fn empty() -> KeySet {
+        KeySet {
+            keys: Vec::new(),
+            confirmed: Some(Instant::now() - Duration::from_secs(365 * 86_400)),
+            epoch: 0,
+            fingerprint: 0,
+        }
+    }
+}
+
+pub enum Lookup<'a> {
+    Found(&'a Key),
+    Unknown,
+    /// No confirmed keys within `jwks_max_stale`: fail closed.
+    Unavailable,
+}
+
+pub struct IssuerKeys {
+    pub cfg: IssuerConfig,
+    current: ArcSwap<KeySet>,
+    /// Set once the first usable key set is in place.
+    loaded: std::sync::atomic::AtomicBool,
+    /// Completed fetch attempts, so waiters on the single-flight lock can tell that
+    /// someone else fetched while they waited.
+    attempts: AtomicU64,
+    refetch: tokio::sync::Mutex<Option<Instant>>,
+    fetcher: Fetcher,
+    metrics: Metrics,
+}
+
+impl IssuerKeys {
+    pub fn new(cfg: IssuerConfig, fetcher: Fetcher, metrics: Metrics) -> Arc<IssuerKeys> {
+        let set = match &cfg.keys {
+            KeySource::Secret(s) => KeySet {
+                keys: vec![Key {
+                    kid: None,
+                    key: DecodingKey::from_secret(s),
+                    algs: cfg.algorithms.iter().fold(0, |m, a| m | alg_bit(*a)),
+                }],
+                confirmed: None,
+                epoch: 1,
+                fingerprint: 1,
+            },
+            _ => KeySet::empty(),
+        };
+        let loaded = matches!(cfg.keys, KeySource::Secret(_));
+        Arc::new(IssuerKeys {
+            cfg,
+            current: ArcSwap::from_pointee(set),
+            loaded: loaded.into(),
+            attempts: AtomicU64::new(0),
+            refetch: tokio::sync::Mutex::new(None),
+            fetcher,
+            metrics,
+        })
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.current.load()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.current.load().epoch
+    }
+
+    /// Usable keys are in place and not past `jwks_max_stale`.
+    pub fn ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+            && !self.is_stale(&self.current.load())
+    }
+
+    fn is_stale(&self, set: &KeySet) -> bool {
+        set.confirmed
+            .is_some_and(|t| t.elapsed() > self.cfg.jwks_max_stale)
+    }
+
+    /// Find the key for `kid` able to verify `alg`. A token without `kid` is accepted only
+    /// when exactly one key fits the algorithm.
+    pub fn lookup<'a>(&self, set: &'a KeySet, kid: Option<&str>, alg: Algorithm) -> Lookup<'a> {
+        if self.is_stale(set) || set.keys.is_empty() && set.confirmed.is_some() && !self.loaded.load(Ordering::Acquire) {
+            return Lookup::Unavailable;
+        }
+        let bit = alg_bit(alg);
+        let mut fits = set.keys.iter().filter(|k| k.algs & bit != 0);
+        match kid {
+            Some(kid) => fits
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .map_or(Lookup::Unknown, Lookup::Found),
+            None => match (fits.next(), fits.next()) {
+                (Some(k), None) => Lookup::Found(k),
+                _ => Lookup::Unknown,
+            },
+        }
+    }
+
+    /// Called on an unknown `kid`: refetch once, shared by everyone waiting, and not more
+    /// often than `jwks_refetch_interval`. Returns whether a fetch completed since the
+    /// caller looked, i.e. whether looking again can help.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        if matches!(self.cfg.keys, KeySource::Secret(_)) {
+            return false;
+        }
+        let seen = self.attempts.load(Ordering::Acquire);
+        let mut last = self.refetch.lock().await;
+        if self.attempts.load(Ordering::Acquire) != seen {
+            return true;
+        }
+        if last.is_some_and(|t| t.elapsed() < self.cfg.jwks_refetch_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        self.refresh().await.is_ok()
+    }
+
+    /// Fetch and install the keys; on failure the old keys stay (until `jwks_max_stale`).
+    /// Returns the `Cache-Control: max-age` the source sent, if any.
+    pub async fn refresh(&self) -> Result<Option<Duration>, String> {
+        let result = self.fetch().await;
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        let issuer = self.cfg.name.as_str();
+        match result {
+            Ok((doc, max_age)) => {
+                let keys = parse_jwks(&doc, &self.cfg);
+                if keys.is_empty() {
+                    self.metrics.jwks_refresh(issuer, "no_usable_keys");
+                    return Err("the key set holds no usable key".to_owned());
+                }
+                let fingerprint = fingerprint(&doc);
+                let old = self.current.load();
+                let epoch = if old.fingerprint == fingerprint { old.epoch } else { old.epoch + 1 };
+                self.metrics.jwks_keys(issuer, keys.len());
+                self.current.store(Arc::new(KeySet {
+                    keys,
+                    confirmed: Some(Instant::now()),
+                    epoch,
+                    fingerprint,
+                }));
+                self.loaded.store(true, Ordering::Release);
+                self.metrics.jwks_refresh(issuer, "ok");
+                Ok(max_age)
+            }
+            Err(e) => {
+                self.metrics.jwks_refresh(issuer, "error");
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<(Bytes, Option<Duration>), String> {
+        match &self.cfg.keys {
+            KeySource::Secret(_) => Err("a secret is not fetched".to_owned()),
+            KeySource::File(path) => {
+                let data = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if data.len() > MAX_DOCUMENT_BYTES {
+                    return Err(format!("{} is larger than 1 MiB", path.display()));
+                }
+                Ok((Bytes::from(data), None))
+            }
+            KeySource::Uri(uri) => self.fetcher.get(uri).await,
+            KeySource::Discovery => {
+                let base = self.cfg.issuer.trim_end_matches('/');
+                let url: Uri = format!("{base}/.well-known/openid-configuration")
+                    .parse()
+                    .map_err(|_| "the issuer is not a URL".to_owned())?;
+                let (doc, _) = self.fetcher.get(&url).await?;
+                let doc: Value = serde_json::from_slice(&doc)
+                    .map_err(|e| format!("discovery document is not JSON: {e}"))?;
+                // OIDC Discovery §4.3: the document must name the issuer we asked about.
+                if doc.get("issuer").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
+                    return Err("discovery document names another issuer".to_owned());
+                }
+                let jwks: Uri = doc
+                    .get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+                    .filter(|u: &Uri| matches!(u.scheme_str(), Some("https" | "http")))
+                    .ok_or_else(|| "discovery document has no usable jwks_uri".to_owned())?;
+                self.fetcher.get(&jwks).await
+            }
+        }
+    }
+
+    /// Background refresh: on `jwks_refresh` (or the source's max-age within bounds),
+    /// with backoff while the source fails. Files are also watched for changes.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if matches!(self.cfg.keys, KeySource::Secret(_)) {
+            return;
+        }
+        let refresh = self.cfg.jwks_refresh;
+        let floor = refresh.min(Duration::from_secs(30));
+        let mut failures: u32 = 0;
+        let mut file_stamp = self.file_stamp().await;
+        loop {
+            let delay = match self.refresh().await {
+                Ok(max_age) => {
+                    failures = 0;
+                    max_age.unwrap_or(refresh).clamp(floor, refresh)
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(issuer = %self.cfg.name, error = %e, "JWKS refresh failed; keeping the cached keys until jwks_max_stale");
+                    backoff(failures).min(refresh)
+                }
+            };
+            let deadline = tokio::time::Instant::now() + delay;
+            // Files: poll their stamp every second so an edit takes effect promptly.
+            loop {
+                let step = if matches!(self.cfg.keys, KeySource::File(_)) {
+                    Duration::from_secs(1)
+                } else {
+                    delay
+                };
+                let wake = (tokio::time::Instant::now() + step).min(deadline);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                let stamp = self.file_stamp().await;
+                if stamp != file_stamp {
+                    file_stamp = stamp;
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn file_stamp(&self) -> Option<(SystemTime, u64)> {
+        let KeySource::File(p) = &self.cfg.keys else {
+            return None;
+        };
+        let m = tokio::fs::metadata(p).await.ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+}
+
+/// Exponential backoff with jitter: 1 s, 2 s, 4 s … capped at 60 s.
+pub fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
+    base.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+fn fingerprint(doc: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::quality::FixedState::default().build_hasher();
+    h.write(doc);
+    h.finish().max(1)
+}
+
+/// Parse a JWKS document key by key: an unusable key is skipped with a log line instead of
+/// failing the whole set.
+pub fn parse_jwks(doc: &[u8], cfg: &IssuerConfig) -> Vec<Key> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        keys: Vec<Value>,
+    }
+    let doc: Doc = match serde_json::from_slice(doc) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(issuer = %cfg.name, error = %e, "JWKS document is not a JSON object with a `keys` array");
+            return Vec::new();
+        }
+    };
+    let allowed = cfg.algorithms.iter().fold(0u16, |m, a| m | alg_bit(*a));
+    let mut out = Vec::new();
+    for (i, raw) in doc.keys.into_iter().enumerate() {
+        match parse_key(&raw) {
+            Ok((kid, key, algs)) => {
+                if algs & allowed == 0 {
+                    tracing::info!(issuer = %cfg.name, index = i, kid = kid.as_deref().unwrap_or(""), "JWKS key skipped: none of its algorithms is allowed for this issuer");
+                    continue;
+                }
+                out.push(Key { kid: kid.map(Into::into), key, algs: algs & allowed });
+            }
+            Err(why) => {
+                let kid = raw.get("kid").and_then(Value::as_str).unwrap_or("");
+                tracing::warn!(issuer = %cfg.name, index = i, kid, reason = why, "JWKS key skipped");
+            }
+        }
+    }
+    out
+}
+
+fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static str> {
+    let obj = raw.as_object().ok_or("not an object")?;
+    let kid = match obj.get("kid") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("kid is not a string"),
+    };
+    if obj.get("use").is_some_and(|u| u != "sig") {
+        return Err("use is not `sig`");
+    }
+    let kty = obj.get("kty").and_then(Value::as_str).ok_or("no kty")?;
+    let family: u16 = match kty {
+        "RSA" => {
+            let n = obj.get("n").and_then(Value::as_str).ok_or("RSA key without n")?;
+            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(n.trim_end_matches('='))
+                .map_err(|_| "RSA modulus is not base64url")?;
+            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+            if bits < 2048 {
+                return Err("RSA modulus shorter than 2048 bits");
+            }
+            RSA_ALGS.iter().fold(0, |m, a| m | alg_bit(*a))
+        }
+        "EC" => match obj.get("crv").and_then(Value::as_str) {
+            Some("P-256") => alg_bit(Algorithm::ES256),
+            Some("P-384") => alg_bit(Algorithm::ES384),
+            _ => return Err("unsupported EC curve"),
+        },
+        "OKP" => match obj.get("crv").and_then(Value::as_str) {
+            Some("Ed25519") => alg_bit(Algorithm::EdDSA),
+            _ => return Err("unsupported OKP curve"),
+        },
+        "oct" => return Err("symmetric keys are never taken from a JWKS"),
+        _ => return Err("unknown kty"),
+    };
+    let algs = match obj.get("alg") {
+        None => family,
+        Some(Value::String(a)) => {
+            let bit = crate::config::parse_algorithm(a).map(alg_bit).ok_or("unknown alg")?;
+            if bit & family == 0 {
+                return Err("alg does not fit the key type");
+            }
+            bit
+        }
+        Some(_) => return Err("alg is not a string"),
+    };
+    // `from_jwk` wants a well-formed JWK; give it only the members it understands.
+    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|_| "malformed JWK")?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "unusable key material")?;
+    Ok((kid, key, algs))
+}
+
+/// Fetches key documents over http(s) with a size limit and a timeout.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>,
+}
+
+impl Fetcher {
+    pub fn new() -> Fetcher {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls_config())
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Fetcher {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub async fn get(&self, uri: &Uri) -> Result<(Bytes, Option<Duration>), String> {
+        let req = Request::get(uri.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, concat!("jwtgate/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self.client.request(req).await.map_err(|e| format!("cannot reach {uri}: {e}"))?;
+            if resp.status() != StatusCode::OK {
+                return Err(format!("{uri} answered {}", resp.status()));
+            }
+            let max_age = resp
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_max_age);
+            let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading {uri}: {e}"))?
+                .to_bytes();
+            Ok((body, max_age))
+        };
+        tokio::time::timeout(FETCH_TIMEOUT, fut)
+            .await
+            .map_err(|_| format!("{uri} did not answer within {FETCH_TIMEOUT:?}"))?
+    }
+}
+
+impl Default for Fetcher {
+    fn default() -> Self {
+        Fetcher::new()
+    }
+}
+
+/// TLS client settings for key fetches: the system's CA certificates, TLS 1.2 and 1.3.
+pub fn client_tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        tracing::warn!("no system CA certificates found; https key URLs will fail to verify");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+fn parse_max_age(v: &str) -> Option<Duration> {
+    v.split(',').find_map(|d| {
+        let d = d.trim();
+        let (k, val) = d.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("max-age").then(|| val.trim().trim_matches('"').parse().ok().map(Duration::from_secs))?
+    })
+}

@@ -1,0 +1,300 @@
+//! Token verification: JOSE header checks, issuer by `iss`, key by `kid`, signature, then
+//! the registered claims — and the verified-token cache that lets a repeated token skip
+//! the signature while `exp` is still checked on every request.
+
+pub mod keys;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::header::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Validation;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::{Config, IdentityHeader};
+use crate::error::Reject;
+use crate::metrics::Metrics;
+use keys::{Fetcher, IssuerKeys, Lookup};
+
+/// Tokens longer than this are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// What a verified token grants, computed once and shared by every request that
+/// presents the same token.
+#[derive(Debug)]
+pub struct Verified {
+    pub issuer: usize,
+    pub claims: Map<String, Value>,
+    pub exp: u64,
+    pub nbf: Option<u64>,
+    pub iat: Option<u64>,
+    leeway: u64,
+    /// Scopes from `scope` (space-separated) or `scp` (array or string).
+    pub scopes: Box<[Box<str>]>,
+    /// Identity headers to inject, values already checked.
+    pub identity: Box<[(HeaderName, HeaderValue)]>,
+    key_epoch: u64,
+}
+
+impl Verified {
+    /// The time checks that must hold on every request, cached or not.
+    fn check_time(&self, now: u64) -> Result<(), Reject> {
+        if self.exp.saturating_add(self.leeway) < now {
+            return Err(Reject::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            return Err(Reject::NotYetValid);
+        }
+        Ok(())
+    }
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+type TokenCache = moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::RandomState>;
+
+pub struct Verifier {
+    pub issuers: Vec<Arc<IssuerKeys>>,
+    validations: Vec<Validation>,
+    by_iss: HashMap<String, usize, foldhash::fast::RandomState>,
+    cache: TokenCache,
+    identity_headers: Vec<IdentityHeader>,
+    metrics: Metrics,
+}
+
+#[derive(Deserialize)]
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    kid: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+impl Verifier {
+    pub fn new(config: &Config, fetcher: Fetcher, metrics: Metrics) -> Verifier {
+        let issuers: Vec<_> = config
+            .issuers
+            .iter()
+            .map(|c| IssuerKeys::new(c.clone(), fetcher.clone(), metrics.clone()))
+            .collect();
+        let validations = config
+            .issuers
+            .iter()
+            .map(|c| {
+                // Every field set explicitly: the library defaults are too lax for a gateway.
+                let mut v = Validation::new(c.algorithms[0]);
+                v.algorithms = c.algorithms.clone();
+                v.leeway = c.leeway.as_secs();
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.validate_aud = true;
+                v.set_audience(&c.audiences);
+                v.set_issuer(&[c.issuer.as_str()]);
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
+                v.reject_tokens_expiring_in_less_than = 0;
+                v.sub = None;
+                v
+            })
+            .collect();
+        let by_iss = config
+            .issuers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.issuer.clone(), i))
+            .collect();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.token_cache.max_entries)
+            .time_to_live(config.token_cache.ttl)
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        Verifier {
+            issuers,
+            validations,
+            by_iss,
+            cache,
+            identity_headers: config.identity_headers.clone(),
+            metrics,
+        }
+    }
+
+    /// Whether every issuer has usable keys.
+    pub fn ready(&self) -> bool {
+        self.issuers.iter().all(|i| i.ready())
+    }
+
+    /// Verify `token` for a route that accepts `allowed` issuers, at time `now`.
+    pub async fn verify(&self, token: &str, allowed: &[usize], now: u64) -> Result<Arc<Verified>, Reject> {
+        if let Some(hit) = self.cache.get(token) {
+            if hit.key_epoch == self.issuers[hit.issuer].epoch() {
+                self.metrics.token_cache_hits.inc();
+                if !allowed.contains(&hit.issuer) {
+                    return Err(Reject::UnknownIssuer);
+                }
+                hit.check_time(now)?;
+                return Ok(hit);
+            }
+        }
+        self.metrics.token_cache_misses.inc();
+        let verified = Arc::new(self.verify_signature(token, allowed, now).await?);
+        self.cache.insert(Arc::from(token), verified.clone());
+        Ok(verified)
+    }
+
+    async fn verify_signature(&self, token: &str, allowed: &[usize], now: u64) -> Result<Verified, Reject> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Reject::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(Reject::Malformed);
+        };
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header_json = b64.decode(h64).map_err(|_| Reject::Malformed)?;
+        let header: JoseHeader = serde_json::from_slice(&header_json).map_err(|_| Reject::Malformed)?;
+        // We implement no JWS extensions, so any `crit` is one we do not understand.
+        if header.crit.is_some() {
+            return Err(Reject::UnsupportedCrit);
+        }
+        let alg = crate::config::parse_algorithm(&header.alg).ok_or(Reject::AlgorithmNotAllowed)?;
+
+        let payload = b64.decode(p64).map_err(|_| Reject::Malformed)?;
+        let claims: Map<String, Value> = serde_json::from_slice(&payload).map_err(|_| Reject::Malformed)?;
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or(Reject::Malformed)?;
+        let issuer = *self.by_iss.get(iss).ok_or(Reject::UnknownIssuer)?;
+        if !allowed.contains(&issuer) {
+            return Err(Reject::UnknownIssuer);
+        }
+        let keys = &self.issuers[issuer];
+        if !keys.cfg.algorithms.contains(&alg) {
+            return Err(Reject::AlgorithmNotAllowed);
+        }
+
+        let kid = header.kid.as_deref();
+        let mut refetched = false;
+        loop {
+            let set = keys.snapshot();
+            match keys.lookup(&set, kid, alg) {
+                Lookup::Found(key) => {
+                    let validation = &self.validations[issuer];
+                    jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &key.key, validation)
+                        .map_err(map_jwt_error)?;
+                    return self.build(issuer, claims, set.epoch, now);
+                }
+                Lookup::Unavailable => return Err(Reject::KeysUnavailable),
+                Lookup::Unknown if refetched => return Err(Reject::UnknownKey),
+                Lookup::Unknown => {
+                    if !keys.refetch_for_unknown_kid().await {
+                        return Err(Reject::UnknownKey);
+                    }
+                    refetched = true;
+                }
+            }
+        }
+    }
+
+    fn build(&self, issuer: usize, claims: Map<String, Value>, key_epoch: u64, now: u64) -> Result<Verified, Reject> {
+        let leeway = self.issuers[issuer].cfg.leeway.as_secs();
+        let numeric = |name: &str| -> Result<Option<u64>, Reject> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(v) => v.as_u64().or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64)).map(Some).ok_or(Reject::Malformed),
+            }
+        };
+        let exp = numeric("exp")?.ok_or(Reject::Malformed)?;
+        let nbf = numeric("nbf")?;
+        let iat = numeric("iat")?;
+        if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+            return Err(Reject::IssuedInFuture);
+        }
+        let scopes = policy::scopes(&claims);
+        let identity = self
+            .identity_headers
+            .iter()
+            .filter_map(|h| {
+                let v = policy::lookup(&claims, &h.claim)?;
+                match identity_value(v) {
+                    Some(value) => Some((h.name.clone(), value)),
+                    None => {
+                        tracing::warn!(header = %h.name, "identity claim refused: not a string, number, boolean or array of them, or holds non-visible characters; header not forwarded");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let verified = Verified {
+            issuer,
+            claims,
+            exp,
+            nbf,
+            iat,
+            leeway,
+            scopes,
+            identity,
+            key_epoch,
+        };
+        verified.check_time(now)?;
+        Ok(verified)
+    }
+
+    /// Drop every cached verification (used when the configuration changes).
+    pub fn clear_cache(&self) {
+        self.cache.invalidate_all();
+    }
+
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        self.cache.policy().time_to_live()
+    }
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> Reject {
+    match e.kind() {
+        ErrorKind::InvalidSignature => Reject::BadSignature,
+        ErrorKind::ExpiredSignature => Reject::Expired,
+        ErrorKind::ImmatureSignature => Reject::NotYetValid,
+        ErrorKind::InvalidAudience => Reject::WrongAudience,
+        ErrorKind::InvalidIssuer => Reject::WrongIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Reject::AlgorithmNotAllowed,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => Reject::WrongAudience,
+        _ => Reject::Malformed,
+    }
+}
+
+/// A claim as a header value: strings, numbers and booleans as text, arrays of those
+/// joined with `,`. Anything else, or any byte outside visible ASCII and space, is refused.
+fn identity_value(v: &Value) -> Option<HeaderValue> {
+    fn scalar(v: &Value, out: &mut String) -> Option<()> {
+        match v {
+            Value::String(s) => out.push_str(s),
+            Value::Number(n) => out.push_str(&n.to_string()),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            _ => return None,
+        }
+        Some(())
+    }
+    let mut s = String::new();
+    match v {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                scalar(item, &mut s)?;
+            }
+        }
+        other => scalar(other, &mut s)?,
+    }
+    if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    HeaderValue::from_str(&s).ok()
+}
