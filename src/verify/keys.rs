@@ -28,7 +28,12 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bit for each algorithm, so a key's permitted algorithms are one mask test.
 pub fn alg_bit(alg: Algorithm) -> u16 {
-    1 << (match alg {
+    1 << alg_index(alg)
+}
+
+/// A dense index per algorithm (0..12).
+pub fn alg_index(alg: Algorithm) -> usize {
+    match alg {
         Algorithm::HS256 => 0,
         Algorithm::HS384 => 1,
         Algorithm::HS512 => 2,
@@ -41,7 +46,7 @@ pub fn alg_bit(alg: Algorithm) -> u16 {
         Algorithm::PS384 => 9,
         Algorithm::PS512 => 10,
         Algorithm::EdDSA => 11,
-    })
+    }
 }
 
 const RSA_ALGS: [Algorithm; 6] = [

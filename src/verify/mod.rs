@@ -64,7 +64,9 @@ type TokenCache = moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::Ran
 
 pub struct Verifier {
     pub issuers: Vec<Arc<IssuerKeys>>,
-    validations: Vec<Validation>,
+    /// Per issuer, per algorithm (`keys::alg_index`): the library's validation settings.
+    /// The library wants one algorithm family per `Validation`, so there is one per alg.
+    validations: Vec<[Option<Validation>; 12]>,
     by_iss: HashMap<String, usize, foldhash::fast::RandomState>,
     cache: TokenCache,
     identity_headers: Vec<IdentityHeader>,
@@ -92,19 +94,11 @@ impl Verifier {
             .issuers
             .iter()
             .map(|c| {
-                // Every field set explicitly: the library defaults are too lax for a gateway.
-                let mut v = Validation::new(c.algorithms[0]);
-                v.algorithms = c.algorithms.clone();
-                v.leeway = c.leeway.as_secs();
-                v.validate_exp = true;
-                v.validate_nbf = true;
-                v.validate_aud = true;
-                v.set_audience(&c.audiences);
-                v.set_issuer(&[c.issuer.as_str()]);
-                v.set_required_spec_claims(&["exp", "iss", "aud"]);
-                v.reject_tokens_expiring_in_less_than = 0;
-                v.sub = None;
-                v
+                let mut per_alg: [Option<Validation>; 12] = Default::default();
+                for alg in &c.algorithms {
+                    per_alg[keys::alg_index(*alg)] = Some(validation(c, *alg));
+                }
+                per_alg
             })
             .collect();
         let by_iss = config
@@ -185,7 +179,9 @@ impl Verifier {
             let set = keys.snapshot();
             match keys.lookup(&set, kid, alg) {
                 Lookup::Found(key) => {
-                    let validation = &self.validations[issuer];
+                    let validation = self.validations[issuer][keys::alg_index(alg)]
+                        .as_ref()
+                        .ok_or(Reject::AlgorithmNotAllowed)?;
                     jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &key.key, validation)
                         .map_err(map_jwt_error)?;
                     return self.build(issuer, claims, set.epoch, now);
@@ -254,6 +250,22 @@ impl Verifier {
     pub fn cache_ttl(&self) -> Option<Duration> {
         self.cache.policy().time_to_live()
     }
+}
+
+/// Every field set explicitly: the library defaults are too lax for a gateway.
+fn validation(c: &crate::config::IssuerConfig, alg: jsonwebtoken::Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.algorithms = vec![alg];
+    v.leeway = c.leeway.as_secs();
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.set_audience(&c.audiences);
+    v.set_issuer(&[c.issuer.as_str()]);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v.reject_tokens_expiring_in_less_than = 0;
+    v.sub = None;
+    v
 }
 
 fn map_jwt_error(e: jsonwebtoken::errors::Error) -> Reject {

@@ -1,0 +1,322 @@
+//! Test support: a real identity provider (discovery + JWKS over loopback), token minting
+//! with fixture keys, the gateway started on 127.0.0.1:0, and a raw HTTP client that sends
+//! exactly the bytes a test gives it.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use jwtgate::dev::Echo;
+use jwtgate::config::Config;
+use jwtgate::server::Running;
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)).expect("fixture")
+}
+
+pub fn now() -> u64 {
+    jwtgate::verify::now_unix()
+}
+
+pub fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// A signing key with its public JWK.
+pub struct Signer {
+    pub alg: Algorithm,
+    pub kid: String,
+    pub key: EncodingKey,
+    pub jwk: Value,
+}
+
+impl Signer {
+    /// `file` is a PKCS#8 PEM in tests/fixtures; HMAC signers take the secret instead.
+    pub fn new(file: &str, alg: Algorithm, kid: &str) -> Signer {
+        let pem = fixture(file);
+        let key = match alg {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
+                EncodingKey::from_rsa_pem(&pem).expect("rsa pem")
+            }
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).expect("ec pem"),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).expect("ed pem"),
+            _ => panic!("use Signer::hmac"),
+        };
+        let mut jwk = if alg == Algorithm::EdDSA {
+            // jsonwebtoken cannot build an OKP JWK: the SPKI DER ends with the 32-byte key.
+            let der = pem_body(&fixture(&file.replace(".pem", ".pub.pem")));
+            json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(&der[der.len() - 32..]) })
+        } else {
+            serde_json::to_value(Jwk::from_encoding_key(&key, alg).expect("jwk")).expect("json")
+        };
+        jwk["kid"] = json!(kid);
+        jwk["use"] = json!("sig");
+        Signer { alg, kid: kid.to_owned(), key, jwk }
+    }
+
+    pub fn hmac(secret: &[u8], alg: Algorithm) -> Signer {
+        Signer { alg, kid: String::new(), key: EncodingKey::from_secret(secret), jwk: Value::Null }
+    }
+
+    /// Sign `claims` under a header of `typ: JWT`, `alg`, and `kid` (when set).
+    pub fn mint(&self, claims: &Value) -> String {
+        let mut header = json!({ "typ": "JWT", "alg": alg_name(self.alg) });
+        if !self.kid.is_empty() {
+            header["kid"] = json!(self.kid);
+        }
+        self.mint_raw(&header, claims)
+    }
+
+    /// Sign with an arbitrary JOSE header.
+    pub fn mint_raw(&self, header: &Value, claims: &Value) -> String {
+        let msg = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &self.key, self.alg).expect("sign");
+        format!("{msg}.{sig}")
+    }
+}
+
+fn pem_body(pem: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(pem);
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).expect("pem base64")
+}
+
+pub fn alg_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+    }
+}
+
+/// Claims valid for ten minutes for `iss` and audience `api`.
+pub fn claims(iss: &str) -> Value {
+    let now = now();
+    json!({ "iss": iss, "aud": "api", "sub": "42", "iat": now, "exp": now + 600, "jti": format!("{:x}", fastrand::u64(..)) })
+}
+
+/// A real identity provider on loopback: discovery document and JWKS, with a fetch
+/// counter and a switch to make it fail.
+#[derive(Clone)]
+pub struct Idp {
+    pub url: String,
+    keys: Arc<Mutex<Vec<Value>>>,
+    raw_jwks: Arc<Mutex<Option<Bytes>>>,
+    fetches: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+}
+
+impl Idp {
+    pub async fn start(keys: Vec<Value>) -> Idp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let idp = Idp {
+            url: url.clone(),
+            keys: Arc::new(Mutex::new(keys)),
+            raw_jwks: Arc::new(Mutex::new(None)),
+            fetches: Arc::new(AtomicUsize::new(0)),
+            down: Arc::new(AtomicBool::new(false)),
+        };
+        let me = idp.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let me = me.clone();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.answer(&req)) }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        idp
+    }
+
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if self.down.load(Ordering::SeqCst) {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"down")));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return r;
+        }
+        match req.uri().path() {
+            "/.well-known/openid-configuration" => Response::new(Full::new(Bytes::from(
+                json!({ "issuer": self.url, "jwks_uri": format!("{}/jwks.json", self.url) }).to_string(),
+            ))),
+            "/jwks.json" => {
+                self.fetches.fetch_add(1, Ordering::SeqCst);
+                let body = match self.raw_jwks.lock().expect("lock").clone() {
+                    Some(raw) => raw,
+                    None => Bytes::from(json!({ "keys": *self.keys.lock().expect("lock") }).to_string()),
+                };
+                Response::new(Full::new(body))
+            }
+            _ => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                r
+            }
+        }
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("{}/jwks.json", self.url)
+    }
+    pub fn set_keys(&self, keys: Vec<Value>) {
+        *self.keys.lock().expect("lock") = keys;
+    }
+    /// Serve these exact bytes as the JWKS document.
+    pub fn set_raw_jwks(&self, raw: Option<Bytes>) {
+        *self.raw_jwks.lock().expect("lock") = raw;
+    }
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// Start the gateway in-process from YAML and wait until it is ready (every issuer has keys).
+pub async fn start_gateway(yaml: &str) -> Running {
+    let config = Config::from_yaml(yaml, Path::new(env!("CARGO_MANIFEST_DIR")), &|k| std::env::var(k).ok())
+        .unwrap_or_else(|p| panic!("config: {p:?}"));
+    let running = jwtgate::server::start(config).await.expect("start");
+    for _ in 0..100 {
+        if running.gateway.verifier.ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    /// For a response from the echo upstream: the values of a header it received.
+    pub fn upstream_header(&self, name: &str) -> Vec<String> {
+        self.json()["headers"]
+            .as_array()
+            .map(|hs| {
+                hs.iter()
+                    .filter(|h| h[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+                    .filter_map(|h| h[1].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// For a response from the echo upstream: the path and query it received.
+    pub fn upstream_target(&self) -> String {
+        let j = self.json();
+        match j["query"].as_str() {
+            Some(q) => format!("{}?{q}", j["path"].as_str().unwrap_or("")),
+            None => j["path"].as_str().unwrap_or("").to_owned(),
+        }
+    }
+    /// The `error` attribute of the `WWW-Authenticate` challenge, if any.
+    pub fn challenge_error(&self) -> Option<String> {
+        let v = self.header("www-authenticate")?;
+        let i = v.find("error=\"")? + 7;
+        Some(v[i..].split('"').next()?.to_owned())
+    }
+}
+
+/// Send `head` (request line and headers, without the final blank line) plus `body` on a
+/// fresh connection and read the whole response.
+pub async fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = head.trim_end().replace('\n', "\r\n").into_bytes();
+    req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    req.extend_from_slice(body);
+    s.write_all(&req).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await.expect("response in time").expect("read");
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> Resp {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Resp { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
+        b = &b[(start + size + 2).min(b.len())..];
+    }
+}
+
+/// `GET path` with extra header lines (`"Name: value"`).
+pub async fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Resp {
+    request(addr, "GET", path, headers).await
+}
+
+pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str]) -> Resp {
+    let mut head = format!("{method} {path} HTTP/1.1\nHost: gw.test");
+    for h in headers {
+        head.push('\n');
+        head.push_str(h);
+    }
+    raw(addr, &head, b"").await
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}

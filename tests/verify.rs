@@ -1,0 +1,223 @@
+//! Token verification over loopback: a real IdP serving JWKS, the gateway, the echo upstream.
+
+mod support;
+
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use support::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-hmac";
+
+struct Setup {
+    idp: Idp,
+    echo: Echo,
+    gw: jwtgate::server::Running,
+}
+
+fn signers() -> Vec<Signer> {
+    vec![
+        Signer::new("rsa2048.pem", Algorithm::RS256, "rs256"),
+        Signer::new("rsa2048.pem", Algorithm::RS384, "rs384"),
+        Signer::new("rsa2048.pem", Algorithm::RS512, "rs512"),
+        Signer::new("rsa2048.pem", Algorithm::PS256, "ps256"),
+        Signer::new("rsa2048.pem", Algorithm::PS384, "ps384"),
+        Signer::new("rsa2048.pem", Algorithm::PS512, "ps512"),
+        Signer::new("ec256.pem", Algorithm::ES256, "es256"),
+        Signer::new("ec384.pem", Algorithm::ES384, "es384"),
+        Signer::new("ed25519.pem", Algorithm::EdDSA, "eddsa"),
+    ]
+}
+
+async fn setup() -> Setup {
+    let idp = Idp::start(signers().iter().map(|s| s.jwk.clone()).collect()).await;
+    let echo = Echo::start().await.expect("echo");
+    let yaml = format!(
+        r#"
+listeners: [ {{ address: "127.0.0.1:0" }} ]
+issuers:
+  - name: idp
+    issuer: {iss}
+    jwks_uri: {jwks}
+    audiences: [api, other-api]
+    algorithms: [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]
+    leeway: 5s
+  - name: shared
+    issuer: https://hmac.example
+    secret: "{SECRET}"
+    audiences: [api]
+    algorithms: [HS256, HS384, HS512]
+upstreams: [ {{ name: echo, url: "http://{echo}" }} ]
+routes:
+  - {{ name: hmac, match: {{ path_prefix: /hmac }}, upstream: echo, auth: {{ issuers: [shared] }} }}
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}
+"#,
+        iss = idp.url,
+        jwks = idp.jwks_url(),
+        echo = echo.addr
+    );
+    let gw = start_gateway(&yaml).await;
+    Setup { idp, echo, gw }
+}
+
+impl Setup {
+    fn upstream_requests(&self) -> u64 {
+        self.echo.stats.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Assert the token is refused with 401 and `error_description`, and never forwarded.
+    async fn refused(&self, path: &str, token: &str, description: &str) {
+        let before = self.upstream_requests();
+        let r = get(self.gw.addrs[0], path, &[&bearer(token)]).await;
+        assert_eq!(r.status, 401, "{description}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.challenge_error().as_deref(), Some("invalid_token"), "{description}");
+        assert_eq!(r.json()["error_description"], description);
+        assert_eq!(self.upstream_requests(), before, "{description}: the upstream saw the request");
+    }
+}
+
+/// Every asymmetric algorithm and every HMAC algorithm is accepted with a good token.
+#[tokio::test]
+async fn every_algorithm_accepted() {
+    let s = setup().await;
+    for signer in signers() {
+        let token = signer.mint(&claims(&s.idp.url));
+        let r = get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await;
+        assert_eq!(r.status, 200, "{:?}: {}", signer.alg, String::from_utf8_lossy(&r.body));
+    }
+    for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+        let token = Signer::hmac(SECRET.as_bytes(), alg).mint(&claims("https://hmac.example"));
+        let r = get(s.gw.addrs[0], "/hmac", &[&bearer(&token)]).await;
+        assert_eq!(r.status, 200, "{alg:?}");
+    }
+    // `aud` as an array with one accepted member passes too.
+    let mut c = claims(&s.idp.url);
+    c["aud"] = json!(["unrelated", "other-api"]);
+    let r = get(s.gw.addrs[0], "/x", &[&bearer(&signers()[0].mint(&c))]).await;
+    assert_eq!(r.status, 200);
+}
+
+/// Each broken token answers 401 invalid_token with its own description; nothing is forwarded.
+#[tokio::test]
+async fn broken_tokens_refused() {
+    let s = setup().await;
+    let rs = Signer::new("rsa2048.pem", Algorithm::RS256, "rs256");
+    let iss = s.idp.url.clone();
+    let now = now();
+
+    let mut c = claims(&iss);
+    c["exp"] = json!(now - 60);
+    s.refused("/x", &rs.mint(&c), "token expired").await;
+
+    let mut c = claims(&iss);
+    c["nbf"] = json!(now + 600);
+    s.refused("/x", &rs.mint(&c), "token not yet valid").await;
+
+    let mut c = claims(&iss);
+    c["iat"] = json!(now + 600);
+    s.refused("/x", &rs.mint(&c), "token issued in the future").await;
+
+    s.refused("/x", &rs.mint(&claims("https://evil.example")), "issuer not allowed").await;
+    // An issuer the gateway knows but this route does not accept.
+    let hs = Signer::hmac(SECRET.as_bytes(), Algorithm::HS256);
+    s.refused("/x", &hs.mint(&claims("https://hmac.example")), "issuer not allowed").await;
+
+    let mut c = claims(&iss);
+    c["aud"] = json!("someone-else");
+    s.refused("/x", &rs.mint(&c), "audience not allowed").await;
+    let mut c = claims(&iss);
+    c.as_object_mut().expect("obj").remove("aud");
+    s.refused("/x", &rs.mint(&c), "audience not allowed").await;
+
+    // Bad signature: another RSA key under the same kid, and a flipped signature byte.
+    let other = Signer::new("rsa2048b.pem", Algorithm::RS256, "rs256");
+    s.refused("/x", &other.mint(&claims(&iss)), "signature invalid").await;
+    let good = rs.mint(&claims(&iss));
+    let (msg, sig) = good.rsplit_once('.').expect("jwt");
+    let flipped = if sig.starts_with('A') { format!("B{}", &sig[1..]) } else { format!("A{}", &sig[1..]) };
+    s.refused("/x", &format!("{msg}.{flipped}"), "signature invalid").await;
+    // Payload swapped under a valid signature.
+    let mut c = claims(&iss);
+    c["sub"] = json!("admin");
+    let (h, _) = msg.split_once('.').expect("jwt");
+    s.refused("/x", &format!("{h}.{}.{sig}", b64(c.to_string().as_bytes())), "signature invalid").await;
+
+    // alg none, with and without a signature part.
+    let none_header = json!({ "alg": "none", "typ": "JWT" });
+    let unsigned = format!("{}.{}.", b64(none_header.to_string().as_bytes()), b64(claims(&iss).to_string().as_bytes()));
+    s.refused("/x", &unsigned, "algorithm not allowed").await;
+    let none_upper = json!({ "alg": "NONE", "kid": "rs256" });
+    let unsigned = format!("{}.{}.", b64(none_upper.to_string().as_bytes()), b64(claims(&iss).to_string().as_bytes()));
+    s.refused("/x", &unsigned, "algorithm not allowed").await;
+
+    // HS256 signed with the RSA public key (PEM and DER) as the HMAC secret.
+    let pub_pem = fixture("rsa2048.pub.pem");
+    for secret in [pub_pem.clone(), rs.jwk["n"].as_str().expect("n").as_bytes().to_vec()] {
+        let confused = Signer::hmac(&secret, Algorithm::HS256);
+        let t = confused.mint_raw(&json!({ "alg": "HS256", "kid": "rs256" }), &claims(&iss));
+        s.refused("/x", &t, "algorithm not allowed").await;
+    }
+
+    // An algorithm the issuer allows, but a key of another type (RSA kid, ES256 alg).
+    let es = Signer::new("ec256.pem", Algorithm::ES256, "rs256");
+    s.refused("/x", &es.mint(&claims(&iss)), "unknown key").await;
+
+    let unknown = Signer::new("rsa2048.pem", Algorithm::RS256, "never-published");
+    s.refused("/x", &unknown.mint(&claims(&iss)), "unknown key").await;
+
+    let mut c = claims(&iss);
+    c["exp"] = json!("9999999999");
+    s.refused("/x", &rs.mint(&c), "token malformed").await;
+    let mut c = claims(&iss);
+    c.as_object_mut().expect("obj").remove("exp");
+    s.refused("/x", &rs.mint(&c), "token malformed").await;
+
+    let crit = rs.mint_raw(&json!({ "alg": "RS256", "kid": "rs256", "crit": ["exp-ext"], "exp-ext": 1 }), &claims(&iss));
+    s.refused("/x", &crit, "unsupported critical header").await;
+
+    // Keys named by the token are never fetched: jku/x5u/jwk are ignored, the kid decides.
+    let evil = Signer::new("rsa2048b.pem", Algorithm::RS256, "evil");
+    let t = evil.mint_raw(
+        &json!({ "alg": "RS256", "kid": "evil", "jku": format!("{}/jwks.json", iss), "jwk": evil.jwk }),
+        &claims(&iss),
+    );
+    s.refused("/x", &t, "unknown key").await;
+
+    for garbage in ["", "abc", "a.b", "a.b.c.d", "!!!.@@@.###", "eyJhbGciOiJSUzI1NiJ9.e30.", "e30.e30.e30"] {
+        let before = s.upstream_requests();
+        let r = get(s.gw.addrs[0], "/x", &[&format!("Authorization: Bearer {garbage}")]).await;
+        assert_eq!(r.status, 401, "{garbage}");
+        assert_eq!(s.upstream_requests(), before);
+    }
+}
+
+/// A request with no token gets a bare challenge (no `error` attribute), per RFC 6750 §3.1.
+#[tokio::test]
+async fn missing_token_challenge() {
+    let s = setup().await;
+    let r = get(s.gw.addrs[0], "/x", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"jwtgate\""));
+    assert_eq!(r.json()["error_description"], "token missing");
+    let r = get(s.gw.addrs[0], "/x", &["Authorization: Basic dXNlcjpwYXNz"]).await;
+    assert_eq!(r.status, 401);
+}
+
+/// A repeated token hits the cache but `exp` is still checked on every request.
+#[tokio::test]
+async fn cached_token_still_expires() {
+    let s = setup().await;
+    let rs = Signer::new("ed25519.pem", Algorithm::EdDSA, "eddsa");
+    let mut c = claims(&s.idp.url);
+    // Expires (with the 5 s leeway) about 2 s from now.
+    c["exp"] = json!(now() - 3);
+    let token = rs.mint(&c);
+    assert_eq!(get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await.status, 200);
+    assert_eq!(get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await.status, 200);
+    let hits = s.gw.gateway.metrics.token_cache_hits.get();
+    assert!(hits >= 1, "second request should hit the cache");
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let r = get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error_description"], "token expired");
+    let _ = &s.idp;
+}
