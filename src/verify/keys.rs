@@ -148,7 +148,7 @@ impl IssuerKeys {
             && !self.is_stale(&self.current.load())
     }
 
-    fn is_stale(&self, set: &KeySet) -> bool {
+    pub fn is_stale(&self, set: &KeySet) -> bool {
         set.confirmed
             .is_some_and(|t| t.elapsed() > self.cfg.jwks_max_stale)
     }
@@ -156,7 +156,7 @@ impl IssuerKeys {
     /// Find the key for `kid` able to verify `alg`. A token without `kid` is accepted only
     /// when exactly one key fits the algorithm.
     pub fn lookup<'a>(&self, set: &'a KeySet, kid: Option<&str>, alg: Algorithm) -> Lookup<'a> {
-        if self.is_stale(set) || set.keys.is_empty() && set.confirmed.is_some() && !self.loaded.load(Ordering::Acquire) {
+        if self.is_stale(set) || !self.loaded.load(Ordering::Acquire) {
             return Lookup::Unavailable;
         }
         let bit = alg_bit(alg);

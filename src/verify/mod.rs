@@ -129,7 +129,12 @@ impl Verifier {
     /// Verify `token` for a route that accepts `allowed` issuers, at time `now`.
     pub async fn verify(&self, token: &str, allowed: &[usize], now: u64) -> Result<Arc<Verified>, Reject> {
         if let Some(hit) = self.cache.get(token) {
-            if hit.key_epoch == self.issuers[hit.issuer].epoch() {
+            let keys = &self.issuers[hit.issuer];
+            let set = keys.snapshot();
+            if keys.is_stale(&set) {
+                return Err(Reject::KeysUnavailable);
+            }
+            if hit.key_epoch == set.epoch {
                 self.metrics.token_cache_hits.inc();
                 if !allowed.contains(&hit.issuer) {
                     return Err(Reject::UnknownIssuer);
@@ -186,11 +191,15 @@ impl Verifier {
                         .map_err(map_jwt_error)?;
                     return self.build(issuer, claims, set.epoch, now);
                 }
-                Lookup::Unavailable => return Err(Reject::KeysUnavailable),
+                Lookup::Unavailable if refetched => return Err(Reject::KeysUnavailable),
                 Lookup::Unknown if refetched => return Err(Reject::UnknownKey),
-                Lookup::Unknown => {
+                miss => {
+                    // One shared, rate-limited refetch; then look again.
                     if !keys.refetch_for_unknown_kid().await {
-                        return Err(Reject::UnknownKey);
+                        return Err(match miss {
+                            Lookup::Unavailable => Reject::KeysUnavailable,
+                            _ => Reject::UnknownKey,
+                        });
                     }
                     refetched = true;
                 }
