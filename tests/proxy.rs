@@ -1,0 +1,348 @@
+//! The request path around verification: identity headers, token sources, path
+//! normalization, upstream failures, metrics.
+
+mod support;
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use support::*;
+
+struct Setup {
+    idp: Idp,
+    echo: Echo,
+    gw: jwtgate::server::Running,
+    key: Signer,
+}
+
+async fn setup() -> Setup {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    // A port nothing listens on, for the 502 case; a listener that never answers, for 504.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let yaml = format!(
+        r#"
+listeners: [ {{ address: "127.0.0.1:0" }} ]
+admin: {{ address: "127.0.0.1:0" }}
+issuers:
+  - name: idp
+    issuer: {iss}
+    jwks_uri: {jwks}
+    audiences: [api]
+    algorithms: [ES256]
+upstreams:
+  - {{ name: echo, url: "http://{echo}" }}
+  - {{ name: dead, url: "http://{dead}", connect_timeout: 1s }}
+  - {{ name: silent, url: "http://{silent_addr}", timeout: 500ms }}
+identity_headers:
+  X-User-Id: sub
+  X-User-Email: email
+  X-User-Roles: realm_access.roles
+  X-Auth-Issuer: iss
+routes:
+  - {{ name: public, match: {{ path_prefix: /public }}, upstream: echo, auth: none }}
+  - name: admin
+    match: {{ path_prefix: /admin }}
+    upstream: echo
+    auth: {{ issuers: [idp], require: {{ claims: {{ realm_access.roles: {{ contains: admin }} }} }} }}
+  - name: orders-write
+    match: {{ path_prefix: /api/orders, methods: [POST, DELETE] }}
+    upstream: echo
+    auth:
+      issuers: [idp]
+      require:
+        scopes: ["orders:write"]
+        claims: {{ tenant: {{ one_of: [acme, globex] }} }}
+  - {{ name: exact, match: {{ path: /exact }}, upstream: echo, auth: none }}
+  - {{ name: hosted, match: {{ host: api.example.com, path_prefix: /h }}, upstream: echo, auth: none }}
+  - name: live
+    match: {{ path_prefix: /live }}
+    upstream: echo
+    auth: {{ issuers: [idp], token_sources: [header, {{ query: access_token }}, {{ cookie: session }}, {{ header: X-Api-Token }}] }}
+  - name: keep
+    match: {{ path_prefix: /keep }}
+    upstream: echo
+    auth: {{ issuers: [idp], forward_token: true }}
+  - {{ name: down, match: {{ path_prefix: /down }}, upstream: dead, auth: none }}
+  - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: silent, auth: none }}
+  - {{ name: default, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}
+"#,
+        iss = idp.url,
+        jwks = idp.jwks_url(),
+        echo = echo.addr
+    );
+    let gw = start_gateway(&yaml).await;
+    Setup { idp, echo, gw, key }
+}
+
+impl Setup {
+    fn token(&self, extra: serde_json::Value) -> String {
+        let mut c = claims(&self.idp.url);
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        self.key.mint(&c)
+    }
+    fn a(&self) -> std::net::SocketAddr {
+        self.gw.addrs[0]
+    }
+}
+
+/// Client copies of identity headers never reach the upstream — any case, duplicated, or
+/// named in `Connection` — on authenticated and on `auth: none` routes.
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_upstream() {
+    let s = setup().await;
+    let token = s.token(json!({ "email": "ada@example.com" }));
+    let spoof = ["X-User-Id: 1", "x-user-id: 2", "X-USER-ID: 3", "X-Auth-Issuer: evil", "X-User-Roles: admin"];
+    for (path, auth) in [("/public/x", None), ("/other", Some(&token))] {
+        let mut headers: Vec<String> = spoof.iter().map(|s| s.to_string()).collect();
+        if let Some(t) = auth {
+            headers.push(bearer(t));
+        }
+        let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let r = get(s.a(), path, &refs).await;
+        assert_eq!(r.status, 200, "{path}");
+        let ids = r.upstream_header("x-user-id");
+        match auth {
+            Some(_) => assert_eq!(ids, vec!["42".to_owned()], "{path}"),
+            None => assert!(ids.is_empty(), "{path}: {ids:?}"),
+        }
+        assert!(r.upstream_header("x-user-roles").is_empty(), "{path}");
+        let iss = r.upstream_header("x-auth-issuer");
+        assert!(!iss.contains(&"evil".to_owned()), "{path}");
+    }
+    // Named in Connection: the client hopes the gateway drops its own header after setting it.
+    let r = get(s.a(), "/other", &[&bearer(&token), "Connection: X-User-Id, X-User-Email", "X-User-Id: 7"]).await;
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    assert_eq!(r.upstream_header("x-user-email"), vec!["ada@example.com".to_owned()]);
+    // Forwarding headers are the gateway's, not the client's.
+    let r = get(s.a(), "/public/x", &["X-Forwarded-For: 6.6.6.6", "Forwarded: for=6.6.6.6", "X-Forwarded-Host: evil"]).await;
+    assert_eq!(r.upstream_header("x-forwarded-for"), vec!["127.0.0.1".to_owned()]);
+    assert!(r.upstream_header("forwarded").is_empty());
+    assert_eq!(r.upstream_header("x-forwarded-host"), vec!["gw.test".to_owned()]);
+}
+
+/// Identity values: dotted paths, arrays joined with `,`, unsafe values not forwarded.
+#[tokio::test]
+async fn identity_header_values() {
+    let s = setup().await;
+    let t = s.token(json!({ "realm_access": { "roles": ["admin", "ops"] }, "email": "bad\r\nX-Evil: 1" }));
+    let r = get(s.a(), "/admin/panel", &[&bearer(&t)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-roles"), vec!["admin,ops".to_owned()]);
+    assert!(r.upstream_header("x-user-email").is_empty(), "CR/LF value must not be forwarded");
+    assert!(r.upstream_header("x-evil").is_empty());
+    let t = s.token(json!({ "email": "jos\u{e9}@example.com" }));
+    let r = get(s.a(), "/other", &[&bearer(&t)]).await;
+    assert!(r.upstream_header("x-user-email").is_empty(), "non-ASCII value must not be forwarded");
+    assert_eq!(r.upstream_header("x-auth-issuer"), vec![s.idp.url.clone()]);
+}
+
+/// Scopes (all-of, `scope` or `scp`) and claim matchers; failure is 403 insufficient_scope.
+#[tokio::test]
+async fn route_policy() {
+    let s = setup().await;
+    let cases = [
+        (json!({ "scope": "orders:read orders:write", "tenant": "acme" }), 200),
+        (json!({ "scp": ["orders:write"], "tenant": "globex" }), 200),
+        (json!({ "scope": "orders:read", "tenant": "acme" }), 403),
+        (json!({ "scope": "orders:write" }), 403),
+        (json!({ "scope": "orders:write", "tenant": "initech" }), 403),
+        (json!({ "scope": "orders:write", "tenant": ["initech", "acme"] }), 200),
+        (json!({ "scope": "orders:writer", "tenant": "acme" }), 403),
+    ];
+    for (extra, want) in cases {
+        let r = request(s.a(), "POST", "/api/orders", &[&bearer(&s.token(extra.clone())), "Content-Length: 0"]).await;
+        assert_eq!(r.status, want, "{extra}");
+        if want == 403 {
+            assert_eq!(r.challenge_error().as_deref(), Some("insufficient_scope"));
+        }
+    }
+    // GET is not a write method: the route does not match and the default policy applies.
+    let r = get(s.a(), "/api/orders", &[&bearer(&s.token(json!({})))]).await;
+    assert_eq!(r.status, 200);
+    // `contains` needs an array claim holding the value.
+    for (roles, want) in [(json!(["admin"]), 200), (json!("admin"), 403), (json!(["user"]), 403)] {
+        let r = get(s.a(), "/admin", &[&bearer(&s.token(json!({ "realm_access": { "roles": roles } })))]).await;
+        assert_eq!(r.status, want);
+    }
+}
+
+/// Tokens from the query, a cookie or a custom header are removed before forwarding;
+/// two tokens at once are a 400.
+#[tokio::test]
+async fn token_sources() {
+    let s = setup().await;
+    let t = s.token(json!({}));
+    let r = get(s.a(), &format!("/live/x?a=1&access_token={t}&b=2"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_target(), "/live/x?a=1&b=2");
+    assert!(!String::from_utf8_lossy(&r.body).contains(&t), "token reached the upstream");
+    let r = get(s.a(), &format!("/live/x?access%5Ftoken={t}"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_target(), "/live/x");
+
+    let r = get(s.a(), "/live/y", &[&format!("Cookie: theme=dark; session={t}; lang=en")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("cookie"), vec!["theme=dark; lang=en".to_owned()]);
+    let r = get(s.a(), "/live/y", &[&format!("X-Api-Token: {t}")]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.upstream_header("x-api-token").is_empty());
+    let r = get(s.a(), "/live/y", &[&bearer(&t)]).await;
+    assert!(r.upstream_header("authorization").is_empty());
+
+    for (path, headers) in [
+        (format!("/live/z?access_token={t}"), vec![bearer(&t)]),
+        ("/live/z".to_owned(), vec![format!("Cookie: session={t}"), bearer(&t)]),
+        (format!("/live/z?access_token={t}&access_token={t}"), vec![]),
+        ("/live/z".to_owned(), vec![bearer(&t), bearer(&t)]),
+    ] {
+        let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let r = get(s.a(), &path, &refs).await;
+        assert_eq!(r.status, 400, "{path} {headers:?}");
+        assert_eq!(r.json()["error"], "invalid_request");
+    }
+    // A route configured for the header only ignores a query token (and 401s without a header).
+    let r = get(s.a(), &format!("/other?access_token={t}"), &[]).await;
+    assert_eq!(r.status, 401);
+    // forward_token: true keeps the Authorization header.
+    let r = get(s.a(), "/keep", &[&bearer(&t)]).await;
+    assert_eq!(r.upstream_header("authorization"), vec![format!("Bearer {t}")]);
+}
+
+/// At least 30 path cases: each is a 400, or is matched to the route whose policy then
+/// applies — and the upstream receives exactly the path that was matched.
+#[tokio::test]
+async fn path_normalization_table() {
+    let s = setup().await;
+    // (raw target, expected status without a token, path the upstream must see)
+    let cases: &[(&str, u16, Option<&str>)] = &[
+        ("/public/x", 200, Some("/public/x")),
+        ("/public/../admin", 401, None),
+        ("/public/./../admin/x", 401, None),
+        ("//admin", 401, None),
+        ("///admin///x", 401, None),
+        ("/%2e%2e/admin", 400, None),
+        ("/public/%2e%2e/admin", 400, None),
+        ("/public/.%2E/admin", 400, None),
+        ("/public/%2e/x", 400, None),
+        ("/admin%2f", 400, None),
+        ("/public%2fadmin", 400, None),
+        ("/public%5cadmin", 400, None),
+        ("/public\\..\\admin", 400, None),
+        ("/ADMIN", 401, None),
+        ("/admin;x", 400, None),
+        ("/public;/../admin", 400, None),
+        ("/admin/", 401, None),
+        ("/adminx", 401, None),
+        ("/a/./b", 401, None),
+        ("/public/%00", 400, None),
+        ("/public/%0d%0a", 400, None),
+        ("/public/a%zz", 400, None),
+        ("/public/a%2", 400, None),
+        ("/%70ublic/x", 200, Some("/public/x")),
+        ("/public/%7e", 200, Some("/public/~")),
+        ("/public/a%20b", 200, Some("/public/a%20b")),
+        ("/public/a%c3%a9", 200, Some("/public/a%C3%A9")),
+        ("/public/x/..", 200, Some("/public/")),
+        ("/public/x?q=../admin", 200, Some("/public/x?q=../admin")),
+        ("/public", 200, Some("/public")),
+        ("/publicity", 401, None),
+        ("/..", 400, None),
+        ("/public/../..", 400, None),
+        ("/exact", 200, Some("/exact")),
+        ("/exact/", 401, None),
+        ("/exact/.", 401, None),
+        ("*", 400, None),
+        ("http://evil.example/public/x", 400, None),
+        ("http://gw.test/public/x", 200, Some("/public/x")),
+    ];
+    assert!(cases.len() >= 30);
+    for (target, want, seen) in cases {
+        let before = s.echo.stats.requests.load(std::sync::atomic::Ordering::SeqCst);
+        let r = get(s.a(), target, &[]).await;
+        assert_eq!(r.status, *want, "{target}: {}", String::from_utf8_lossy(&r.body));
+        let forwarded = s.echo.stats.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
+        match seen {
+            Some(p) => assert_eq!(r.upstream_target(), *p, "{target}"),
+            None => assert_eq!(forwarded, 0, "{target} was forwarded"),
+        }
+    }
+    // With a valid token, the rewritten admin paths reach the upstream normalized and
+    // under the admin route's policy (which needs the admin role).
+    let user = s.token(json!({}));
+    let admin = s.token(json!({ "realm_access": { "roles": ["admin"] } }));
+    for target in ["/public/../admin", "//admin", "/public/./../admin/x"] {
+        assert_eq!(get(s.a(), target, &[&bearer(&user)]).await.status, 403, "{target}");
+        let r = get(s.a(), target, &[&bearer(&admin)]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.upstream_target().starts_with("/admin"), "{target} → {}", r.upstream_target());
+    }
+    // Raw control bytes never pass.
+    let r = raw(s.a(), "GET /public/a\x01b HTTP/1.1\nHost: gw.test", b"").await;
+    assert_eq!(r.status, 400);
+}
+
+/// Hosts match without port, case-insensitively; a second Host header is refused.
+#[tokio::test]
+async fn host_matching() {
+    let s = setup().await;
+    let r = raw(s.a(), "GET /h/1 HTTP/1.1\nHost: API.Example.com:8443", b"").await;
+    assert_eq!(r.status, 200);
+    let r = raw(s.a(), "GET /h/1 HTTP/1.1\nHost: other.example.com", b"").await;
+    assert_eq!(r.status, 401, "falls through to the default route");
+    let r = raw(s.a(), "GET /h/1 HTTP/1.1\nHost: api.example.com\nHost: other", b"").await;
+    assert_eq!(r.status, 400);
+}
+
+/// Upstream refusing connections → 502, not answering → 504, with no upstream details.
+#[tokio::test]
+async fn upstream_failures() {
+    let s = setup().await;
+    let r = get(s.a(), "/down", &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error_description"], "upstream unavailable");
+    let r = get(s.a(), "/slow", &[]).await;
+    assert_eq!(r.status, 504);
+    assert!(!String::from_utf8_lossy(&r.body).contains("127.0.0.1"));
+}
+
+/// No route → 404 (never forwarded); metrics count each outcome per route name.
+#[tokio::test]
+async fn metrics_and_admin() {
+    let s = setup().await;
+    let admin = s.gw.admin.expect("admin");
+    let t = s.token(json!({}));
+    assert_eq!(get(s.a(), "/other", &[&bearer(&t)]).await.status, 200);
+    assert_eq!(get(s.a(), "/other", &[]).await.status, 401);
+    assert_eq!(get(s.a(), "/other", &[&bearer("x.y.z")]).await.status, 401);
+    assert_eq!(get(s.a(), "/%2e%2e/", &[]).await.status, 400);
+    let m = String::from_utf8(get(admin, "/metrics", &[]).await.body).expect("utf8");
+    for line in [
+        "jwtgate_requests_total{outcome=\"allowed\",route=\"default\"} 1",
+        "jwtgate_requests_total{outcome=\"no_token\",route=\"default\"} 1",
+        "jwtgate_requests_total{outcome=\"invalid_token\",route=\"default\"} 1",
+        "jwtgate_requests_total{outcome=\"bad_request\",route=\"(none)\"} 1",
+        "jwtgate_jwks_keys{issuer=\"idp\"} 1",
+        "jwtgate_token_cache_misses_total",
+        "jwtgate_request_duration_seconds_bucket{route=\"default\"",
+        "jwtgate_upstream_duration_seconds_bucket{upstream=\"echo\"",
+    ] {
+        assert!(m.contains(line), "missing {line}\n{m}");
+    }
+    assert!(!m.contains(&t), "a token in the metrics");
+    assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
+    assert_eq!(get(admin, "/readyz", &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
