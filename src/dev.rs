@@ -62,7 +62,10 @@ impl Echo {
 
 type EchoBody = Either<Full<Bytes>, Zeros>;
 
-async fn echo(req: Request<Incoming>, stats: Arc<EchoStats>) -> Result<Response<EchoBody>, Infallible> {
+async fn echo(
+    req: Request<Incoming>,
+    stats: Arc<EchoStats>,
+) -> Result<Response<EchoBody>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(n) = req.uri().path().strip_prefix("/__download/") {
         let n: u64 = n.parse().unwrap_or(0);
@@ -71,7 +74,12 @@ async fn echo(req: Request<Incoming>, stats: Arc<EchoStats>) -> Result<Response<
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
@@ -87,7 +95,10 @@ async fn echo(req: Request<Incoming>, stats: Arc<EchoStats>) -> Result<Response<
     }
     let doc = json!({ "method": method, "path": path, "query": query, "headers": headers, "body_bytes": body_bytes });
     let mut resp = Response::new(Either::Left(Full::new(Bytes::from(doc.to_string()))));
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
@@ -101,13 +112,18 @@ static ZERO_CHUNK: [u8; 65536] = [0; 65536];
 impl Body for Zeros {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.left == 0 {
             return Poll::Ready(None);
         }
         let n = self.left.min(ZERO_CHUNK.len() as u64);
         self.left -= n;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZERO_CHUNK[..n as usize])))))
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &ZERO_CHUNK[..n as usize],
+        )))))
     }
     fn is_end_stream(&self) -> bool {
         self.left == 0
@@ -130,7 +146,9 @@ async fn serve_document(doc: String) -> std::io::Result<SocketAddr> {
                 async move { Ok::<_, Infallible>(Response::new(Full::new(doc))) }
             });
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -142,7 +160,8 @@ async fn bind_or_any(port: u16) -> String {
         Ok(_) => format!("127.0.0.1:{port}"),
         Err(_) => {
             let l = std::net::TcpListener::bind("127.0.0.1:0");
-            l.and_then(|l| l.local_addr()).map_or("127.0.0.1:0".to_owned(), |a| a.to_string())
+            l.and_then(|l| l.local_addr())
+                .map_or("127.0.0.1:0".to_owned(), |a| a.to_string())
         }
     }
 }
@@ -150,8 +169,10 @@ async fn bind_or_any(port: u16) -> String {
 /// Run the all-in-one demo until Ctrl-C.
 pub async fn run(port: u16) -> anyhow::Result<()> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("cannot generate a key"))?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("cannot load the key"))?;
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| anyhow::anyhow!("cannot generate a key"))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| anyhow::anyhow!("cannot load the key"))?;
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
     let jwks = json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": x, "kid": "dev-1", "alg": "EdDSA", "use": "sig" }] });
     let jwks_addr = serve_document(jwks.to_string()).await?;
@@ -186,10 +207,16 @@ routes:
         echo = echo.addr
     );
     let config = Config::from_yaml(&yaml, std::path::Path::new("."), &|_| None).map_err(|p| {
-        anyhow::anyhow!(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        anyhow::anyhow!(p
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"))
     })?;
     crate::logging::init(&config.log);
-    let running = crate::server::start(config).await.context("starting the dev gateway")?;
+    let running = crate::server::start(config)
+        .await
+        .context("starting the dev gateway")?;
     let gw = running.addrs[0];
     let admin = running.admin.map(|a| a.to_string()).unwrap_or_default();
 

@@ -48,7 +48,8 @@ fn well_formed_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 128
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
 pub fn new_request_id() -> HeaderValue {
@@ -98,7 +99,11 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
         headers.insert(X_FORWARDED_HOST, host);
     }
     let id = match headers.get(X_REQUEST_ID) {
-        Some(v) if well_formed_request_id(v) && headers.get_all(X_REQUEST_ID).iter().count() == 1 => v.clone(),
+        Some(v)
+            if well_formed_request_id(v) && headers.get_all(X_REQUEST_ID).iter().count() == 1 =>
+        {
+            v.clone()
+        }
         _ => {
             let id = new_request_id();
             headers.insert(X_REQUEST_ID, id.clone());
@@ -131,13 +136,28 @@ mod tests {
         h.append("x-user-id", HeaderValue::from_static("spoof"));
         h.append("X-USER-ID", HeaderValue::from_static("spoof2"));
         let names = [HeaderName::from_static("x-user-id")];
-        let identity = [(HeaderName::from_static("x-user-id"), HeaderValue::from_static("42"))];
+        let identity = [(
+            HeaderName::from_static("x-user-id"),
+            HeaderValue::from_static("42"),
+        )];
         prepare_request(
             &mut h,
-            &Forwarding { identity_names: &names, identity: &identity, client_ip: "127.0.0.1".parse().expect("ip"), proto: "http", host: Some(HeaderValue::from_static("a")) },
+            &Forwarding {
+                identity_names: &names,
+                identity: &identity,
+                client_ip: "127.0.0.1".parse().expect("ip"),
+                proto: "http",
+                host: Some(HeaderValue::from_static("a")),
+            },
         );
         assert!(h.get("x-secret").is_none());
-        assert_eq!(h.get_all("x-user-id").iter().collect::<Vec<_>>(), vec![&HeaderValue::from_static("42")]);
-        assert_eq!(h.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"127.0.0.1"[..]));
+        assert_eq!(
+            h.get_all("x-user-id").iter().collect::<Vec<_>>(),
+            vec![&HeaderValue::from_static("42")]
+        );
+        assert_eq!(
+            h.get("x-forwarded-for").map(|v| v.as_bytes()),
+            Some(&b"127.0.0.1"[..])
+        );
     }
 }

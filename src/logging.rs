@@ -8,7 +8,9 @@ use crate::config::LogConfig;
 /// Install the global subscriber; `RUST_LOG` overrides the configured level.
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if cfg.json {
         builder.json().flatten_event(true).try_init()
     } else {

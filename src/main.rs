@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,7 +35,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("jwtgate: cannot start the runtime: {e}");
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             for w in &config.warnings {
@@ -79,13 +82,17 @@ fn check(path: &PathBuf) -> ExitCode {
     }
 }
 
-async fn serve(path: &PathBuf) -> ExitCode {
+async fn serve(path: &Path) -> ExitCode {
     // A bad config stops here, before any port is bound.
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!("{problems}");
-            eprintln!("jwtgate: refusing to start: {} problem(s) in {}", problems.list.len(), path.display());
+            eprintln!(
+                "jwtgate: refusing to start: {} problem(s) in {}",
+                problems.list.len(),
+                path.display()
+            );
             return ExitCode::FAILURE;
         }
     };

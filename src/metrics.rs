@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::error::Outcome;
@@ -87,21 +87,37 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, labels: &[&str]| {
-            register(&registry, IntCounterVec::new(Opts::new(name, help(name)), labels).expect("valid metric"))
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help(name)), labels).expect("valid metric"),
+            )
         };
         let histogram_vec = |name: &str, label: &str| {
             register(
                 &registry,
-                HistogramVec::new(HistogramOpts::new(name, help(name)).buckets(DURATION_BUCKETS.to_vec()), &[label]).expect("valid metric"),
+                HistogramVec::new(
+                    HistogramOpts::new(name, help(name)).buckets(DURATION_BUCKETS.to_vec()),
+                    &[label],
+                )
+                .expect("valid metric"),
             )
         };
-        let counter = |name: &str| register(&registry, IntCounter::new(name, help(name)).expect("valid metric"));
+        let counter = |name: &str| {
+            register(
+                &registry,
+                IntCounter::new(name, help(name)).expect("valid metric"),
+            )
+        };
         Metrics(Arc::new(MetricsInner {
             requests: counter_vec(REQUESTS_TOTAL, &["route", "outcome"]),
             request_duration: histogram_vec(REQUEST_DURATION_SECONDS, "route"),
             upstream_duration: histogram_vec(UPSTREAM_DURATION_SECONDS, "upstream"),
             jwks_refresh: counter_vec(JWKS_REFRESH_TOTAL, &["issuer", "result"]),
-            jwks_keys: register(&registry, IntGaugeVec::new(Opts::new(JWKS_KEYS, help(JWKS_KEYS)), &["issuer"]).expect("valid metric")),
+            jwks_keys: register(
+                &registry,
+                IntGaugeVec::new(Opts::new(JWKS_KEYS, help(JWKS_KEYS)), &["issuer"])
+                    .expect("valid metric"),
+            ),
             token_cache_hits: counter(TOKEN_CACHE_HITS_TOTAL),
             token_cache_misses: counter(TOKEN_CACHE_MISSES_TOTAL),
             registry,

@@ -44,8 +44,16 @@ impl Gateway {
             .iter()
             .map(|u| Upstream::new(u, metrics.upstream(&u.name)))
             .collect();
-        let route_series = config.routes.iter().map(|r| metrics.route(&r.name)).collect();
-        let identity_names = config.identity_headers.iter().map(|h| h.name.clone()).collect();
+        let route_series = config
+            .routes
+            .iter()
+            .map(|r| metrics.route(&r.name))
+            .collect();
+        let identity_names = config
+            .identity_headers
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
         Gateway {
             router,
             verifier,
@@ -65,14 +73,25 @@ struct Trace {
     request_id: Option<http::HeaderValue>,
 }
 
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr, proto: &'static str) -> Response<Body> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    proto: &'static str,
+) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
-    let mut trace = Trace { route: None, request_id: None };
+    let mut trace = Trace {
+        route: None,
+        request_id: None,
+    };
     let result = process(&gw, req, peer, proto, &mut trace).await;
     let (resp, outcome) = match result {
         Ok(resp) => (resp.map(Either::Left), Outcome::Allowed),
-        Err(reject) => (reject.respond(&gw.config.realm).map(Either::Right), reject.outcome()),
+        Err(reject) => (
+            reject.respond(&gw.config.realm).map(Either::Right),
+            reject.outcome(),
+        ),
     };
 
     // 10. Observe.
@@ -110,7 +129,13 @@ async fn process(
     // 3. Route.
     let idx = gw
         .router
-        .find(host.as_ref().and_then(|h| h.to_str().ok()).map(route::host_without_port), &path, &parts.method)
+        .find(
+            host.as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(route::host_without_port),
+            &path,
+            &parts.method,
+        )
         .ok_or(Reject::NoRoute)?;
     trace.route = Some(idx);
     let route = &gw.config.routes[idx];
@@ -120,7 +145,8 @@ async fn process(
     let verified = match &route.auth {
         None => None,
         Some(policy) => {
-            let token = token::extract(&policy.sources, &parts.headers, query)?.ok_or(Reject::MissingToken)?;
+            let token = token::extract(&policy.sources, &parts.headers, query)?
+                .ok_or(Reject::MissingToken)?;
             let verified = gw
                 .verifier
                 .verify(&token.value, &policy.issuers, verify::now_unix())
@@ -170,9 +196,13 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Rej
         (Some(_), Some(_)) => return Err(Reject::BadHost),
     };
     match (parts.uri.authority(), header) {
-        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => Err(Reject::BadHost),
+        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            Err(Reject::BadHost)
+        }
         (_, Some(h)) => Ok(Some(h.clone())),
-        (Some(a), None) => HeaderValue::from_str(a.as_str()).map(Some).map_err(|_| Reject::BadHost),
+        (Some(a), None) => HeaderValue::from_str(a.as_str())
+            .map(Some)
+            .map_err(|_| Reject::BadHost),
         (None, None) => Ok(None),
     }
 }

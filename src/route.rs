@@ -5,6 +5,7 @@
 //! backslashes, `;` parameters) is refused instead of guessed at.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use http::Method;
 
@@ -90,7 +91,10 @@ pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
         while i < seg.len() {
             let b = seg[i];
             if b == b'%' {
-                let (h, l) = match (seg.get(i + 1).and_then(|&c| hex(c)), seg.get(i + 2).and_then(|&c| hex(c))) {
+                let (h, l) = match (
+                    seg.get(i + 1).and_then(|&c| hex(c)),
+                    seg.get(i + 2).and_then(|&c| hex(c)),
+                ) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(PathError::BadEncoding),
                 };
@@ -175,14 +179,24 @@ fn method_bit(m: &Method) -> Option<u16> {
     })
 }
 
-/// Routes in file order; the first match wins.
+/// Routes in file order; the first match wins. Routes are indexed by the first segment
+/// of their path at load time, so a lookup scans only the routes that could match (those
+/// for that segment plus the `/` catch-alls), still in file order.
 pub struct Router {
     routes: Vec<CompiledRoute>,
+    by_segment: HashMap<Box<str>, Box<[usize]>, foldhash::fast::RandomState>,
+    /// Routes whose prefix is `/`: candidates for every path.
+    wildcard: Box<[usize]>,
+}
+
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or("")
 }
 
 impl Router {
     pub fn new(routes: &[RouteConfig]) -> Router {
-        let routes = routes
+        let routes: Vec<CompiledRoute> = routes
             .iter()
             .map(|r| {
                 let (methods, extra) = match &r.methods {
@@ -207,13 +221,40 @@ impl Router {
                 }
             })
             .collect();
-        Router { routes }
+        let segment_of = |r: &CompiledRoute| match &r.path {
+            PathMatch::Prefix(p) if p == "/" => None,
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => Some(first_segment(p).to_owned()),
+        };
+        let wildcard: Vec<usize> = (0..routes.len())
+            .filter(|i| segment_of(&routes[*i]).is_none())
+            .collect();
+        let mut by_segment: HashMap<Box<str>, Box<[usize]>, foldhash::fast::RandomState> =
+            HashMap::default();
+        for seg in routes.iter().filter_map(segment_of) {
+            if by_segment.contains_key(seg.as_str()) {
+                continue;
+            }
+            let list: Vec<usize> = (0..routes.len())
+                .filter(|i| segment_of(&routes[*i]).is_none_or(|s| s == seg))
+                .collect();
+            by_segment.insert(seg.into(), list.into());
+        }
+        Router {
+            routes,
+            by_segment,
+            wildcard: wildcard.into(),
+        }
     }
 
     /// Index of the first route matching; `host` is without port, `path` normalized.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
+        let candidates = self
+            .by_segment
+            .get(first_segment(path))
+            .unwrap_or(&self.wildcard);
         let bit = method_bit(method);
-        self.routes.iter().position(|r| {
+        candidates.iter().copied().find(|&i| {
+            let r = &self.routes[i];
             let method_ok = match bit {
                 Some(b) => r.methods & b != 0,
                 None => r.methods == u16::MAX || r.extra.contains(method),
@@ -260,7 +301,7 @@ mod tests {
         assert_eq!(n("/a%20b").as_deref(), Ok("/a%20b"));
         assert_eq!(n("/a%c3%a9").as_deref(), Ok("/a%C3%A9"));
         assert_eq!(n("/admin/").as_deref(), Ok("/admin/"));
-        assert_eq!(n("/..").as_deref(), Err(PathError::AboveRoot));
+        assert_eq!(n("/.."), Err(PathError::AboveRoot));
         assert_eq!(n("/%2e%2e/admin"), Err(PathError::EncodedDotSegment));
         assert_eq!(n("/.%2e/admin"), Err(PathError::EncodedDotSegment));
         assert_eq!(n("/admin%2f"), Err(PathError::EncodedSeparator));
@@ -282,5 +323,45 @@ mod tests {
         assert!(path_matches(&PathMatch::Prefix("/".into()), "/anything"));
         assert_eq!(host_without_port("Api.Example.com:8080"), "Api.Example.com");
         assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+    }
+
+    fn route(name: &str, path: PathMatch, methods: Option<Vec<Method>>) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            host: None,
+            path,
+            methods,
+            upstream: 0,
+            auth: None,
+        }
+    }
+
+    /// The segment index keeps file order across indexed and catch-all routes.
+    #[test]
+    fn index_keeps_first_match_order() {
+        let routes = vec![
+            route(
+                "a",
+                PathMatch::Prefix("/api".into()),
+                Some(vec![Method::POST]),
+            ),
+            route(
+                "all-posts",
+                PathMatch::Prefix("/".into()),
+                Some(vec![Method::POST]),
+            ),
+            route("b", PathMatch::Prefix("/api/x".into()), None),
+            route("root", PathMatch::Exact("/".into()), None),
+            route("rest", PathMatch::Prefix("/".into()), None),
+        ];
+        let r = Router::new(&routes);
+        assert_eq!(r.find(None, "/api/x", &Method::POST), Some(0));
+        assert_eq!(r.find(None, "/other", &Method::POST), Some(1));
+        assert_eq!(r.find(None, "/api/x/y", &Method::GET), Some(2));
+        assert_eq!(r.find(None, "/api", &Method::GET), Some(4));
+        assert_eq!(r.find(None, "/", &Method::GET), Some(3));
+        assert_eq!(r.find(None, "/apix", &Method::GET), Some(4));
+        let only = Router::new(&routes[..1]);
+        assert_eq!(only.find(None, "/nothing", &Method::POST), None);
     }
 }

@@ -102,7 +102,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     tracing::info!(listeners = ?addrs, admin = ?admin_addr, "jwtgate serving");
-    Ok(Running { addrs, admin: admin_addr, gateway, shutdown, tasks })
+    Ok(Running {
+        addrs,
+        admin: admin_addr,
+        gateway,
+        shutdown,
+        tasks,
+    })
 }
 
 async fn accept_loop(
@@ -151,7 +157,11 @@ async fn accept_loop(
     graceful.shutdown().await;
 }
 
-async fn admin_loop(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+async fn admin_loop(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -178,20 +188,33 @@ async fn admin_loop(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: 
     graceful.shutdown().await;
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 /// `/metrics`, `/healthz` (the process answers), `/readyz` (every issuer has usable keys).
 fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        );
     }
     match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render()),
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            gw.metrics.render(),
+        ),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
             let waiting: Vec<&str> = gw
@@ -207,7 +230,10 @@ fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    format!("not ready: no usable keys for issuer(s) {}\n", waiting.join(", ")),
+                    format!(
+                        "not ready: no usable keys for issuer(s) {}\n",
+                        waiting.join(", ")
+                    ),
                 )
             }
         }

@@ -34,7 +34,11 @@ pub fn extract<'a>(
         let value = match source {
             TokenSource::Bearer => bearer(headers)?,
             TokenSource::Header(name) => single(headers.get_all(name).iter())?
-                .map(|v| v.to_str().map(|s| Cow::Borrowed(s.trim())).map_err(|_| Reject::Malformed))
+                .map(|v| {
+                    v.to_str()
+                        .map(|s| Cow::Borrowed(s.trim()))
+                        .map_err(|_| Reject::Malformed)
+                })
                 .transpose()?,
             TokenSource::Cookie(name) => cookie(headers, name)?,
             TokenSource::Query(name) => query.map(|q| query_param(q, name)).transpose()?.flatten(),
@@ -46,13 +50,18 @@ pub fn extract<'a>(
             if value.is_empty() {
                 return Err(Reject::Malformed);
             }
-            found = Some(Token { value, source: index });
+            found = Some(Token {
+                value,
+                source: index,
+            });
         }
     }
     Ok(found)
 }
 
-fn single<'a>(mut values: impl Iterator<Item = &'a HeaderValue>) -> Result<Option<&'a HeaderValue>, Reject> {
+fn single<'a>(
+    mut values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<Option<&'a HeaderValue>, Reject> {
     let first = values.next();
     if values.next().is_some() {
         return Err(Reject::MultipleTokens);
@@ -100,7 +109,10 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' => match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+            b'%' => match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;
@@ -131,7 +143,11 @@ fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, R
 
 /// Remove the token from where it came so the upstream never sees it. Returns the new
 /// query string when the token came from the query.
-pub fn remove(source: &TokenSource, headers: &mut HeaderMap, query: Option<&str>) -> Option<Option<String>> {
+pub fn remove(
+    source: &TokenSource,
+    headers: &mut HeaderMap,
+    query: Option<&str>,
+) -> Option<Option<String>> {
     match source {
         TokenSource::Bearer => {
             headers.remove(AUTHORIZATION);
@@ -163,9 +179,15 @@ pub fn remove(source: &TokenSource, headers: &mut HeaderMap, query: Option<&str>
             let q = query?;
             let kept: Vec<&str> = q
                 .split('&')
-                .filter(|pair| percent_decode(pair.split_once('=').map_or(*pair, |(k, _)| k)) != name.as_str())
+                .filter(|pair| {
+                    percent_decode(pair.split_once('=').map_or(*pair, |(k, _)| k)) != name.as_str()
+                })
                 .collect();
-            Some(if kept.is_empty() { None } else { Some(kept.join("&")) })
+            Some(if kept.is_empty() {
+                None
+            } else {
+                Some(kept.join("&"))
+            })
         }
     }
 }
@@ -177,10 +199,23 @@ mod tests {
     /// Query names are compared decoded, so an encoded name cannot smuggle the token past removal.
     #[test]
     fn encoded_query_names_match() {
-        assert_eq!(query_param("a=1&access%5Ftoken=t.o.k", "access_token").ok().flatten().as_deref(), Some("t.o.k"));
-        assert_eq!(query_param("access_token=a&access_token=b", "access_token").err(), Some(Reject::MultipleTokens));
         assert_eq!(
-            remove(&TokenSource::Query("access_token".into()), &mut HeaderMap::new(), Some("a=1&access%5ftoken=x&b=2")),
+            query_param("a=1&access%5Ftoken=t.o.k", "access_token")
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("t.o.k")
+        );
+        assert_eq!(
+            query_param("access_token=a&access_token=b", "access_token").err(),
+            Some(Reject::MultipleTokens)
+        );
+        assert_eq!(
+            remove(
+                &TokenSource::Query("access_token".into()),
+                &mut HeaderMap::new(),
+                Some("a=1&access%5ftoken=x&b=2")
+            ),
             Some(Some("a=1&b=2".to_owned()))
         );
         assert_eq!(percent_decode("a%2"), "a%2");

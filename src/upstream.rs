@@ -51,7 +51,7 @@ impl Upstream {
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
         let pq = match query {
             Some(q) => PathAndQuery::from_maybe_shared(format!("{path}?{q}")),
-            None => PathAndQuery::from_maybe_shared(path.to_owned()),
+            None => PathAndQuery::try_from(path),
         }
         .map_err(|_| Reject::BadPath(crate::route::PathError::ControlByte))?;
         let mut parts = http::uri::Parts::default();

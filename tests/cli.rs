@@ -19,7 +19,10 @@ fn check(path: &std::path::Path) -> (bool, String) {
         .env("JWTGATE_HS_SECRET", "0123456789abcdef0123456789abcdef")
         .output()
         .expect("run check");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
 }
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -66,22 +69,39 @@ fn check_reports_every_problem_with_position() {
     let p = temp_file("syntax.yaml", "listeners: [\n  {address: x\n");
     let (ok, out) = check(&p);
     assert!(!ok);
-    assert!(out.contains("syntax.yaml:") && out.contains("invalid YAML"), "{out}");
+    assert!(
+        out.contains("syntax.yaml:") && out.contains("invalid YAML"),
+        "{out}"
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// `serve` with a bad config exits 1 before binding anything.
 #[test]
 fn serve_refuses_bad_config_before_binding() {
     let port = free_port();
-    let p = temp_file("bad.yaml", &format!("listeners:\n  - address: 127.0.0.1:{port}\nupstreams: []\nroutes: []\n"));
-    let out = Command::new(BIN).args(["serve", "-c"]).arg(&p).output().expect("run");
+    let p = temp_file(
+        "bad.yaml",
+        &format!("listeners:\n  - address: 127.0.0.1:{port}\nupstreams: []\nroutes: []\n"),
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(&p)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refusing to start") && err.contains("at least one upstream"), "{err}");
+    assert!(
+        err.contains("refusing to start") && err.contains("at least one upstream"),
+        "{err}"
+    );
     assert!(!err.contains("serving"), "{err}");
 }
 
@@ -99,8 +119,19 @@ impl Drop for Served {
 
 fn serve(yaml: &str) -> Served {
     let p = temp_file("gw.yaml", yaml);
-    let port: u16 = yaml.split("127.0.0.1:").nth(1).and_then(|s| s.split('"').next()).and_then(|s| s.parse().ok()).expect("port");
-    let child = Command::new(BIN).args(["serve", "-c"]).arg(&p).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let port: u16 = yaml
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|s| s.parse().ok())
+        .expect("port");
+    let child = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(&p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
@@ -138,11 +169,17 @@ impl RssWatch {
             }
             peak.max(rss_kib(pid))
         });
-        RssWatch { stop, handle: Some(handle) }
+        RssWatch {
+            stop,
+            handle: Some(handle),
+        }
     }
     fn peak(mut self) -> u64 {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.handle.take().map(|h| h.join().unwrap_or(0)).unwrap_or(0)
+        self.handle
+            .take()
+            .map(|h| h.join().unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 
@@ -162,7 +199,12 @@ async fn large_bodies_stream_with_bounded_memory() {
 
     let r = get(addr, "/elsewhere", &[]).await;
     assert_eq!(r.status, 404);
-    assert_eq!(echo.stats.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        echo.stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 
     // Warm up the connection pool and allocator, then measure from there.
     let _ = get(addr, "/__download/1048576", &[]).await;
@@ -188,7 +230,11 @@ async fn large_bodies_stream_with_bounded_memory() {
 
     let download = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).expect("connect");
-        write!(s, "GET /__download/{SIZE} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").expect("head");
+        write!(
+            s,
+            "GET /__download/{SIZE} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+        .expect("head");
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
         loop {
@@ -201,7 +247,10 @@ async fn large_bodies_stream_with_bounded_memory() {
         total
     });
     let total = download.await.expect("download");
-    assert!(total > SIZE && total < SIZE + 4096, "received {total} bytes (body plus head)");
+    assert!(
+        total > SIZE && total < SIZE + 4096,
+        "received {total} bytes (body plus head)"
+    );
 
     let peak = watch.peak();
     let growth_mib = peak.saturating_sub(base) as f64 / 1024.0;

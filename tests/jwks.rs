@@ -42,7 +42,12 @@ async fn rotation_needs_one_refetch() {
     let echo = Echo::start().await.expect("echo");
     let gw = start_gateway(&yaml(&uri_keys(&idp), &echo, "jwks_refetch_interval: 1s")).await;
     let a = gw.addrs[0];
-    assert_eq!(get(a, "/", &[&bearer(&old.mint(&claims(&idp.url)))]).await.status, 200);
+    assert_eq!(
+        get(a, "/", &[&bearer(&old.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        200
+    );
     let before = idp.fetches();
 
     idp.set_keys(vec![old.jwk.clone(), new.jwk.clone()]);
@@ -50,16 +55,29 @@ async fn rotation_needs_one_refetch() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(idp.fetches(), before + 1, "exactly one refetch");
     // The old key still works, and a removed key stops working after the next refresh.
-    assert_eq!(get(a, "/", &[&bearer(&old.mint(&claims(&idp.url)))]).await.status, 200);
+    assert_eq!(
+        get(a, "/", &[&bearer(&old.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        200
+    );
     let cached_old = old.mint(&claims(&idp.url));
     assert_eq!(get(a, "/", &[&bearer(&cached_old)]).await.status, 200);
     idp.set_keys(vec![new.jwk.clone()]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Unknown kid → refetch brings the new set, which drops "old": even the cached token fails.
     let unknown = Signer::new("rsa2048b.pem", Algorithm::RS256, "nope");
-    assert_eq!(get(a, "/", &[&bearer(&unknown.mint(&claims(&idp.url)))]).await.status, 401);
+    assert_eq!(
+        get(a, "/", &[&bearer(&unknown.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        401
+    );
     let r = get(a, "/", &[&bearer(&cached_old)]).await;
-    assert_eq!(r.status, 401, "a token verified with a removed key is not served from the cache");
+    assert_eq!(
+        r.status, 401,
+        "a token verified with a removed key is not served from the cache"
+    );
 }
 
 /// 1,000 tokens with random kids, 50 at a time, cause at most a handful of JWKS fetches.
@@ -75,9 +93,15 @@ async fn random_kid_flood_is_rate_limited() {
     for batch in 0..20 {
         let mut tasks = Vec::new();
         for i in 0..50 {
-            let s = Signer::new("ec256.pem", Algorithm::ES256, &format!("rnd-{batch}-{i}-{}", fastrand::u64(..)));
+            let s = Signer::new(
+                "ec256.pem",
+                Algorithm::ES256,
+                &format!("rnd-{batch}-{i}-{}", fastrand::u64(..)),
+            );
             let token = s.mint(&claims(&idp.url));
-            tasks.push(tokio::spawn(async move { get(a, "/", &[&bearer(&token)]).await.status }));
+            tasks.push(tokio::spawn(async move {
+                get(a, "/", &[&bearer(&token)]).await.status
+            }));
         }
         for t in tasks {
             if t.await.expect("task") == 401 {
@@ -88,7 +112,12 @@ async fn random_kid_flood_is_rate_limited() {
     assert_eq!(refused, 1000);
     let fetched = idp.fetches() - before;
     assert!(fetched <= 3, "{fetched} JWKS fetches for 1000 random kids");
-    assert_eq!(get(a, "/", &[&bearer(&good.mint(&claims(&idp.url)))]).await.status, 200);
+    assert_eq!(
+        get(a, "/", &[&bearer(&good.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        200
+    );
 }
 
 /// IdP down: cached keys keep working; past `jwks_max_stale` the gateway fails closed.
@@ -97,7 +126,12 @@ async fn idp_outage_serves_cached_keys_then_fails_closed() {
     let key = Signer::new("ed25519.pem", Algorithm::EdDSA, "k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let echo = Echo::start().await.expect("echo");
-    let gw = start_gateway(&yaml(&uri_keys(&idp), &echo, "jwks_refresh: 1s\n    jwks_max_stale: 3s")).await;
+    let gw = start_gateway(&yaml(
+        &uri_keys(&idp),
+        &echo,
+        "jwks_refresh: 1s\n    jwks_max_stale: 3s",
+    ))
+    .await;
     let a = gw.addrs[0];
     let admin = gw.admin.expect("admin");
     assert_eq!(get(admin, "/readyz", &[]).await.status, 200);
@@ -107,7 +141,12 @@ async fn idp_outage_serves_cached_keys_then_fails_closed() {
     idp.set_down(true);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Still within max_stale: a fresh (uncached) token verifies with the cached key.
-    assert_eq!(get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))]).await.status, 200);
+    assert_eq!(
+        get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let r = get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))]).await;
     assert_eq!(r.status, 503, "past jwks_max_stale");
@@ -120,7 +159,11 @@ async fn idp_outage_serves_cached_keys_then_fails_closed() {
 
     idp.set_down(false);
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(get(a, "/", &[&bearer(&token)]).await.status, 200, "recovers once the IdP is back");
+    assert_eq!(
+        get(a, "/", &[&bearer(&token)]).await.status,
+        200,
+        "recovers once the IdP is back"
+    );
 }
 
 /// Discovery finds the JWKS through `/.well-known/openid-configuration`.
@@ -129,8 +172,18 @@ async fn discovery() {
     let key = Signer::new("rsa2048.pem", Algorithm::RS256, "d1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let echo = Echo::start().await.expect("echo");
-    let gw = start_gateway(&yaml(&format!("issuer: {}\n    discovery: true", idp.url), &echo, "")).await;
-    assert_eq!(get(gw.addrs[0], "/", &[&bearer(&key.mint(&claims(&idp.url)))]).await.status, 200);
+    let gw = start_gateway(&yaml(
+        &format!("issuer: {}\n    discovery: true", idp.url),
+        &echo,
+        "",
+    ))
+    .await;
+    assert_eq!(
+        get(gw.addrs[0], "/", &[&bearer(&key.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        200
+    );
 }
 
 /// Unusable keys are skipped one by one; the usable ones in the same document still work.
@@ -158,7 +211,12 @@ async fn unusable_keys_skipped() {
     let echo = Echo::start().await.expect("echo");
     let gw = start_gateway(&yaml(&uri_keys(&idp), &echo, "")).await;
     let a = gw.addrs[0];
-    assert_eq!(get(a, "/", &[&bearer(&good.mint(&claims(&idp.url)))]).await.status, 200);
+    assert_eq!(
+        get(a, "/", &[&bearer(&good.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        200
+    );
     for s in [&small, &enc] {
         let r = get(a, "/", &[&bearer(&s.mint(&claims(&idp.url)))]).await;
         assert_eq!(r.json()["error_description"], "unknown key", "{}", s.kid);
@@ -178,18 +236,38 @@ async fn oversized_and_garbage_documents_refused() {
     big.push_str(&" ".repeat(1024 * 1024 + 10));
     idp.set_raw_jwks(Some(Bytes::from(big)));
     let echo = Echo::start().await.expect("echo");
-    let gw = start_gateway(&yaml(&uri_keys(&idp), &echo, "jwks_refetch_interval: 100ms")).await;
+    let gw = start_gateway(&yaml(
+        &uri_keys(&idp),
+        &echo,
+        "jwks_refetch_interval: 100ms",
+    ))
+    .await;
     let a = gw.addrs[0];
     assert!(!gw.gateway.verifier.ready());
-    assert_eq!(get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))]).await.status, 503);
+    assert_eq!(
+        get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        503
+    );
     idp.set_raw_jwks(Some(Bytes::from_static(b"{\"keys\": 42")));
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))]).await.status, 503);
+    assert_eq!(
+        get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        503
+    );
     idp.set_raw_jwks(None);
     idp.set_keys(vec![key.jwk.clone()]);
     tokio::time::sleep(Duration::from_millis(150)).await;
     // The next unknown-kid refetch (rate limit 100 ms) brings the good document.
-    assert_eq!(get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))]).await.status, 200);
+    assert_eq!(
+        get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))])
+            .await
+            .status,
+        200
+    );
 }
 
 /// `jwks_file`: keys come from a local file, and an edit takes effect without a restart.
@@ -203,12 +281,30 @@ async fn jwks_file_reloads_on_change() {
     std::fs::write(&file, json!({ "keys": [k1.jwk] }).to_string()).expect("write");
     let echo = Echo::start().await.expect("echo");
     let iss = "https://file.example";
-    let gw = start_gateway(&yaml(&format!("issuer: {iss}\n    jwks_file: {}", file.display()), &echo, "jwks_refetch_interval: 1h")).await;
+    let gw = start_gateway(&yaml(
+        &format!("issuer: {iss}\n    jwks_file: {}", file.display()),
+        &echo,
+        "jwks_refetch_interval: 1h",
+    ))
+    .await;
     let a = gw.addrs[0];
-    assert_eq!(get(a, "/", &[&bearer(&k1.mint(&claims(iss)))]).await.status, 200);
-    assert_eq!(get(a, "/", &[&bearer(&k2.mint(&claims(iss)))]).await.status, 401);
-    std::fs::write(&file, json!({ "keys": [k1.jwk, k2.jwk], "pad": "changed" }).to_string()).expect("write");
+    assert_eq!(
+        get(a, "/", &[&bearer(&k1.mint(&claims(iss)))]).await.status,
+        200
+    );
+    assert_eq!(
+        get(a, "/", &[&bearer(&k2.mint(&claims(iss)))]).await.status,
+        401
+    );
+    std::fs::write(
+        &file,
+        json!({ "keys": [k1.jwk, k2.jwk], "pad": "changed" }).to_string(),
+    )
+    .expect("write");
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(get(a, "/", &[&bearer(&k2.mint(&claims(iss)))]).await.status, 200);
+    assert_eq!(
+        get(a, "/", &[&bearer(&k2.mint(&claims(iss)))]).await.status,
+        200
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

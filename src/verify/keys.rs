@@ -144,8 +144,7 @@ impl IssuerKeys {
 
     /// Usable keys are in place and not past `jwks_max_stale`.
     pub fn ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
-            && !self.is_stale(&self.current.load())
+        self.loaded.load(Ordering::Acquire) && !self.is_stale(&self.current.load())
     }
 
     pub fn is_stale(&self, set: &KeySet) -> bool {
@@ -206,7 +205,11 @@ impl IssuerKeys {
                 }
                 let fingerprint = fingerprint(&doc);
                 let old = self.current.load();
-                let epoch = if old.fingerprint == fingerprint { old.epoch } else { old.epoch + 1 };
+                let epoch = if old.fingerprint == fingerprint {
+                    old.epoch
+                } else {
+                    old.epoch + 1
+                };
                 self.metrics.jwks_keys(issuer, keys.len());
                 self.current.store(Arc::new(KeySet {
                     keys,
@@ -319,7 +322,8 @@ impl IssuerKeys {
 
 /// Exponential backoff with jitter: 1 s, 2 s, 4 s … capped at 60 s.
 pub fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_secs(1u64 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
+    let base =
+        Duration::from_secs(1u64 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
     base.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
@@ -353,7 +357,11 @@ pub fn parse_jwks(doc: &[u8], cfg: &IssuerConfig) -> Vec<Key> {
                     tracing::info!(issuer = %cfg.name, index = i, kid = kid.as_deref().unwrap_or(""), "JWKS key skipped: none of its algorithms is allowed for this issuer");
                     continue;
                 }
-                out.push(Key { kid: kid.map(Into::into), key, algs: algs & allowed });
+                out.push(Key {
+                    kid: kid.map(Into::into),
+                    key,
+                    algs: algs & allowed,
+                });
             }
             Err(why) => {
                 let kid = raw.get("kid").and_then(Value::as_str).unwrap_or("");
@@ -377,7 +385,10 @@ fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static
     let kty = obj.get("kty").and_then(Value::as_str).ok_or("no kty")?;
     let family: u16 = match kty {
         "RSA" => {
-            let n = obj.get("n").and_then(Value::as_str).ok_or("RSA key without n")?;
+            let n = obj
+                .get("n")
+                .and_then(Value::as_str)
+                .ok_or("RSA key without n")?;
             let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(n.trim_end_matches('='))
                 .map_err(|_| "RSA modulus is not base64url")?;
@@ -402,7 +413,9 @@ fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static
     let algs = match obj.get("alg") {
         None => family,
         Some(Value::String(a)) => {
-            let bit = crate::config::parse_algorithm(a).map(alg_bit).ok_or("unknown alg")?;
+            let bit = crate::config::parse_algorithm(a)
+                .map(alg_bit)
+                .ok_or("unknown alg")?;
             if bit & family == 0 {
                 return Err("alg does not fit the key type");
             }
@@ -419,7 +432,10 @@ fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static
 /// Fetches key documents over http(s) with a size limit and a timeout.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>,
+    client: Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Empty<Bytes>,
+    >,
 }
 
 impl Fetcher {
@@ -437,11 +453,18 @@ impl Fetcher {
     pub async fn get(&self, uri: &Uri) -> Result<(Bytes, Option<Duration>), String> {
         let req = Request::get(uri.clone())
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("jwtgate/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("jwtgate/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| format!("cannot reach {uri}: {e}"))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("cannot reach {uri}: {e}"))?;
             if resp.status() != StatusCode::OK {
                 return Err(format!("{uri} answered {}", resp.status()));
             }
@@ -479,17 +502,25 @@ pub fn client_tls_config() -> rustls::ClientConfig {
     if roots.is_empty() {
         tracing::warn!("no system CA certificates found; https key URLs will fail to verify");
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
 }
 
 fn parse_max_age(v: &str) -> Option<Duration> {
     v.split(',').find_map(|d| {
         let d = d.trim();
         let (k, val) = d.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("max-age").then(|| val.trim().trim_matches('"').parse().ok().map(Duration::from_secs))?
+        k.trim().eq_ignore_ascii_case("max-age").then(|| {
+            val.trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        })?
     })
 }

@@ -22,7 +22,9 @@ pub fn scopes(claims: &Map<String, Value>) -> Box<[Box<str>]> {
     let mut out: Vec<Box<str>> = Vec::new();
     for name in ["scope", "scp"] {
         match claims.get(name) {
-            Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(Into::into)),
+            Some(Value::String(s)) => {
+                out.extend(s.split(' ').filter(|s| !s.is_empty()).map(Into::into))
+            }
             Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(Into::into)),
             _ => {}
         }

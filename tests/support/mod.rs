@@ -23,12 +23,18 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub use jwtgate::dev::Echo;
 use jwtgate::config::Config;
+#[allow(unused_imports)]
+pub use jwtgate::dev::Echo;
 use jwtgate::server::Running;
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)).expect("fixture")
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
 }
 
 pub fn now() -> u64 {
@@ -52,9 +58,12 @@ impl Signer {
     pub fn new(file: &str, alg: Algorithm, kid: &str) -> Signer {
         let pem = fixture(file);
         let key = match alg {
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-                EncodingKey::from_rsa_pem(&pem).expect("rsa pem")
-            }
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => EncodingKey::from_rsa_pem(&pem).expect("rsa pem"),
             Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).expect("ec pem"),
             Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).expect("ed pem"),
             _ => panic!("use Signer::hmac"),
@@ -68,11 +77,21 @@ impl Signer {
         };
         jwk["kid"] = json!(kid);
         jwk["use"] = json!("sig");
-        Signer { alg, kid: kid.to_owned(), key, jwk }
+        Signer {
+            alg,
+            kid: kid.to_owned(),
+            key,
+            jwk,
+        }
     }
 
     pub fn hmac(secret: &[u8], alg: Algorithm) -> Signer {
-        Signer { alg, kid: String::new(), key: EncodingKey::from_secret(secret), jwk: Value::Null }
+        Signer {
+            alg,
+            kid: String::new(),
+            key: EncodingKey::from_secret(secret),
+            jwk: Value::Null,
+        }
     }
 
     /// Sign `claims` under a header of `typ: JWT`, `alg`, and `kid` (when set).
@@ -86,7 +105,11 @@ impl Signer {
 
     /// Sign with an arbitrary JOSE header.
     pub fn mint_raw(&self, header: &Value, claims: &Value) -> String {
-        let msg = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let msg = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &self.key, self.alg).expect("sign");
         format!("{msg}.{sig}")
     }
@@ -95,7 +118,9 @@ impl Signer {
 fn pem_body(pem: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(pem);
     let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).expect("pem base64")
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("pem base64")
 }
 
 pub fn alg_name(a: Algorithm) -> &'static str {
@@ -152,7 +177,9 @@ impl Idp {
                     async move { Ok::<_, Infallible>(me.answer(&req)) }
                 });
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -167,13 +194,16 @@ impl Idp {
         }
         match req.uri().path() {
             "/.well-known/openid-configuration" => Response::new(Full::new(Bytes::from(
-                json!({ "issuer": self.url, "jwks_uri": format!("{}/jwks.json", self.url) }).to_string(),
+                json!({ "issuer": self.url, "jwks_uri": format!("{}/jwks.json", self.url) })
+                    .to_string(),
             ))),
             "/jwks.json" => {
                 self.fetches.fetch_add(1, Ordering::SeqCst);
                 let body = match self.raw_jwks.lock().expect("lock").clone() {
                     Some(raw) => raw,
-                    None => Bytes::from(json!({ "keys": *self.keys.lock().expect("lock") }).to_string()),
+                    None => {
+                        Bytes::from(json!({ "keys": *self.keys.lock().expect("lock") }).to_string())
+                    }
                 };
                 Response::new(Full::new(body))
             }
@@ -205,8 +235,10 @@ impl Idp {
 
 /// Start the gateway in-process from YAML and wait until it is ready (every issuer has keys).
 pub async fn start_gateway(yaml: &str) -> Running {
-    let config = Config::from_yaml(yaml, Path::new(env!("CARGO_MANIFEST_DIR")), &|k| std::env::var(k).ok())
-        .unwrap_or_else(|p| panic!("config: {p:?}"));
+    let config = Config::from_yaml(yaml, Path::new(env!("CARGO_MANIFEST_DIR")), &|k| {
+        std::env::var(k).ok()
+    })
+    .unwrap_or_else(|p| panic!("config: {p:?}"));
     let running = jwtgate::server::start(config).await.expect("start");
     for _ in 0..100 {
         if running.gateway.verifier.ready() {
@@ -227,7 +259,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
@@ -269,31 +304,51 @@ pub async fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> Resp {
     req.extend_from_slice(body);
     s.write_all(&req).await.expect("write");
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await.expect("response in time").expect("read");
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .expect("read");
     parse_response(&buf)
 }
 
 pub fn parse_response(buf: &[u8]) -> Resp {
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let mut body = buf[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }
