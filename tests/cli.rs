@@ -257,3 +257,123 @@ async fn large_bodies_stream_with_bounded_memory() {
     println!("RSS base {base} KiB, peak {peak} KiB, growth {growth_mib:.1} MiB");
     assert!(growth_mib < 20.0, "RSS grew by {growth_mib:.1} MiB");
 }
+
+/// One JSON access line per request, with route and status; never the token, from any source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_never_holds_a_token() {
+    let echo = Echo::start().await.expect("echo");
+    let port = free_port();
+    let secret = "0123456789abcdef0123456789abcdef";
+    let log = std::env::temp_dir().join(format!("jwtgate-log-{}", fastrand::u64(..)));
+    let p = temp_file(
+        "gw.yaml",
+        &format!(
+            "listeners: [ {{ address: \"127.0.0.1:{port}\" }} ]\nlog: {{ format: json, level: info }}\nissuers:\n  - {{ name: s, issuer: https://s.example, secret: \"{secret}\", audiences: [api], algorithms: [HS256] }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: api, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [s], token_sources: [header, {{ query: access_token }}] }} }}\n",
+            echo.addr
+        ),
+    );
+    let child = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(&p)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn");
+    let gw = Served {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(gw.addr).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let token = Signer::hmac(secret.as_bytes(), jsonwebtoken::Algorithm::HS256)
+        .mint(&claims("https://s.example"));
+    assert_eq!(get(gw.addr, "/a", &[&bearer(&token)]).await.status, 200);
+    assert_eq!(
+        get(gw.addr, &format!("/b?access_token={token}"), &[])
+            .await
+            .status,
+        200
+    );
+    let mut expired = claims("https://s.example");
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let bad = Signer::hmac(secret.as_bytes(), jsonwebtoken::Algorithm::HS256).mint(&expired);
+    assert_eq!(get(gw.addr, "/c", &[&bearer(&bad)]).await.status, 401);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(gw);
+    let text = std::fs::read_to_string(&log).expect("log");
+    let access: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "jwtgate::access")
+        .collect();
+    assert_eq!(access.len(), 3, "{text}");
+    assert_eq!(access[0]["route"], "api");
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[2]["outcome"], "expired");
+    for t in [&token, &bad] {
+        let sig = t.rsplit('.').next().expect("sig");
+        assert!(!text.contains(sig), "a token signature is in the log");
+        let payload = t.split('.').nth(1).expect("payload");
+        assert!(!text.contains(payload), "a token payload is in the log");
+    }
+}
+
+/// `jwtgate dev` starts everything on loopback and its printed commands do what they say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_prints_working_commands() {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["dev", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let _guard = Served {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+    };
+    let lines: Vec<String> = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("Press Ctrl-C"))
+            .collect()
+    })
+    .await
+    .expect("read");
+    let tokens: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.split("Authorization: Bearer ").nth(1))
+        .map(|t| t.trim_end_matches('\'').to_owned())
+        .collect();
+    assert_eq!(tokens.len(), 5, "{lines:?}");
+    let addr: SocketAddr = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("gateway   http://"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("gateway address");
+    let r = get(addr, "/api/orders", &[&bearer(&tokens[0])]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    assert_eq!(get(addr, "/api/orders", &[]).await.status, 401);
+    assert_eq!(
+        get(addr, "/api/orders", &[&bearer(&tokens[1])])
+            .await
+            .json()["error_description"],
+        "token expired"
+    );
+    let r = request(
+        addr,
+        "POST",
+        "/api/orders",
+        &[&bearer(&tokens[2]), "Content-Length: 0"],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}

@@ -351,7 +351,22 @@ impl Validator<'_> {
             admin,
             limits,
             log: LogConfig { json, level },
-            realm: raw.realm.unwrap_or_else(|| "jwtgate".to_owned()),
+            realm: match raw.realm {
+                Some(r)
+                    if r.is_empty()
+                        || !r
+                            .bytes()
+                            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') =>
+                {
+                    self.err(
+                        "realm",
+                        "a realm is visible ASCII without quotes or backslashes",
+                    );
+                    r
+                }
+                Some(r) => r,
+                None => "jwtgate".to_owned(),
+            },
             token_cache,
             issuers,
             upstreams,

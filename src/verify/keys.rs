@@ -524,3 +524,30 @@ fn parse_max_age(v: &str) -> Option<Duration> {
         })?
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Cache-Control: max-age` is read among other directives, case-insensitively.
+    #[test]
+    fn max_age_parsing() {
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_max_age("Max-Age=\"60\", must-revalidate"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_max_age("no-store"), None);
+        assert_eq!(parse_max_age("max-age=-1"), None);
+    }
+
+    /// Backoff grows, is capped at a minute, and is jittered.
+    #[test]
+    fn backoff_bounds() {
+        assert!(backoff(1) <= Duration::from_secs(1));
+        assert!(backoff(30) <= Duration::from_secs(60) && backoff(30) >= Duration::from_secs(16));
+    }
+}
