@@ -111,6 +111,16 @@ async fn every_algorithm_accepted() {
         let r = get(s.gw.addrs[0], "/hmac", &[&bearer(&token)]).await;
         assert_eq!(r.status, 200, "{alg:?}");
     }
+    // An HMAC token may carry a `kid`; the issuer's one secret verifies it.
+    let hs = Signer::hmac(SECRET.as_bytes(), Algorithm::HS256);
+    let t = hs.mint_raw(
+        &json!({ "alg": "HS256", "kid": "any" }),
+        &claims("https://hmac.example"),
+    );
+    assert_eq!(
+        get(s.gw.addrs[0], "/hmac", &[&bearer(&t)]).await.status,
+        200
+    );
     // `aud` as an array with one accepted member passes too.
     let mut c = claims(&s.idp.url);
     c["aud"] = json!(["unrelated", "other-api"]);

@@ -159,6 +159,12 @@ impl IssuerKeys {
             return Lookup::Unavailable;
         }
         let bit = alg_bit(alg);
+        // A shared secret is the issuer's only key: a `kid` in an HMAC token names nothing.
+        let kid = if matches!(self.cfg.keys, KeySource::Secret(_)) {
+            None
+        } else {
+            kid
+        };
         let mut fits = set.keys.iter().filter(|k| k.algs & bit != 0);
         match kid {
             Some(kid) => fits
