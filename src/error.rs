@@ -34,6 +34,10 @@ pub enum Reject {
     WrongAudience,
     InsufficientScope,
     ClaimMismatch,
+    /// `(iss, jti)`, `(iss, sid)` or a `(iss, sub)` cutoff revokes the token.
+    Revoked,
+    /// The revocation set is older than `max_staleness` and `on_stale: deny`: fail closed.
+    RevocationsStale,
     /// No signing keys confirmed within `jwks_max_stale`: fail closed.
     KeysUnavailable,
     UpstreamUnavailable,
@@ -49,19 +53,21 @@ pub enum Outcome {
     NoToken,
     InvalidToken,
     Expired,
+    Revoked,
     Forbidden,
     Unavailable,
     UpstreamError,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Allowed,
         Outcome::BadRequest,
         Outcome::NotFound,
         Outcome::NoToken,
         Outcome::InvalidToken,
         Outcome::Expired,
+        Outcome::Revoked,
         Outcome::Forbidden,
         Outcome::Unavailable,
         Outcome::UpstreamError,
@@ -75,6 +81,7 @@ impl Outcome {
             Outcome::NoToken => "no_token",
             Outcome::InvalidToken => "invalid_token",
             Outcome::Expired => "expired",
+            Outcome::Revoked => "revoked",
             Outcome::Forbidden => "forbidden",
             Outcome::Unavailable => "unavailable",
             Outcome::UpstreamError => "upstream_error",
@@ -225,6 +232,20 @@ impl Reject {
                 "insufficient_scope",
                 "claims do not satisfy the route policy",
                 Outcome::Forbidden,
+            ),
+            Revoked => (
+                StatusCode::UNAUTHORIZED,
+                Some("invalid_token"),
+                "invalid_token",
+                "token revoked",
+                Outcome::Revoked,
+            ),
+            RevocationsStale => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "temporarily_unavailable",
+                "revocation status unavailable",
+                Outcome::Unavailable,
             ),
             KeysUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -32,11 +32,15 @@ pub mod token;
 
 pub mod verify;
 
+pub mod revocation;
+
 pub mod headers;
 
 pub mod upstream;
 
 pub mod proxy;
+
+pub mod control;
 
 pub mod error;
 

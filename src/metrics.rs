@@ -27,6 +27,11 @@ pub const TOKEN_CACHE_HITS_TOTAL: &str = "jwtgate_token_cache_hits_total";
 /// Verified-token cache misses (signature checked).
 pub const TOKEN_CACHE_MISSES_TOTAL: &str = "jwtgate_token_cache_misses_total";
 
+/// Revocation entries held, by kind.
+pub const REVOCATIONS: &str = "jwtgate_revocations";
+/// Seconds since the control plane was last heard from.
+pub const REVOCATION_SYNC_LAG_SECONDS: &str = "jwtgate_revocation_sync_lag_seconds";
+
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "(none)";
 
@@ -53,6 +58,8 @@ pub struct MetricsInner {
     jwks_keys: IntGaugeVec,
     pub token_cache_hits: IntCounter,
     pub token_cache_misses: IntCounter,
+    pub revocations: IntGaugeVec,
+    pub revocation_sync_lag: prometheus::Gauge,
 }
 
 impl std::ops::Deref for Metrics {
@@ -79,6 +86,8 @@ fn help(name: &str) -> &'static str {
         JWKS_KEYS => "Usable signing keys held per issuer.",
         TOKEN_CACHE_HITS_TOTAL => "Verified-token cache hits.",
         TOKEN_CACHE_MISSES_TOTAL => "Verified-token cache misses.",
+        REVOCATIONS => "Revocation entries held, by kind.",
+        REVOCATION_SYNC_LAG_SECONDS => "Seconds since the control plane was last heard from.",
         _ => "jwtgate metric",
     }
 }
@@ -120,6 +129,11 @@ impl Metrics {
             ),
             token_cache_hits: counter(TOKEN_CACHE_HITS_TOTAL),
             token_cache_misses: counter(TOKEN_CACHE_MISSES_TOTAL),
+            revocations: register(&registry, IntGaugeVec::new(Opts::new(REVOCATIONS, help(REVOCATIONS)), &["kind"]).expect("valid metric")),
+            revocation_sync_lag: register(
+                &registry,
+                prometheus::Gauge::new(REVOCATION_SYNC_LAG_SECONDS, help(REVOCATION_SYNC_LAG_SECONDS)).expect("valid metric"),
+            ),
             registry,
         }))
     }

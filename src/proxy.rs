@@ -15,6 +15,9 @@ use crate::config::Config;
 use crate::error::{Outcome, Reject};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{Metrics, RouteSeries, NO_ROUTE};
+use crate::control::ControlPlane;
+use crate::revocation::set::RevocationSet;
+use crate::revocation::sync::SyncState;
 use crate::route::{self, Router};
 use crate::token;
 use crate::upstream::Upstream;
@@ -23,8 +26,25 @@ use crate::verify::{self, keys::Fetcher, policy, Verifier};
 /// A response: the upstream's streamed body, or a small one of the gateway's own.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
+/// The gateway's view of revocations.
+pub struct Revocations {
+    pub set: Arc<RevocationSet>,
+    pub state: Arc<SyncState>,
+    pub max_staleness: std::time::Duration,
+    pub deny_when_stale: bool,
+    /// Single-node mode: the control API served on the admin listener.
+    pub control: Option<Arc<ControlPlane>>,
+}
+
+impl Revocations {
+    fn stale(&self) -> bool {
+        self.state.lag() > self.max_staleness
+    }
+}
+
 /// Everything the request path needs, compiled from one configuration.
 pub struct Gateway {
+    pub revocations: Option<Revocations>,
     pub config: Config,
     router: Router,
     pub verifier: Verifier,
@@ -36,9 +56,31 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config, metrics: Metrics) -> Gateway {
+    /// Ready to serve: every issuer has keys and the revocation set is loaded or synced.
+    pub fn ready(&self) -> bool {
+        self.verifier.ready() && self.revocations.as_ref().is_none_or(|r| r.state.is_ready())
+    }
+
+    /// Refresh the gauges that are read off state rather than counted.
+    pub fn update_gauges(&self) {
+        if let Some(r) = &self.revocations {
+            for kind in crate::revocation::Kind::ALL {
+                self.metrics.revocations.with_label_values(&[kind.as_str()]).set(r.set.count(kind) as i64);
+            }
+            self.metrics.revocation_sync_lag.set(r.state.lag().as_secs_f64());
+        }
+    }
+
+    pub fn new(config: Config, metrics: Metrics, revocations: Option<Revocations>) -> Gateway {
         let router = Router::new(&config.routes);
-        let verifier = Verifier::new(&config, Fetcher::new(), metrics.clone());
+        let verifier = Verifier::new(
+            &config.issuers,
+            &config.token_cache,
+            &config.identity_headers,
+            revocations.as_ref().map(|r| r.set.clone()),
+            Fetcher::new(),
+            metrics.clone(),
+        );
         let upstreams = config
             .upstreams
             .iter()
@@ -55,6 +97,7 @@ impl Gateway {
             .map(|h| h.name.clone())
             .collect();
         Gateway {
+            revocations,
             router,
             verifier,
             upstreams,
@@ -151,6 +194,15 @@ async fn process(
                 .verifier
                 .verify(&token.value, &policy.issuers, verify::now_unix())
                 .await?;
+            // 6. Revocation: checked on every request, cached verification or not.
+            if let Some(rev) = &gw.revocations {
+                if gw.verifier.is_revoked(&verified) {
+                    return Err(Reject::Revoked);
+                }
+                if rev.deny_when_stale && rev.stale() {
+                    return Err(Reject::RevocationsStale);
+                }
+            }
             policy::authorize(policy, &verified)?;
             if !policy.forward_token {
                 let source = &policy.sources[token.source];

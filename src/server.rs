@@ -10,7 +10,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,9 +20,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, RevocationConfig, RevocationSource};
+use crate::control::api::{self as control_api, ControlBody};
+use crate::control::ControlPlane;
+use crate::revocation::set::RevocationSet;
+use crate::revocation::sync::{self, SyncClient, SyncState};
 use crate::metrics::Metrics;
-use crate::proxy::{self, Gateway};
+use crate::proxy::{self, Gateway, Revocations};
 
 /// A started gateway: its bound addresses, and the handle to stop it.
 pub struct Running {
@@ -63,9 +67,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
 
     let metrics = Metrics::new();
-    let gateway = Arc::new(Gateway::new(config, metrics));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let revocations = match &config.revocation {
+        Some(rc) => Some(start_revocations(rc, &mut tasks, &shutdown_rx).await?),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway::new(config, metrics, revocations));
 
     for issuer in &gateway.verifier.issuers {
         tasks.spawn(issuer.clone().run(shutdown_rx.clone()));
@@ -108,6 +116,53 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         gateway,
         shutdown,
         tasks,
+    })
+}
+
+/// Load the last snapshot (if any), then keep the set current: from the control plane, or
+/// in single-node mode from the local store whose API the admin listener serves.
+async fn start_revocations(
+    rc: &RevocationConfig,
+    tasks: &mut JoinSet<()>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Revocations> {
+    let state = Arc::new(SyncState::default());
+    let set = match &rc.snapshot_file {
+        Some(path) if path.exists() => match RevocationSet::load(path, crate::verify::now_unix()) {
+            Ok(set) => {
+                tracing::info!(file = %path.display(), entries = set.len(), cursor = set.cursor(), "revocation snapshot loaded");
+                state.set_ready();
+                set
+            }
+            Err(e) => {
+                // Unreadable: start empty and re-sync from the beginning (not ready until then).
+                tracing::error!(error = %e, "ignoring the revocation snapshot; syncing from scratch");
+                RevocationSet::new()
+            }
+        },
+        _ => RevocationSet::new(),
+    };
+    let set = Arc::new(set);
+    let apply = sync::apply_to(set.clone());
+    let control = match &rc.source {
+        RevocationSource::Control { url, token } => {
+            let client = SyncClient::new(url, token.as_deref(), set.clone(), apply, state.clone(), rc.max_staleness);
+            tasks.spawn(client.run(shutdown.clone()));
+            None
+        }
+        RevocationSource::Store { store, access } => {
+            let plane = ControlPlane::open(store, access.clone(), tasks, shutdown.clone()).await?;
+            tasks.spawn(sync::follow_store(plane.store.clone(), apply, set.clone(), state.clone(), shutdown.clone()));
+            Some(plane)
+        }
+    };
+    tasks.spawn(sync::maintain(set.clone(), rc.snapshot_file.clone(), shutdown.clone()));
+    Ok(Revocations {
+        set,
+        state,
+        max_staleness: rc.max_staleness,
+        deny_when_stale: rc.deny_when_stale,
+        control,
     })
 }
 
@@ -174,7 +229,7 @@ async fn admin_loop(
         let gw = gateway.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(admin(&gw, &req)) }
+            async move { Ok::<_, Infallible>(admin(&gw, req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -188,53 +243,45 @@ async fn admin_loop(
     graceful.shutdown().await;
 }
 
-fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<ControlBody> {
+    let mut r = Response::new(Either::Left(Full::new(body.into())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
-/// `/metrics`, `/healthz` (the process answers), `/readyz` (every issuer has usable keys).
-fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// `/metrics`, `/healthz` (the process answers), `/readyz` (every issuer has usable keys
+/// and the revocation set is loaded); in single-node mode also the control API (`/v1/…`).
+async fn admin(gw: &Gateway, req: Request<Incoming>) -> Response<ControlBody> {
+    if req.uri().path().starts_with("/v1/") {
+        if let Some(plane) = gw.revocations.as_ref().and_then(|r| r.control.as_ref()) {
+            return control_api::handle(plane, req).await;
+        }
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n",
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
     }
     match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            gw.metrics.render(),
-        ),
+        "/metrics" => {
+            gw.update_gauges();
+            text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render())
+        }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
-            let waiting: Vec<&str> = gw
+            let mut waiting: Vec<String> = gw
                 .verifier
                 .issuers
                 .iter()
                 .filter(|i| !i.ready())
-                .map(|i| i.cfg.name.as_str())
+                .map(|i| format!("no usable keys for issuer {}", i.cfg.name))
                 .collect();
+            if gw.revocations.as_ref().is_some_and(|r| !r.state.is_ready()) {
+                waiting.push("revocations not yet synced".to_owned());
+            }
             if waiting.is_empty() {
                 text(StatusCode::OK, "text/plain", "ready\n")
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!(
-                        "not ready: no usable keys for issuer(s) {}\n",
-                        waiting.join(", ")
-                    ),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {}\n", waiting.join("; ")))
             }
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

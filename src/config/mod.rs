@@ -32,7 +32,88 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub identity_headers: Vec<IdentityHeader>,
     pub routes: Vec<RouteConfig>,
+    pub revocation: Option<RevocationConfig>,
     /// Things that are allowed but worth an operator's look (`check` prints them).
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RevocationConfig {
+    pub source: RevocationSource,
+    /// Where the last known set is kept across restarts.
+    pub snapshot_file: Option<PathBuf>,
+    /// How long the set may go without word from the control plane before `on_stale`.
+    pub max_staleness: Duration,
+    /// `on_stale: deny`: fail closed (503) once stale; `allow` enforces the last known set.
+    pub deny_when_stale: bool,
+}
+
+#[derive(Clone)]
+pub enum RevocationSource {
+    Control { url: Uri, token: Option<String> },
+    /// Single-node mode: the gateway runs the control API itself.
+    Store { store: StoreUrl, access: AccessConfig },
+}
+
+impl std::fmt::Debug for RevocationSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RevocationSource::Control { url, .. } => write!(f, "Control({url})"),
+            RevocationSource::Store { store, .. } => write!(f, "Store({store:?})"),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            // The URL may hold a password.
+            StoreUrl::Postgres(_) => f.write_str("postgres://<redacted>"),
+        }
+    }
+}
+
+/// A named API key, held as the SHA-256 of the key.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey({})", self.name)
+    }
+}
+
+/// Who may write and read revocations, and how long entries are kept.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    pub writer_issuers: Vec<IssuerConfig>,
+    pub writer_scope: String,
+    pub writer_keys: Vec<ApiKey>,
+    pub reader_keys: Vec<ApiKey>,
+    /// Retention of a `sid` entry without `expires_at`.
+    pub default_retention: Duration,
+    /// The longest lifetime a token of these issuers can have: a `sub` cutoff is kept
+    /// this long, after which no token issued before it can still be valid.
+    pub max_token_lifetime: Duration,
+}
+
+/// The validated `control.yaml`.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub listen: SocketAddr,
+    pub store: StoreUrl,
+    pub access: AccessConfig,
+    pub log: LogConfig,
     pub warnings: Vec<Problem>,
 }
 
@@ -226,6 +307,34 @@ impl Config {
     }
 }
 
+impl ControlConfig {
+    pub fn load(path: &Path) -> Result<ControlConfig, Problems> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Problems {
+            file: file.clone(),
+            list: vec![Problem { path: String::new(), line: 0, column: 0, message: format!("cannot read: {e}") }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        ControlConfig::from_yaml(&text, base, &|k| std::env::var(k).ok()).map_err(|list| Problems { file, list })
+    }
+
+    pub fn from_yaml(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<ControlConfig, Vec<Problem>> {
+        let (value, pos) = source::load(text, env)?;
+        let raw: raw::Control = deserialize(value, &pos)?;
+        let mut v = Validator { pos: &pos, problems: Vec::new(), warnings: Vec::new() };
+        let listen = v.addr("listen", &raw.listen);
+        let store = v.store_url("store", &raw.store, base);
+        let access = v.access("", raw.writers.as_ref(), raw.readers.as_ref(), raw.default_retention, raw.max_token_lifetime, base);
+        let log = v.log(&raw.log);
+        if v.problems.is_empty() {
+            if let (Some(listen), Some(store)) = (listen, store) {
+                return Ok(ControlConfig { listen, store, access, log, warnings: v.warnings });
+            }
+        }
+        Err(v.problems)
+    }
+}
+
 /// Deserialize a subtree, turning serde's error into a positioned problem.
 pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
     value: Value,
@@ -313,24 +422,7 @@ impl Validator<'_> {
             self.err("limits.max_connections", "must be greater than zero");
         }
 
-        let json = match raw.log.format.as_deref() {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => {
-                self.err(
-                    "log.format",
-                    format!("`{other}` is not a log format: use text or json"),
-                );
-                false
-            }
-        };
-        let level = raw.log.level.clone().unwrap_or_else(|| "info".to_owned());
-        if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
-            self.err(
-                "log.level",
-                format!("`{level}` is not a level: use trace, debug, info, warn or error"),
-            );
-        }
+        let log = self.log(&raw.log);
 
         let token_cache = TokenCacheConfig {
             max_entries: raw.token_cache.max_entries.unwrap_or(100_000),
@@ -345,12 +437,13 @@ impl Validator<'_> {
         let upstreams = self.upstreams(&raw.upstreams);
         let identity_headers = self.identity_headers(&raw.identity_headers);
         let routes = self.routes(raw.routes, &issuers, &upstreams);
+        let revocation = raw.revocation.as_ref().map(|r| self.revocation(r, base));
 
         Config {
             listeners,
             admin,
             limits,
-            log: LogConfig { json, level },
+            log,
             realm: match raw.realm {
                 Some(r)
                     if r.is_empty()
@@ -372,16 +465,137 @@ impl Validator<'_> {
             upstreams,
             identity_headers,
             routes,
+            revocation,
             warnings: Vec::new(),
         }
     }
 
+    fn log(&mut self, raw: &raw::Log) -> LogConfig {
+        let json = match raw.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                self.err("log.format", format!("`{other}` is not a log format: use text or json"));
+                false
+            }
+        };
+        let level = raw.level.clone().unwrap_or_else(|| "info".to_owned());
+        if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+            self.err("log.level", format!("`{level}` is not a level: use trace, debug, info, warn or error"));
+        }
+        LogConfig { json, level }
+    }
+
+    fn store_url(&mut self, path: &str, s: &str, base: &Path) -> Option<StoreUrl> {
+        if let Some(rest) = s.strip_prefix("sqlite://") {
+            if rest.is_empty() {
+                self.err(path, "write sqlite:///absolute/path.db or sqlite://relative.db");
+                return None;
+            }
+            return Some(StoreUrl::Sqlite(base.join(rest)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return match s.parse::<tokio_postgres::Config>() {
+                Ok(_) => Some(StoreUrl::Postgres(s.to_owned())),
+                Err(e) => {
+                    self.err(path, format!("not a PostgreSQL URL: {e}"));
+                    None
+                }
+            };
+        }
+        self.err(path, "a store is sqlite:///path/to/file.db or postgres://user@host/db");
+        None
+    }
+
+    fn api_keys(&mut self, path: &str, keys: &[raw::ApiKey]) -> Vec<ApiKey> {
+        let mut out = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let p = format!("{path}[{i}].sha256");
+            let hex = k.sha256.trim();
+            let bytes: Option<Vec<u8>> = (hex.len() == 64 && hex.is_ascii())
+                .then(|| (0..32).map(|j| u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).ok()).collect())
+                .flatten();
+            match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                Some(sha256) => out.push(ApiKey { name: k.name.clone(), sha256 }),
+                None => self.err(&p, "the hex SHA-256 of the key (64 hex digits): `printf %s KEY | sha256sum`"),
+            }
+        }
+        out
+    }
+
+    fn access(
+        &mut self,
+        prefix: &str,
+        writers: Option<&raw::Writers>,
+        readers: Option<&raw::Readers>,
+        retention: Option<raw::Dur>,
+        lifetime: Option<raw::Dur>,
+        base: &Path,
+    ) -> AccessConfig {
+        let empty_w = raw::Writers::default();
+        let empty_r = raw::Readers::default();
+        let w = writers.unwrap_or(&empty_w);
+        let r = readers.unwrap_or(&empty_r);
+        let writer_issuers = self.issuers_at(&format!("{prefix}writers.issuers"), &w.issuers, base);
+        if !writer_issuers.is_empty() && w.scope.as_deref().is_none_or(str::is_empty) {
+            self.err(&format!("{prefix}writers.scope"), "writers authenticated by JWT need the `scope` their tokens must carry, e.g. jwtgate:revoke");
+        }
+        AccessConfig {
+            writer_issuers,
+            writer_scope: w.scope.clone().unwrap_or_default(),
+            writer_keys: self.api_keys(&format!("{prefix}writers.api_keys"), &w.api_keys),
+            reader_keys: self.api_keys(&format!("{prefix}readers.api_keys"), &r.api_keys),
+            default_retention: self.positive(&format!("{prefix}default_retention"), retention, Duration::from_secs(86_400)),
+            max_token_lifetime: self.positive(&format!("{prefix}max_token_lifetime"), lifetime, Duration::from_secs(86_400)),
+        }
+    }
+
+    fn revocation(&mut self, r: &raw::Revocation, base: &Path) -> RevocationConfig {
+        let p = "revocation";
+        let source = match (&r.control_url, &r.store) {
+            (Some(url), None) => {
+                if r.writers.is_some() || r.readers.is_some() {
+                    self.err(&format!("{p}.writers"), "writers and readers belong to the control plane; they apply here only with `store` (single-node mode)");
+                }
+                let uri = self.fetch_url(&format!("{p}.control_url"), url).unwrap_or_default();
+                RevocationSource::Control { url: uri, token: r.token.clone() }
+            }
+            (None, Some(store)) => {
+                let access = self.access("revocation.", r.writers.as_ref(), r.readers.as_ref(), r.default_retention, r.max_token_lifetime, base);
+                let store = self.store_url(&format!("{p}.store"), store, base).unwrap_or(StoreUrl::Sqlite(PathBuf::new()));
+                RevocationSource::Store { store, access }
+            }
+            _ => {
+                self.err(p, "give exactly one of `control_url` (sync from a control plane) or `store` (single-node mode)");
+                RevocationSource::Control { url: Uri::default(), token: None }
+            }
+        };
+        let deny_when_stale = match r.on_stale.as_deref() {
+            None | Some("allow") => false,
+            Some("deny") => true,
+            Some(other) => {
+                self.err(&format!("{p}.on_stale"), format!("`{other}`: use allow (enforce the last known set) or deny (fail closed with 503)"));
+                false
+            }
+        };
+        RevocationConfig {
+            source,
+            snapshot_file: r.snapshot_file.as_ref().map(|f| base.join(f)),
+            max_staleness: self.positive(&format!("{p}.max_staleness"), r.max_staleness, Duration::from_secs(60)),
+            deny_when_stale,
+        }
+    }
+
     fn issuers(&mut self, raw: &[raw::Issuer], base: &Path) -> Vec<IssuerConfig> {
+        self.issuers_at("issuers", raw, base)
+    }
+
+    fn issuers_at(&mut self, at: &str, raw: &[raw::Issuer], base: &Path) -> Vec<IssuerConfig> {
         let mut names = HashSet::new();
         let mut iss_values = HashSet::new();
         let mut out = Vec::new();
         for (i, r) in raw.iter().enumerate() {
-            let p = format!("issuers[{i}]");
+            let p = format!("{at}[{i}]");
             if !names.insert(r.name.clone()) {
                 self.err(
                     &format!("{p}.name"),
@@ -440,13 +654,13 @@ impl Validator<'_> {
                 self.err(&format!("{p}.audiences"), "list the audiences this gateway accepts (the tokens' `aud`); at least one, none empty");
             }
             let mut algorithms = Vec::new();
-            if r.algorithms.is_empty() {
-                self.err(
-                    &format!("{p}.algorithms"),
-                    "list the allowed signing algorithms, e.g. [RS256]",
-                );
+            // OIDC's default signing algorithm when none is listed; HMAC must be explicit.
+            let default_algs = vec!["RS256".to_owned()];
+            let listed = if r.algorithms.is_empty() && r.secret.is_none() { &default_algs } else { &r.algorithms };
+            if listed.is_empty() {
+                self.err(&format!("{p}.algorithms"), "list the allowed HMAC algorithms, e.g. [HS256]");
             }
-            for (j, a) in r.algorithms.iter().enumerate() {
+            for (j, a) in listed.iter().enumerate() {
                 let ap = format!("{p}.algorithms[{j}]");
                 match parse_algorithm(a) {
                     Some(alg) => {

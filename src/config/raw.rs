@@ -79,6 +79,65 @@ pub struct Gateway {
     #[serde(default)]
     pub identity_headers: BTreeMap<String, String>,
     pub routes: Vec<Route>,
+    #[serde(default)]
+    pub revocation: Option<Revocation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    pub control_url: Option<String>,
+    pub store: Option<String>,
+    pub token: Option<String>,
+    pub snapshot_file: Option<String>,
+    pub max_staleness: Option<Dur>,
+    pub on_stale: Option<String>,
+    /// Single-node mode (`store`): who may use the control API on the admin listener.
+    pub writers: Option<Writers>,
+    pub readers: Option<Readers>,
+    pub default_retention: Option<Dur>,
+    pub max_token_lifetime: Option<Dur>,
+}
+
+/// `control.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    pub listen: String,
+    pub store: String,
+    #[serde(default)]
+    pub writers: Option<Writers>,
+    #[serde(default)]
+    pub readers: Option<Readers>,
+    pub default_retention: Option<Dur>,
+    pub max_token_lifetime: Option<Dur>,
+    #[serde(default)]
+    pub log: Log,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Writers {
+    #[serde(default)]
+    pub issuers: Vec<Issuer>,
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Readers {
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub name: String,
+    /// Hex SHA-256 of the key; the key itself never appears in configuration.
+    pub sha256: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,9 @@ use jsonwebtoken::Validation;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{Config, IdentityHeader};
+use crate::config::{IdentityHeader, IssuerConfig, TokenCacheConfig};
+use crate::revocation::set::{RevocationSet, TokenKeys};
+use std::sync::atomic::AtomicU64;
 use crate::error::Reject;
 use crate::metrics::Metrics;
 use keys::{Fetcher, IssuerKeys, Lookup};
@@ -39,6 +41,10 @@ pub struct Verified {
     /// Identity headers to inject, values already checked.
     pub identity: Box<[(HeaderName, HeaderValue)]>,
     key_epoch: u64,
+    /// Revocation keys (`jti`, `sid`, `sub`, `iat`) hashed once for the set's lookups.
+    pub revocation_keys: TokenKeys,
+    /// The revocation-set version this token was last found clean at.
+    pub revocation_checked: AtomicU64,
 }
 
 impl Verified {
@@ -73,6 +79,7 @@ pub struct Verifier {
     by_iss: HashMap<String, usize, foldhash::fast::RandomState>,
     cache: TokenCache,
     identity_headers: Vec<IdentityHeader>,
+    revocations: Option<Arc<RevocationSet>>,
     metrics: Metrics,
 }
 
@@ -87,14 +94,20 @@ struct JoseHeader<'a> {
 }
 
 impl Verifier {
-    pub fn new(config: &Config, fetcher: Fetcher, metrics: Metrics) -> Verifier {
-        let issuers: Vec<_> = config
-            .issuers
+    pub fn new(
+        issuers: &[IssuerConfig],
+        cache: &TokenCacheConfig,
+        identity_headers: &[IdentityHeader],
+        revocations: Option<Arc<RevocationSet>>,
+        fetcher: Fetcher,
+        metrics: Metrics,
+    ) -> Verifier {
+        let configs = issuers;
+        let issuers: Vec<_> = configs
             .iter()
             .map(|c| IssuerKeys::new(c.clone(), fetcher.clone(), metrics.clone()))
             .collect();
-        let validations = config
-            .issuers
+        let validations = configs
             .iter()
             .map(|c| {
                 let mut per_alg: [Option<Validation>; 12] = Default::default();
@@ -104,24 +117,31 @@ impl Verifier {
                 per_alg
             })
             .collect();
-        let by_iss = config
-            .issuers
+        let by_iss = configs
             .iter()
             .enumerate()
             .map(|(i, c)| (c.issuer.clone(), i))
             .collect();
         let cache = moka::sync::Cache::builder()
-            .max_capacity(config.token_cache.max_entries)
-            .time_to_live(config.token_cache.ttl)
+            .max_capacity(cache.max_entries)
+            .time_to_live(cache.ttl)
             .build_with_hasher(foldhash::fast::RandomState::default());
         Verifier {
             issuers,
             validations,
             by_iss,
             cache,
-            identity_headers: config.identity_headers.clone(),
+            identity_headers: identity_headers.to_vec(),
+            revocations,
             metrics,
         }
+    }
+
+    /// Whether `token` is revoked (always `false` without a revocation set).
+    pub fn is_revoked(&self, token: &Verified) -> bool {
+        self.revocations
+            .as_ref()
+            .is_some_and(|set| set.is_revoked(&token.revocation_keys, &token.revocation_checked))
     }
 
     /// Whether every issuer has usable keys.
@@ -271,7 +291,21 @@ impl Verifier {
                 }
             })
             .collect();
+        let revocation_keys = match &self.revocations {
+            Some(set) => {
+                let text = |name: &str| match claims.get(name) {
+                    Some(Value::String(s)) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+                    Some(Value::Number(n)) => Some(std::borrow::Cow::Owned(n.to_string())),
+                    _ => None,
+                };
+                let iss = self.issuers[issuer].cfg.issuer.as_str();
+                set.token_keys(iss, text("jti").as_deref(), text("sid").as_deref(), text("sub").as_deref(), iat)
+            }
+            None => TokenKeys::default(),
+        };
         let verified = Verified {
+            revocation_keys,
+            revocation_checked: AtomicU64::new(0),
             issuer,
             claims,
             exp,

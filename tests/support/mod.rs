@@ -375,3 +375,62 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str
 pub fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}")
 }
+
+/// PostgreSQL for the store tests: the machine's server, database `test`. Each call gets a
+/// fresh schema so parallel tests never see each other's rows.
+pub async fn pg_url() -> String {
+    let base = std::env::var("JWTGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("t_{:016x}", fastrand::u64(..));
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is needed for this test: {e}"));
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+    format!("{base}?options=-c%20search_path%3D{schema}")
+}
+
+pub fn temp_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("jwtgate-t-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+pub const WRITER_KEY: &str = "writer-key-0123456789";
+pub const READER_KEY: &str = "reader-key-0123456789";
+
+pub fn sha256_hex(s: &str) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `control.yaml` for a store URL (`sqlite://…` or `postgres://…`), with the test keys.
+pub fn control_yaml(store: &str, listen: &str, extra: &str) -> String {
+    format!(
+        "listen: \"{listen}\"\nstore: \"{store}\"\nwriters:\n  api_keys: [ {{ name: ops, sha256: {} }} ]\nreaders:\n  api_keys: [ {{ name: gateways, sha256: {} }} ]\n{extra}",
+        sha256_hex(WRITER_KEY),
+        sha256_hex(READER_KEY)
+    )
+}
+
+pub async fn start_control(store: &str, extra: &str) -> jwtgate::control::RunningControl {
+    let config = jwtgate::config::ControlConfig::from_yaml(&control_yaml(store, "127.0.0.1:0", extra), Path::new("."), &|_| None)
+        .unwrap_or_else(|p| panic!("control config: {p:?}"));
+    jwtgate::control::start(config).await.expect("control start")
+}
+
+/// `POST /v1/revocations` with the writer key; returns (status, body).
+pub async fn revoke(control: SocketAddr, body: &Value) -> Resp {
+    post_json(control, "/v1/revocations", WRITER_KEY, body).await
+}
+
+pub async fn post_json(addr: SocketAddr, path: &str, key: &str, body: &Value) -> Resp {
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\nHost: control\nAuthorization: Bearer {key}\nContent-Type: application/json\nContent-Length: {}",
+        body.len()
+    );
+    raw(addr, &head, body.as_bytes()).await
+}

@@ -1,0 +1,463 @@
+//! The durable revocation log: SQLite (one file, WAL, fsync on commit) or PostgreSQL
+//! (several control replicas). Both keep one behaviour, pinned by one test suite.
+//!
+//! Every entry has a cursor (`id`) that only grows. Readers page through `id > cursor`, so
+//! the log must never show an id before every smaller id is committed: SQLite has a single
+//! writer; on PostgreSQL each write takes a transaction-level advisory lock before it
+//! draws its id, so ids commit in order even with concurrent writers on several replicas.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::StoreUrl;
+use crate::revocation::{Entry, Kind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("store task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A revocation to record.
+#[derive(Debug, Clone)]
+pub struct NewRevocation {
+    pub kind: Kind,
+    pub iss: String,
+    pub value: String,
+    pub expires_at: u64,
+    pub issued_before: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// The outcome of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub cursor: u64,
+    /// False when an equal or stronger entry was already there (idempotent repeat).
+    pub changed: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    latest: watch::Sender<u64>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Postgres(Arc<Pg>),
+}
+
+struct Pg {
+    url: String,
+    client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+/// Advisory lock key serializing writers ("jwtg" in ASCII).
+const WRITE_LOCK: i64 = 0x6a77_7467;
+const CHANNEL: &str = "jwtgate_revocations";
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn row_entry(id: i64, kind: &str, iss: String, value: String, expires_at: i64, issued_before: Option<i64>, reason: Option<String>) -> Entry {
+    let mut e = Entry {
+        cursor: to_u64(id),
+        iss,
+        jti: None,
+        sid: None,
+        sub: None,
+        issued_before: issued_before.map(to_u64),
+        expires_at: to_u64(expires_at),
+        reason,
+    };
+    match Kind::parse(kind) {
+        Some(Kind::Jti) => e.jti = Some(value),
+        Some(Kind::Sid) => e.sid = Some(value),
+        _ => e.sub = Some(value),
+    }
+    e
+}
+
+impl Store {
+    /// Open (creating or migrating the schema) and start following other writers.
+    pub async fn open(url: &StoreUrl) -> Result<Store, StoreError> {
+        let (latest, _) = watch::channel(0);
+        let backend = match url {
+            StoreUrl::Sqlite(path) => Backend::Sqlite(Arc::new(Mutex::new(open_sqlite(path.clone()).await?))),
+            StoreUrl::Postgres(url) => {
+                let pg = Pg { url: url.clone(), client: tokio::sync::Mutex::new(None) };
+                let client = pg.connect().await?;
+                migrate_pg(&client).await?;
+                *pg.client.lock().await = Some(client);
+                Backend::Postgres(Arc::new(pg))
+            }
+        };
+        let store = Store { backend, latest };
+        let max = store.max_cursor().await?;
+        store.latest.send_replace(max);
+        if let Backend::Postgres(pg) = &store.backend {
+            tokio::spawn(follow_pg(Arc::downgrade(pg), store.latest.clone()));
+        }
+        Ok(store)
+    }
+
+    /// The newest cursor known to this process; changes when any writer commits.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// Record a revocation; durable when this returns.
+    pub async fn insert(&self, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+        let written = match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                let r = r.clone();
+                tokio::task::spawn_blocking(move || sqlite_insert(&conn, &r, now)).await??
+            }
+            Backend::Postgres(pg) => pg.insert(r, now).await?,
+        };
+        self.latest.send_if_modified(|v| {
+            let grew = written.cursor > *v;
+            *v = (*v).max(written.cursor);
+            grew
+        });
+        Ok(written)
+    }
+
+    /// Live entries after `since`, oldest first, at most `limit`; and whether more follow.
+    pub async fn list(&self, since: u64, limit: usize, now: u64) -> Result<(Vec<Entry>, bool), StoreError> {
+        let fetch = limit.saturating_add(1);
+        let mut entries = match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || -> Result<Vec<Entry>, StoreError> {
+                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT id, kind, iss, value, expires_at, issued_before, reason FROM revocations WHERE id > ?1 AND expires_at > ?2 ORDER BY id LIMIT ?3",
+                    )?;
+                    let rows = stmt.query_map(rusqlite::params![to_i64(since), to_i64(now), to_i64(fetch as u64)], |row| {
+                        let kind: String = row.get(1)?;
+                        Ok(row_entry(row.get(0)?, &kind, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
+                    })?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await??
+            }
+            Backend::Postgres(pg) => {
+                let rows = pg
+                    .query(
+                        "SELECT id, kind, iss, value, expires_at, issued_before, reason FROM jwtgate_revocations WHERE id > $1 AND expires_at > $2 ORDER BY id LIMIT $3",
+                        &[&to_i64(since), &to_i64(now), &to_i64(fetch as u64)],
+                    )
+                    .await?;
+                rows.iter()
+                    .map(|r| row_entry(r.get(0), r.get::<_, &str>(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+                    .collect()
+            }
+        };
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        Ok((entries, more))
+    }
+
+    /// The newest cursor in the store.
+    pub async fn max_cursor(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    // AUTOINCREMENT's counter survives deletes, so a purge never rewinds it.
+                    let seq: Option<i64> = conn
+                        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'revocations'", [], |r| r.get(0))
+                        .ok();
+                    Ok(to_u64(seq.unwrap_or(0)))
+                })
+                .await?
+            }
+            Backend::Postgres(pg) => {
+                let rows = pg.query("SELECT COALESCE(MAX(id), 0) FROM jwtgate_revocations", &[]).await?;
+                Ok(rows.first().map_or(0, |r| to_u64(r.get(0))))
+            }
+        }
+    }
+
+    /// Delete entries past their time; returns how many.
+    pub async fn purge(&self, now: u64) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    Ok(conn.execute("DELETE FROM revocations WHERE expires_at <= ?1", [to_i64(now)])? as u64)
+                })
+                .await?
+            }
+            Backend::Postgres(pg) => {
+                let client = pg.client().await?;
+                let n = client.execute("DELETE FROM jwtgate_revocations WHERE expires_at <= $1", &[&to_i64(now)]).await;
+                pg.release(client, n.is_ok()).await;
+                Ok(n?)
+            }
+        }
+    }
+
+    /// Whether the store answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => true,
+            Backend::Postgres(pg) => pg.query("SELECT 1", &[]).await.is_ok(),
+        }
+    }
+}
+
+async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, StoreError> {
+    tokio::task::spawn_blocking(move || -> Result<rusqlite::Connection, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
+            }
+        }
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // WAL with a full fsync at every commit: a 201 means the entry is on disk.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS revocations (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     kind TEXT NOT NULL,
+                     iss TEXT NOT NULL,
+                     value TEXT NOT NULL,
+                     expires_at INTEGER NOT NULL,
+                     issued_before INTEGER,
+                     reason TEXT,
+                     created_at INTEGER NOT NULL,
+                     UNIQUE (kind, iss, value));
+                 CREATE INDEX IF NOT EXISTS revocations_expires ON revocations (expires_at);
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(conn)
+    })
+    .await?
+}
+
+/// The merged entry when `new` strengthens `old` (later expiry or cutoff), else `None`.
+fn strengthen(old_expires: u64, old_cutoff: Option<u64>, r: &NewRevocation) -> Option<(u64, Option<u64>)> {
+    let expires = old_expires.max(r.expires_at);
+    let cutoff = match (old_cutoff, r.issued_before) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    (expires != old_expires || cutoff != old_cutoff).then_some((expires, cutoff))
+}
+
+fn sqlite_insert(conn: &Mutex<rusqlite::Connection>, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+    let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let existing: Option<(i64, i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT id, expires_at, issued_before FROM revocations WHERE kind = ?1 AND iss = ?2 AND value = ?3",
+            rusqlite::params![r.kind.as_str(), r.iss, r.value],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .ok();
+    let (expires, cutoff) = match existing {
+        Some((id, old_exp, old_cut)) => match strengthen(to_u64(old_exp), old_cut.map(to_u64), r) {
+            None => return Ok(Written { cursor: to_u64(id), changed: false }),
+            Some(merged) => {
+                // A stronger entry gets a new cursor so every follower sees it.
+                tx.execute("DELETE FROM revocations WHERE id = ?1", [id])?;
+                merged
+            }
+        },
+        None => (r.expires_at, r.issued_before),
+    };
+    tx.execute(
+        "INSERT INTO revocations (kind, iss, value, expires_at, issued_before, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        rusqlite::params![r.kind.as_str(), r.iss, r.value, to_i64(expires), cutoff.map(to_i64), r.reason, to_i64(now)],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.commit()?;
+    Ok(Written { cursor: to_u64(id), changed: true })
+}
+
+async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "SELECT pg_advisory_lock(1785951335);
+             CREATE TABLE IF NOT EXISTS jwtgate_schema (version INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS jwtgate_revocations (
+                 id BIGSERIAL PRIMARY KEY,
+                 kind TEXT NOT NULL,
+                 iss TEXT NOT NULL,
+                 value TEXT NOT NULL,
+                 expires_at BIGINT NOT NULL,
+                 issued_before BIGINT,
+                 reason TEXT,
+                 created_at BIGINT NOT NULL,
+                 UNIQUE (kind, iss, value));
+             CREATE INDEX IF NOT EXISTS jwtgate_revocations_expires ON jwtgate_revocations (expires_at);
+             INSERT INTO jwtgate_schema (version) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM jwtgate_schema);
+             SELECT pg_advisory_unlock(1785951335);",
+        )
+        .await?;
+    Ok(())
+}
+
+impl Pg {
+    async fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Take the shared client, reconnecting when the last one broke.
+    async fn client(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let mut slot = self.client.lock().await;
+        match slot.take() {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => self.connect().await,
+        }
+    }
+
+    async fn release(&self, client: tokio_postgres::Client, healthy: bool) {
+        if healthy && !client.is_closed() {
+            *self.client.lock().await = Some(client);
+        }
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        let result = client.query(sql, params).await;
+        self.release(client, result.is_ok()).await;
+        Ok(result?)
+    }
+
+    async fn insert(&self, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+        let mut client = self.client().await?;
+        let result = pg_insert(&mut client, r, now).await;
+        self.release(client, result.is_ok()).await;
+        result
+    }
+}
+
+async fn pg_insert(client: &mut tokio_postgres::Client, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+    let tx = client.transaction().await?;
+    // Serialize writers: an id is drawn only while holding the lock, so ids commit in order.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await?;
+    let existing = tx
+        .query_opt(
+            "SELECT id, expires_at, issued_before FROM jwtgate_revocations WHERE kind = $1 AND iss = $2 AND value = $3",
+            &[&r.kind.as_str(), &r.iss, &r.value],
+        )
+        .await?;
+    let (expires, cutoff) = match existing {
+        Some(row) => match strengthen(to_u64(row.get(1)), row.get::<_, Option<i64>>(2).map(to_u64), r) {
+            None => return Ok(Written { cursor: to_u64(row.get(0)), changed: false }),
+            Some(merged) => {
+                tx.execute("DELETE FROM jwtgate_revocations WHERE id = $1", &[&row.get::<_, i64>(0)]).await?;
+                merged
+            }
+        },
+        None => (r.expires_at, r.issued_before),
+    };
+    let row = tx
+        .query_one(
+            "INSERT INTO jwtgate_revocations (kind, iss, value, expires_at, issued_before, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[&r.kind.as_str(), &r.iss, &r.value, &to_i64(expires), &cutoff.map(to_i64), &r.reason, &to_i64(now)],
+        )
+        .await?;
+    let id: i64 = row.get(0);
+    // Delivered to every listening replica when (and only if) the transaction commits.
+    tx.execute(&format!("NOTIFY {CHANNEL}, '{id}'"), &[]).await?;
+    tx.commit().await?;
+    Ok(Written { cursor: to_u64(id), changed: true })
+}
+
+/// Follow writes made through other replicas: LISTEN for their notifications, and poll the
+/// sequence once a second in case a notification was lost with a connection.
+async fn follow_pg(pg: std::sync::Weak<Pg>, latest: watch::Sender<u64>) {
+    use futures_util::StreamExt;
+    let mut failures = 0u32;
+    loop {
+        let Some(strong) = pg.upgrade() else { return };
+        let url = strong.url.clone();
+        drop(strong);
+        let connected = tokio_postgres::connect(&url, tokio_postgres::NoTls).await;
+        let (client, mut conn) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "cannot LISTEN on PostgreSQL; retrying");
+                tokio::time::sleep(crate::verify::keys::backoff(failures)).await;
+                continue;
+            }
+        };
+        failures = 0;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pump = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(msg)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                    let _ = tx.send(n.payload().parse::<u64>().unwrap_or(0));
+                }
+            }
+        });
+        if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_err() {
+            pump.abort();
+            continue;
+        }
+        loop {
+            tokio::select! {
+                n = rx.recv() => match n {
+                    // A commit elsewhere: always wake the followers, even when the poll
+                    // below already saw this id drawn but not yet committed.
+                    Some(n) => latest.send_modify(|v| *v = (*v).max(n)),
+                    None => break,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let seen = match client.query_one("SELECT COALESCE(MAX(id), 0) FROM jwtgate_revocations", &[]).await {
+                        Ok(row) => to_u64(row.get(0)),
+                        Err(_) => break,
+                    };
+                    latest.send_if_modified(|v| {
+                        let grew = seen > *v;
+                        *v = (*v).max(seen);
+                        grew
+                    });
+                }
+            }
+            if pg.strong_count() == 0 {
+                pump.abort();
+                return;
+            }
+        }
+        pump.abort();
+    }
+}

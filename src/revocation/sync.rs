@@ -1,0 +1,306 @@
+//! Keeping a gateway's revocation set current: a snapshot (paged `GET`), then the SSE
+//! stream from the cursor; on any failure, reconnect with backoff and jitter and resume
+//! from the last *applied* cursor, so an event cut mid-way is fetched again, never lost.
+//! The set is saved atomically to `snapshot_file` so a restart while the control plane is
+//! down still enforces what was known.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::set::RevocationSet;
+use super::Entry;
+use crate::control::store::Store;
+use crate::verify::keys::backoff;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How current the set is.
+#[derive(Default)]
+pub struct SyncState {
+    /// Last time the control plane (or the local store) was heard from, Unix ms.
+    last_contact_ms: AtomicU64,
+    /// A first sync completed, or a snapshot file was loaded.
+    ready: AtomicBool,
+}
+
+impl SyncState {
+    pub fn contact(&self) {
+        self.last_contact_ms.store(now_ms(), Ordering::Release);
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Time since the control plane was last heard from.
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_contact_ms.load(Ordering::Acquire)))
+    }
+}
+
+/// Apply one entry to the set (and to anything else that follows revocations).
+pub type Apply = Arc<dyn Fn(&Entry) + Send + Sync>;
+
+pub fn apply_to(set: Arc<RevocationSet>) -> Apply {
+    Arc::new(move |e: &Entry| {
+        if let Some((kind, value)) = e.key() {
+            set.insert(kind, &e.iss, value, e.expires_at, e.issued_before);
+        }
+        set.set_cursor(e.cursor);
+    })
+}
+
+#[derive(Deserialize)]
+struct Page {
+    entries: Vec<Entry>,
+    cursor: String,
+    more: bool,
+}
+
+/// The client side of the control API.
+pub struct SyncClient {
+    base: String,
+    token: Option<HeaderValue>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    set: Arc<RevocationSet>,
+    apply: Apply,
+    state: Arc<SyncState>,
+    heartbeat: Duration,
+}
+
+const PAGE_BYTES: usize = 16 * 1024 * 1024;
+const EVENT_BYTES: usize = 64 * 1024;
+
+impl SyncClient {
+    pub fn new(url: &Uri, token: Option<&str>, set: Arc<RevocationSet>, apply: Apply, state: Arc<SyncState>, max_staleness: Duration) -> SyncClient {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::verify::keys::client_tls_config())
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let token = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()).map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        SyncClient {
+            base: url.to_string().trim_end_matches('/').to_owned(),
+            token,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            set,
+            apply,
+            state,
+            // Heard from at least three times per staleness window, at most once a second.
+            heartbeat: (max_staleness / 3).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        }
+    }
+
+    fn request(&self, path_and_query: &str) -> Result<Request<Empty<Bytes>>, String> {
+        let mut req = Request::get(format!("{}{path_and_query}", self.base))
+            .header(ACCEPT, "application/json, text/event-stream")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = &self.token {
+            req.headers_mut().insert(AUTHORIZATION, t.clone());
+        }
+        Ok(req)
+    }
+
+    /// Run until `shutdown`: sync, stream, and on failure back off and resume.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            let result = tokio::select! {
+                r = self.session(&mut failures) => r,
+                _ = shutdown.changed() => return,
+            };
+            failures = failures.saturating_add(1);
+            let delay = backoff(failures).min(Duration::from_secs(30));
+            tracing::warn!(error = %result.err().unwrap_or_default(), retry_in_ms = delay.as_millis() as u64, "revocation sync interrupted; enforcing the last known set");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One connection's worth of syncing. Only returns on failure.
+    async fn session(&self, failures: &mut u32) -> Result<(), String> {
+        // 1. Catch up by pages from the cursor (everything live when the cursor is 0).
+        loop {
+            let req = self.request(&format!("/v1/revocations?since={}&limit=5000", self.set.cursor()))?;
+            let resp = self.client.request(req).await.map_err(|e| format!("cannot reach the control plane: {e}"))?;
+            if resp.status() != StatusCode::OK {
+                return Err(format!("control plane answered {} to the snapshot request", resp.status()));
+            }
+            let body = Limited::new(resp.into_body(), PAGE_BYTES).collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let page: Page = serde_json::from_slice(&body).map_err(|e| format!("control plane sent an invalid page: {e}"))?;
+            for e in &page.entries {
+                (self.apply)(e);
+            }
+            if let Ok(c) = page.cursor.parse() {
+                self.set.set_cursor(c);
+            }
+            self.state.contact();
+            if !page.more {
+                break;
+            }
+        }
+        self.state.set_ready();
+        *failures = 0;
+
+        // 2. Follow the stream.
+        let cursor = self.set.cursor();
+        let mut req = self.request(&format!("/v1/revocations/stream?since={cursor}&heartbeat_ms={}", self.heartbeat.as_millis()))?;
+        if let Ok(v) = HeaderValue::from_str(&cursor.to_string()) {
+            req.headers_mut().insert("last-event-id", v);
+        }
+        let resp = self.client.request(req).await.map_err(|e| format!("cannot open the stream: {e}"))?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("control plane answered {} to the stream request", resp.status()));
+        }
+        let mut body = resp.into_body();
+        let mut parser = EventParser::default();
+        loop {
+            // Heartbeats arrive every `heartbeat`: silence for three of them is a dead link.
+            let frame = tokio::time::timeout(self.heartbeat * 3, body.frame())
+                .await
+                .map_err(|_| "the stream went silent".to_owned())?;
+            let Some(frame) = frame else { return Err("the stream ended".into()) };
+            let frame = frame.map_err(|e| format!("the stream broke: {e}"))?;
+            let Some(data) = frame.data_ref() else { continue };
+            self.state.contact();
+            for event in parser.feed(data)? {
+                let entry: Entry = serde_json::from_str(&event).map_err(|e| format!("invalid event from the control plane: {e}"))?;
+                (self.apply)(&entry);
+            }
+        }
+    }
+}
+
+/// Incremental `text/event-stream` parsing: only complete events (ended by a blank line)
+/// come out, so a stream cut mid-event applies nothing of that event.
+#[derive(Default)]
+pub struct EventParser {
+    buf: Vec<u8>,
+}
+
+impl EventParser {
+    pub fn feed(&mut self, data: &[u8]) -> Result<Vec<String>, String> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > EVENT_BYTES + data.len() && !self.buf.windows(2).any(|w| w == b"\n\n") {
+            return Err("an event larger than 64 KiB".into());
+        }
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&block);
+            let mut data = String::new();
+            for line in text.lines() {
+                if let Some(d) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            if !data.is_empty() {
+                out.push(data);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Single-node mode: follow the local store directly.
+pub async fn follow_store(store: Store, apply: Apply, set: Arc<RevocationSet>, state: Arc<SyncState>, mut shutdown: watch::Receiver<bool>) {
+    let mut latest = store.subscribe();
+    loop {
+        latest.mark_unchanged();
+        loop {
+            match store.list(set.cursor(), 5000, crate::verify::now_unix()).await {
+                Ok((entries, more)) => {
+                    for e in &entries {
+                        apply(e);
+                    }
+                    state.contact();
+                    state.set_ready();
+                    if !more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the local revocation store failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            r = latest.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Save the set whenever it changed (checked every second) and once more at shutdown;
+/// drop expired entries every 30 seconds.
+pub async fn maintain(set: Arc<RevocationSet>, file: Option<std::path::PathBuf>, mut shutdown: watch::Receiver<bool>) {
+    let mut saved = 0;
+    let mut ticks = 0u32;
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = shutdown.changed() => true,
+        };
+        ticks += 1;
+        if ticks % 30 == 0 {
+            set.purge(crate::verify::now_unix());
+        }
+        if let Some(path) = &file {
+            let version = set.version();
+            if version != saved || stop {
+                let s = set.clone();
+                let p = path.clone();
+                match tokio::task::spawn_blocking(move || s.save(&p)).await {
+                    Ok(Ok(())) => saved = version,
+                    Ok(Err(e)) => tracing::warn!(error = %e, file = %path.display(), "cannot save the revocation snapshot"),
+                    Err(_) => {}
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events split anywhere come out whole; a trailing partial event stays pending.
+    #[test]
+    fn parser_handles_split_events() {
+        let mut p = EventParser::default();
+        assert!(p.feed(b"id: 1\nda").expect("ok").is_empty());
+        assert_eq!(p.feed(b"ta: {\"a\":1}\n\n: heartbeat\n\nid: 2\ndata: x").expect("ok"), vec!["{\"a\":1}".to_owned()]);
+        assert_eq!(p.feed(b"\n\n").expect("ok"), vec!["x".to_owned()]);
+    }
+}
