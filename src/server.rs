@@ -156,7 +156,7 @@ async fn start_revocations(
             Some(plane)
         }
     };
-    tasks.spawn(sync::maintain(set.clone(), rc.snapshot_file.clone(), shutdown.clone()));
+    tasks.spawn(sync::maintain(set.clone(), rc.snapshot_file.clone(), rc.purge_interval, shutdown.clone()));
     Ok(Revocations {
         set,
         state,

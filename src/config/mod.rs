@@ -46,6 +46,8 @@ pub struct RevocationConfig {
     pub max_staleness: Duration,
     /// `on_stale: deny`: fail closed (503) once stale; `allow` enforces the last known set.
     pub deny_when_stale: bool,
+    /// How often the gateway drops entries past their time from its set.
+    pub purge_interval: Duration,
 }
 
 #[derive(Clone)]
@@ -105,6 +107,8 @@ pub struct AccessConfig {
     /// The longest lifetime a token of these issuers can have: a `sub` cutoff is kept
     /// this long, after which no token issued before it can still be valid.
     pub max_token_lifetime: Duration,
+    /// How often entries past their time are deleted.
+    pub purge_interval: Duration,
 }
 
 /// The validated `control.yaml`.
@@ -324,7 +328,7 @@ impl ControlConfig {
         let mut v = Validator { pos: &pos, problems: Vec::new(), warnings: Vec::new() };
         let listen = v.addr("listen", &raw.listen);
         let store = v.store_url("store", &raw.store, base);
-        let access = v.access("", raw.writers.as_ref(), raw.readers.as_ref(), raw.default_retention, raw.max_token_lifetime, base);
+        let access = v.access("", raw.writers.as_ref(), raw.readers.as_ref(), raw.default_retention, raw.max_token_lifetime, raw.purge_interval, base);
         let log = v.log(&raw.log);
         if v.problems.is_empty() {
             if let (Some(listen), Some(store)) = (listen, store) {
@@ -530,6 +534,7 @@ impl Validator<'_> {
         readers: Option<&raw::Readers>,
         retention: Option<raw::Dur>,
         lifetime: Option<raw::Dur>,
+        purge: Option<raw::Dur>,
         base: &Path,
     ) -> AccessConfig {
         let empty_w = raw::Writers::default();
@@ -547,6 +552,7 @@ impl Validator<'_> {
             reader_keys: self.api_keys(&format!("{prefix}readers.api_keys"), &r.api_keys),
             default_retention: self.positive(&format!("{prefix}default_retention"), retention, Duration::from_secs(86_400)),
             max_token_lifetime: self.positive(&format!("{prefix}max_token_lifetime"), lifetime, Duration::from_secs(86_400)),
+            purge_interval: self.positive(&format!("{prefix}purge_interval"), purge, Duration::from_secs(60)),
         }
     }
 
@@ -561,7 +567,7 @@ impl Validator<'_> {
                 RevocationSource::Control { url: uri, token: r.token.clone() }
             }
             (None, Some(store)) => {
-                let access = self.access("revocation.", r.writers.as_ref(), r.readers.as_ref(), r.default_retention, r.max_token_lifetime, base);
+                let access = self.access("revocation.", r.writers.as_ref(), r.readers.as_ref(), r.default_retention, r.max_token_lifetime, r.purge_interval, base);
                 let store = self.store_url(&format!("{p}.store"), store, base).unwrap_or(StoreUrl::Sqlite(PathBuf::new()));
                 RevocationSource::Store { store, access }
             }
@@ -583,6 +589,7 @@ impl Validator<'_> {
             snapshot_file: r.snapshot_file.as_ref().map(|f| base.join(f)),
             max_staleness: self.positive(&format!("{p}.max_staleness"), r.max_staleness, Duration::from_secs(60)),
             deny_when_stale,
+            purge_interval: self.positive(&format!("{p}.purge_interval"), r.purge_interval, Duration::from_secs(30)),
         }
     }
 

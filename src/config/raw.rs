@@ -97,6 +97,7 @@ pub struct Revocation {
     pub readers: Option<Readers>,
     pub default_retention: Option<Dur>,
     pub max_token_lifetime: Option<Dur>,
+    pub purge_interval: Option<Dur>,
 }
 
 /// `control.yaml`.
@@ -111,6 +112,7 @@ pub struct Control {
     pub readers: Option<Readers>,
     pub default_retention: Option<Dur>,
     pub max_token_lifetime: Option<Dur>,
+    pub purge_interval: Option<Dur>,
     #[serde(default)]
     pub log: Log,
 }

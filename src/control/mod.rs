@@ -84,7 +84,7 @@ impl ControlPlane {
     }
 }
 
-/// Entries past their time are deleted every minute (and once at start).
+/// Entries past their time are deleted every `purge_interval` (and once at start).
 async fn purge_loop(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
     loop {
         match cp.store.purge(crate::verify::now_unix()).await {
@@ -93,7 +93,7 @@ async fn purge_loop(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) 
             Err(e) => tracing::warn!(error = %e, "purging expired revocations failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(cp.access.purge_interval) => {}
             _ = shutdown.changed() => return,
         }
     }

@@ -260,17 +260,17 @@ pub async fn follow_store(store: Store, apply: Apply, set: Arc<RevocationSet>, s
 }
 
 /// Save the set whenever it changed (checked every second) and once more at shutdown;
-/// drop expired entries every 30 seconds.
-pub async fn maintain(set: Arc<RevocationSet>, file: Option<std::path::PathBuf>, mut shutdown: watch::Receiver<bool>) {
+/// drop expired entries every `purge_interval`.
+pub async fn maintain(set: Arc<RevocationSet>, file: Option<std::path::PathBuf>, purge_interval: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut saved = 0;
-    let mut ticks = 0u32;
+    let mut last_purge = std::time::Instant::now();
     loop {
         let stop = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = tokio::time::sleep(purge_interval.min(Duration::from_secs(1))) => false,
             _ = shutdown.changed() => true,
         };
-        ticks += 1;
-        if ticks % 30 == 0 {
+        if last_purge.elapsed() >= purge_interval {
+            last_purge = std::time::Instant::now();
             set.purge(crate::verify::now_unix());
         }
         if let Some(path) = &file {
