@@ -47,7 +47,14 @@ fn verifier(signers: &[&Signer]) -> Verifier {
         file.display()
     );
     let config = Config::from_yaml(&yaml, Path::new("."), &|_| None).expect("config");
-    let v = Verifier::new(&config.issuers, &config.token_cache, &config.identity_headers, None, Fetcher::new(), Metrics::new());
+    let v = Verifier::new(
+        &config.issuers,
+        &config.token_cache,
+        &config.identity_headers,
+        None,
+        Fetcher::new(),
+        Metrics::new(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

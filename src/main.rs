@@ -79,9 +79,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Control { config } => runtime.block_on(control(&config)),
-        Command::Revoke { control, iss, jti, sid, sub, exp, before, reason, key_env } => {
-            runtime.block_on(revoke(&control, iss, jti, sid, sub, exp, before, reason, &key_env))
-        }
+        Command::Revoke {
+            control,
+            iss,
+            jti,
+            sid,
+            sub,
+            exp,
+            before,
+            reason,
+            key_env,
+        } => runtime.block_on(revoke(
+            &control, iss, jti, sid, sub, exp, before, reason, &key_env,
+        )),
         Command::Serve { config } => runtime.block_on(serve(&config)),
         Command::Dev { port } => match runtime.block_on(jwtgate::dev::run(port)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -98,7 +108,10 @@ fn is_control_file(path: &Path) -> bool {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_norway::from_str::<serde_norway::Value>(&t).ok())
-        .and_then(|v| v.as_mapping().map(|m| m.contains_key("listen") && m.contains_key("store")))
+        .and_then(|v| {
+            v.as_mapping()
+                .map(|m| m.contains_key("listen") && m.contains_key("store"))
+        })
         .unwrap_or(false)
 }
 
@@ -109,7 +122,12 @@ fn check(path: &Path) -> ExitCode {
                 for w in &c.warnings {
                     eprintln!("{}:{w} (warning)", path.display());
                 }
-                println!("{}: ok (control plane on {}, store {:?})", path.display(), c.listen, c.store);
+                println!(
+                    "{}: ok (control plane on {}, store {:?})",
+                    path.display(),
+                    c.listen,
+                    c.store
+                );
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -194,7 +212,11 @@ async fn control(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(problems) => {
             eprintln!("{problems}");
-            eprintln!("jwtgate: refusing to start: {} problem(s) in {}", problems.list.len(), path.display());
+            eprintln!(
+                "jwtgate: refusing to start: {} problem(s) in {}",
+                problems.list.len(),
+                path.display()
+            );
             return ExitCode::FAILURE;
         }
     };

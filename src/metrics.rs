@@ -129,10 +129,18 @@ impl Metrics {
             ),
             token_cache_hits: counter(TOKEN_CACHE_HITS_TOTAL),
             token_cache_misses: counter(TOKEN_CACHE_MISSES_TOTAL),
-            revocations: register(&registry, IntGaugeVec::new(Opts::new(REVOCATIONS, help(REVOCATIONS)), &["kind"]).expect("valid metric")),
+            revocations: register(
+                &registry,
+                IntGaugeVec::new(Opts::new(REVOCATIONS, help(REVOCATIONS)), &["kind"])
+                    .expect("valid metric"),
+            ),
             revocation_sync_lag: register(
                 &registry,
-                prometheus::Gauge::new(REVOCATION_SYNC_LAG_SECONDS, help(REVOCATION_SYNC_LAG_SECONDS)).expect("valid metric"),
+                prometheus::Gauge::new(
+                    REVOCATION_SYNC_LAG_SECONDS,
+                    help(REVOCATION_SYNC_LAG_SECONDS),
+                )
+                .expect("valid metric"),
             ),
             registry,
         }))

@@ -12,10 +12,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::Config;
+use crate::control::ControlPlane;
 use crate::error::{Outcome, Reject};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{Metrics, RouteSeries, NO_ROUTE};
-use crate::control::ControlPlane;
 use crate::revocation::set::RevocationSet;
 use crate::revocation::sync::SyncState;
 use crate::route::{self, Router};
@@ -65,9 +65,14 @@ impl Gateway {
     pub fn update_gauges(&self) {
         if let Some(r) = &self.revocations {
             for kind in crate::revocation::Kind::ALL {
-                self.metrics.revocations.with_label_values(&[kind.as_str()]).set(r.set.count(kind) as i64);
+                self.metrics
+                    .revocations
+                    .with_label_values(&[kind.as_str()])
+                    .set(r.set.count(kind) as i64);
             }
-            self.metrics.revocation_sync_lag.set(r.state.lag().as_secs_f64());
+            self.metrics
+                .revocation_sync_lag
+                .set(r.state.lag().as_secs_f64());
         }
     }
 

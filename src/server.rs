@@ -23,10 +23,10 @@ use tokio::task::JoinSet;
 use crate::config::{Config, RevocationConfig, RevocationSource};
 use crate::control::api::{self as control_api, ControlBody};
 use crate::control::ControlPlane;
-use crate::revocation::set::RevocationSet;
-use crate::revocation::sync::{self, SyncClient, SyncState};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway, Revocations};
+use crate::revocation::set::RevocationSet;
+use crate::revocation::sync::{self, SyncClient, SyncState};
 
 /// A started gateway: its bound addresses, and the handle to stop it.
 pub struct Running {
@@ -146,17 +146,35 @@ async fn start_revocations(
     let apply = sync::apply_to(set.clone());
     let control = match &rc.source {
         RevocationSource::Control { url, token } => {
-            let client = SyncClient::new(url, token.as_deref(), set.clone(), apply, state.clone(), rc.max_staleness);
+            let client = SyncClient::new(
+                url,
+                token.as_deref(),
+                set.clone(),
+                apply,
+                state.clone(),
+                rc.max_staleness,
+            );
             tasks.spawn(client.run(shutdown.clone()));
             None
         }
         RevocationSource::Store { store, access } => {
             let plane = ControlPlane::open(store, access.clone(), tasks, shutdown.clone()).await?;
-            tasks.spawn(sync::follow_store(plane.store.clone(), apply, set.clone(), state.clone(), shutdown.clone()));
+            tasks.spawn(sync::follow_store(
+                plane.store.clone(),
+                apply,
+                set.clone(),
+                state.clone(),
+                shutdown.clone(),
+            ));
             Some(plane)
         }
     };
-    tasks.spawn(sync::maintain(set.clone(), rc.snapshot_file.clone(), rc.purge_interval, shutdown.clone()));
+    tasks.spawn(sync::maintain(
+        set.clone(),
+        rc.snapshot_file.clone(),
+        rc.purge_interval,
+        shutdown.clone(),
+    ));
     Ok(Revocations {
         set,
         state,
@@ -243,10 +261,15 @@ async fn admin_loop(
     graceful.shutdown().await;
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<ControlBody> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ControlBody> {
     let mut r = Response::new(Either::Left(Full::new(body.into())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -259,12 +282,20 @@ async fn admin(gw: &Gateway, req: Request<Incoming>) -> Response<ControlBody> {
         }
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        );
     }
     match req.uri().path() {
         "/metrics" => {
             gw.update_gauges();
-            text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render())
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                gw.metrics.render(),
+            )
         }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
@@ -281,7 +312,11 @@ async fn admin(gw: &Gateway, req: Request<Incoming>) -> Response<ControlBody> {
             if waiting.is_empty() {
                 text(StatusCode::OK, "text/plain", "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {}\n", waiting.join("; ")))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {}\n", waiting.join("; ")),
+                )
             }
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

@@ -44,14 +44,26 @@ async fn world(control_extra: &str, revocation_extra: &str) -> World {
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let echo = Echo::start().await.expect("echo");
     let dir = temp_dir();
-    let control = start_control(&format!("sqlite://{}", dir.join("rev.db").display()), control_extra).await;
+    let control = start_control(
+        &format!("sqlite://{}", dir.join("rev.db").display()),
+        control_extra,
+    )
+    .await;
     let control_addr = control.addr;
     let rev = format!(
         "  control_url: http://{control_addr}\n  token: {READER_KEY}\n  snapshot_file: {}\n{revocation_extra}",
         dir.join("gw.snapshot").display()
     );
     let gw = start_gateway(&gateway_yaml(&idp, &echo, &rev)).await;
-    World { idp, _echo: echo, control: Some(control), control_addr, gw, key, dir }
+    World {
+        idp,
+        _echo: echo,
+        control: Some(control),
+        control_addr,
+        gw,
+        key,
+        dir,
+    }
 }
 
 impl World {
@@ -95,15 +107,25 @@ async fn revocation_propagates_within_a_second() {
     for _ in 0..100 {
         let (token, c) = w.token(json!({}));
         assert_eq!(w.status(&token).await, 200);
-        let r = revoke(w.control_addr, &json!({ "iss": w.idp.url, "jti": c["jti"], "expires_at": c["exp"] })).await;
+        let r = revoke(
+            w.control_addr,
+            &json!({ "iss": w.idp.url, "jti": c["jti"], "expires_at": c["exp"] }),
+        )
+        .await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         times.push(w.until_refused(&token, Duration::from_secs(1)).await);
     }
     times.sort();
-    println!("propagation over 100 revocations: p50 {:?}, p99 {:?}, max {:?}", percentile(&times, 0.5), percentile(&times, 0.99), times[99]);
+    println!(
+        "propagation over 100 revocations: p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[99]
+    );
     assert!(percentile(&times, 0.99) < Duration::from_secs(1));
     // The gauges tell operators what the gateway holds.
-    let m = String::from_utf8(get(w.gw.admin.expect("admin"), "/metrics", &[]).await.body).expect("utf8");
+    let m = String::from_utf8(get(w.gw.admin.expect("admin"), "/metrics", &[]).await.body)
+        .expect("utf8");
     assert!(m.contains("jwtgate_revocations{kind=\"jti\"} 100"), "{m}");
     assert!(m.contains("jwtgate_requests_total{outcome=\"revoked\",route=\"api\"}"));
 }
@@ -119,24 +141,56 @@ async fn session_and_subject_revocations() {
     for t in [&s1a, &s1b, &s2] {
         assert_eq!(w.status(t).await, 200);
     }
-    assert_eq!(revoke(w.control_addr, &json!({ "iss": w.idp.url, "sid": "s1" })).await.status, 201);
+    assert_eq!(
+        revoke(w.control_addr, &json!({ "iss": w.idp.url, "sid": "s1" }))
+            .await
+            .status,
+        201
+    );
     w.until_refused(&s1a, Duration::from_secs(1)).await;
     w.until_refused(&s1b, Duration::from_secs(1)).await;
-    assert_eq!(w.status(&s2).await, 200, "another session of the same user still passes");
+    assert_eq!(
+        w.status(&s2).await,
+        200,
+        "another session of the same user still passes"
+    );
 
     let now = now();
     let (old, _) = w.token(json!({ "sub": "u9", "iat": now - 20 }));
     let (fresh, _) = w.token(json!({ "sub": "u9", "iat": now + 5 }));
     let (no_iat, mut c) = w.token(json!({ "sub": "u9" }));
     c.as_object_mut().expect("obj").remove("iat");
-    let no_iat = { let _ = no_iat; w.key.mint(&c) };
+    let no_iat = {
+        let _ = no_iat;
+        w.key.mint(&c)
+    };
     assert_eq!(w.status(&old).await, 200);
-    assert_eq!(revoke(w.control_addr, &json!({ "iss": w.idp.url, "sub": "u9", "issued_before": now })).await.status, 201);
+    assert_eq!(
+        revoke(
+            w.control_addr,
+            &json!({ "iss": w.idp.url, "sub": "u9", "issued_before": now })
+        )
+        .await
+        .status,
+        201
+    );
     w.until_refused(&old, Duration::from_secs(1)).await;
     w.until_refused(&no_iat, Duration::from_secs(1)).await;
-    assert_eq!(w.status(&fresh).await, 200, "a token issued after the cutoff passes");
+    assert_eq!(
+        w.status(&fresh).await,
+        200,
+        "a token issued after the cutoff passes"
+    );
     // Another issuer's subject of the same name is untouched.
-    assert_eq!(revoke(w.control_addr, &json!({ "iss": "https://elsewhere", "sub": "u10", "issued_before": now })).await.status, 201);
+    assert_eq!(
+        revoke(
+            w.control_addr,
+            &json!({ "iss": "https://elsewhere", "sub": "u10", "issued_before": now })
+        )
+        .await
+        .status,
+        201
+    );
     let (u10, _) = w.token(json!({ "sub": "u10", "iat": now - 20 }));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(w.status(&u10).await, 200);
@@ -149,16 +203,29 @@ async fn keep_alive_connection_sees_revocation() {
     let w = world("", "").await;
     let (token, c) = w.token(json!({}));
     let mut conn = std::net::TcpStream::connect(w.a()).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let mut ask = |conn: &mut std::net::TcpStream| -> String {
-        write!(conn, "GET / HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n").expect("write");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let ask = |conn: &mut std::net::TcpStream| -> String {
+        write!(
+            conn,
+            "GET / HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .expect("write");
         let mut buf = vec![0u8; 64 * 1024];
         let n = conn.read(&mut buf).expect("read");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert!(ask(&mut conn).starts_with("HTTP/1.1 200"));
     assert!(ask(&mut conn).starts_with("HTTP/1.1 200"));
-    assert_eq!(revoke(w.control_addr, &json!({ "iss": w.idp.url, "jti": c["jti"], "expires_at": c["exp"] })).await.status, 201);
+    assert_eq!(
+        revoke(
+            w.control_addr,
+            &json!({ "iss": w.idp.url, "jti": c["jti"], "expires_at": c["exp"] })
+        )
+        .await
+        .status,
+        201
+    );
     let start = Instant::now();
     loop {
         let answer = ask(&mut conn);
@@ -166,7 +233,10 @@ async fn keep_alive_connection_sees_revocation() {
             assert!(answer.contains("token revoked"));
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(1), "same connection still served");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "same connection still served"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -178,18 +248,37 @@ async fn control_plane_outage() {
     let mut w = world("", "  max_staleness: 1s\n  on_stale: deny\n").await;
     let (revoked, c) = w.token(json!({}));
     let (good, _) = w.token(json!({}));
-    assert_eq!(revoke(w.control_addr, &json!({ "iss": w.idp.url, "jti": c["jti"], "expires_at": c["exp"] })).await.status, 201);
+    assert_eq!(
+        revoke(
+            w.control_addr,
+            &json!({ "iss": w.idp.url, "jti": c["jti"], "expires_at": c["exp"] })
+        )
+        .await
+        .status,
+        201
+    );
     w.until_refused(&revoked, Duration::from_secs(1)).await;
     // Let the snapshot file catch up (it is written within a second of a change).
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    w.control.take().expect("control").shutdown(Duration::from_secs(2)).await;
-    assert_eq!(w.status(&revoked).await, 401, "known set enforced while control is down");
+    w.control
+        .take()
+        .expect("control")
+        .shutdown(Duration::from_secs(2))
+        .await;
+    assert_eq!(
+        w.status(&revoked).await,
+        401,
+        "known set enforced while control is down"
+    );
     assert_eq!(w.status(&good).await, 200, "within max_staleness");
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let r = get(w.a(), "/", &[&bearer(&good)]).await;
     assert_eq!(r.status, 503, "on_stale: deny fails closed");
-    assert_eq!(r.json()["error_description"], "revocation status unavailable");
+    assert_eq!(
+        r.json()["error_description"],
+        "revocation status unavailable"
+    );
 
     // Restart the gateway with `on_stale: allow` while control is still down.
     let old = std::mem::replace(&mut w.gw, start_gateway(&gateway_yaml(&w.idp, &w._echo, &format!(
@@ -198,9 +287,17 @@ async fn control_plane_outage() {
         w.dir.join("gw.snapshot").display()
     ))).await);
     old.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(w.status(&revoked).await, 401, "the snapshot file enforces after a restart");
+    assert_eq!(
+        w.status(&revoked).await,
+        401,
+        "the snapshot file enforces after a restart"
+    );
     assert_eq!(w.status(&good).await, 200);
-    assert_eq!(get(w.gw.admin.expect("admin"), "/readyz", &[]).await.status, 200, "ready from the snapshot");
+    assert_eq!(
+        get(w.gw.admin.expect("admin"), "/readyz", &[]).await.status,
+        200,
+        "ready from the snapshot"
+    );
 }
 
 /// A gateway with no snapshot and no control plane is not ready.
@@ -209,17 +306,32 @@ async fn not_ready_before_first_sync() {
     let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let echo = Echo::start().await.expect("echo");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let gw = start_gateway(&gateway_yaml(&idp, &echo, &format!("  control_url: http://{dead}\n  token: x\n"))).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let gw = start_gateway(&gateway_yaml(
+        &idp,
+        &echo,
+        &format!("  control_url: http://{dead}\n  token: x\n"),
+    ))
+    .await;
     let r = get(gw.admin.expect("admin"), "/readyz", &[]).await;
     assert_eq!(r.status, 503);
     assert!(String::from_utf8_lossy(&r.body).contains("revocations not yet synced"));
 }
 
 /// A TCP proxy that cuts the first revocation stream in the middle of an event's data.
-async fn cutting_proxy(target: std::net::SocketAddr) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+async fn cutting_proxy(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     let cut_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = cut_done.clone();
@@ -227,7 +339,9 @@ async fn cutting_proxy(target: std::net::SocketAddr) -> (std::net::SocketAddr, s
         while let Ok((client, _)) = l.accept().await {
             let cut_done = cut_done.clone();
             tokio::spawn(async move {
-                let upstream = tokio::net::TcpStream::connect(target).await.expect("connect");
+                let upstream = tokio::net::TcpStream::connect(target)
+                    .await
+                    .expect("connect");
                 let (mut cr, mut cw) = client.into_split();
                 let (mut ur, mut uw) = upstream.into_split();
                 let up = tokio::spawn(async move {
@@ -245,7 +359,11 @@ async fn cutting_proxy(target: std::net::SocketAddr) -> (std::net::SocketAddr, s
                         let before = seen.len();
                         seen.extend_from_slice(chunk);
                         let streaming = seen.windows(17).any(|w| w == b"text/event-stream");
-                        if let Some(i) = seen.windows(5).position(|w| w == b"data:").filter(|_| streaming) {
+                        if let Some(i) = seen
+                            .windows(5)
+                            .position(|w| w == b"data:")
+                            .filter(|_| streaming)
+                        {
                             cut_done.store(true, std::sync::atomic::Ordering::SeqCst);
                             let upto = (i + 20).min(seen.len());
                             if upto > before {
@@ -274,14 +392,27 @@ async fn stream_cut_mid_event_resumes() {
     let dir = temp_dir();
     let control = start_control(&format!("sqlite://{}", dir.join("rev.db").display()), "").await;
     let (proxy, cut) = cutting_proxy(control.addr).await;
-    let gw = start_gateway(&gateway_yaml(&idp, &echo, &format!("  control_url: http://{proxy}\n  token: {READER_KEY}\n"))).await;
+    let gw = start_gateway(&gateway_yaml(
+        &idp,
+        &echo,
+        &format!("  control_url: http://{proxy}\n  token: {READER_KEY}\n"),
+    ))
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut tokens = Vec::new();
     for _ in 0..5 {
         let mut c = claims(&idp.url);
         c["jti"] = json!(format!("cut-{:x}", fastrand::u64(..)));
         tokens.push(key.mint(&c));
-        assert_eq!(revoke(control.addr, &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] })).await.status, 201);
+        assert_eq!(
+            revoke(
+                control.addr,
+                &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] })
+            )
+            .await
+            .status,
+            201
+        );
     }
     let start = Instant::now();
     for t in &tokens {
@@ -289,14 +420,23 @@ async fn stream_cut_mid_event_resumes() {
             if get(gw.addrs[0], "/", &[&bearer(t)]).await.status == 401 {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "an entry was lost after the cut");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "an entry was lost after the cut"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let set = &gw.gateway.revocations.as_ref().expect("revocations").set;
     assert_eq!(set.len(), 5);
-    assert!(cut.load(std::sync::atomic::Ordering::SeqCst), "the stream was cut mid-event");
-    println!("all 5 entries enforced {:?} after the writes, across a cut stream", start.elapsed());
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the stream was cut mid-event"
+    );
+    println!(
+        "all 5 entries enforced {:?} after the writes, across a cut stream",
+        start.elapsed()
+    );
 }
 
 /// Entries past their time disappear from the control plane and from gateways.
@@ -305,7 +445,15 @@ async fn expired_entries_disappear() {
     let w = world("purge_interval: 500ms\n", "  purge_interval: 500ms\n").await;
     let now = now();
     for (i, exp) in [now + 1, now + 3600].iter().enumerate() {
-        assert_eq!(revoke(w.control_addr, &json!({ "iss": w.idp.url, "jti": format!("e{i}"), "expires_at": exp })).await.status, 201);
+        assert_eq!(
+            revoke(
+                w.control_addr,
+                &json!({ "iss": w.idp.url, "jti": format!("e{i}"), "expires_at": exp })
+            )
+            .await
+            .status,
+            201
+        );
     }
     let set = &w.gw.gateway.revocations.as_ref().expect("revocations").set;
     let start = Instant::now();
@@ -315,7 +463,12 @@ async fn expired_entries_disappear() {
     }
     tokio::time::sleep(Duration::from_millis(2600)).await;
     assert_eq!(set.len(), 1, "the gateway dropped the expired entry");
-    let r = get(w.control_addr, "/v1/revocations", &[&format!("Authorization: Bearer {READER_KEY}")]).await;
+    let r = get(
+        w.control_addr,
+        "/v1/revocations",
+        &[&format!("Authorization: Bearer {READER_KEY}")],
+    )
+    .await;
     let entries = r.json()["entries"].as_array().cloned().unwrap_or_default();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let store = &w.control.as_ref().expect("control").plane.store;
@@ -331,40 +484,77 @@ async fn control_api_refusals() {
     let control = start_control(&format!("sqlite://{}", dir.join("rev.db").display()), "").await;
     let a = control.addr;
     let bad: Vec<(Value, &str)> = vec![
-        (json!({ "jti": "x", "expires_at": 1 }), "missing field `iss`"),
+        (
+            json!({ "jti": "x", "expires_at": 1 }),
+            "missing field `iss`",
+        ),
         (json!({ "iss": "i", "expires_at": 1 }), "exactly one"),
-        (json!({ "iss": "i", "jti": "x", "sid": "y", "expires_at": 1 }), "exactly one"),
+        (
+            json!({ "iss": "i", "jti": "x", "sid": "y", "expires_at": 1 }),
+            "exactly one",
+        ),
         (json!({ "iss": "i", "jti": "x" }), "expires_at"),
         (json!({ "iss": "i", "sub": "x" }), "issued_before"),
-        (json!({ "iss": "i", "sub": "x", "issued_before": 1, "expires_at": 5 }), "max_token_lifetime"),
-        (json!({ "iss": "i", "jti": "x", "expires_at": 1, "colour": "red" }), "unknown field"),
-        (json!({ "iss": "i", "jti": "x", "expires_at": "soon" }), "invalid type"),
+        (
+            json!({ "iss": "i", "sub": "x", "issued_before": 1, "expires_at": 5 }),
+            "max_token_lifetime",
+        ),
+        (
+            json!({ "iss": "i", "jti": "x", "expires_at": 1, "colour": "red" }),
+            "unknown field",
+        ),
+        (
+            json!({ "iss": "i", "jti": "x", "expires_at": "soon" }),
+            "invalid type",
+        ),
         (json!({ "iss": "", "jti": "x", "expires_at": 1 }), "iss"),
         (json!({ "iss": "i", "jti": "", "expires_at": 1 }), "empty"),
-        (json!({ "iss": "i", "jti": "x".repeat(2000), "expires_at": 1 }), "1024"),
+        (
+            json!({ "iss": "i", "jti": "x".repeat(2000), "expires_at": 1 }),
+            "1024",
+        ),
         (json!(["not", "an", "object"]), "malformed"),
     ];
     for (body, why) in &bad {
         let r = revoke(a, body).await;
         assert_eq!(r.status, 400, "{body}");
         assert_eq!(r.json()["error"], "invalid_request");
-        let d = r.json()["error_description"].as_str().unwrap_or("").to_owned();
+        let d = r.json()["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         assert!(d.contains(why), "{body}: {d}");
     }
     let r = raw(a, &format!("POST /v1/revocations HTTP/1.1\nHost: c\nAuthorization: Bearer {WRITER_KEY}\nContent-Length: 9"), b"{not json").await;
     assert_eq!(r.status, 400);
-    let big = format!("{{\"iss\":\"i\",\"jti\":\"x\",\"expires_at\":1,\"reason\":\"{}\"}}", "r".repeat(70 * 1024));
+    let big = format!(
+        "{{\"iss\":\"i\",\"jti\":\"x\",\"expires_at\":1,\"reason\":\"{}\"}}",
+        "r".repeat(70 * 1024)
+    );
     let r = raw(a, &format!("POST /v1/revocations HTTP/1.1\nHost: c\nAuthorization: Bearer {WRITER_KEY}\nContent-Length: {}", big.len()), big.as_bytes()).await;
     assert_eq!(r.status, 413);
     let r = raw(a, &format!("POST /v1/revocations HTTP/1.1\nHost: c\nAuthorization: Bearer {WRITER_KEY}\nTransfer-Encoding: chunked"), format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()).as_bytes()).await;
     assert_eq!(r.status, 413, "chunked bodies are limited too");
 
     let ok = json!({ "iss": "i", "jti": "x", "expires_at": now() + 60 });
-    assert_eq!(post_json(a, "/v1/revocations", READER_KEY, &ok).await.status, 403);
-    assert_eq!(post_json(a, "/v1/revocations", "wrong", &ok).await.status, 401);
+    assert_eq!(
+        post_json(a, "/v1/revocations", READER_KEY, &ok)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        post_json(a, "/v1/revocations", "wrong", &ok).await.status,
+        401
+    );
     let r = get(a, "/v1/revocations", &[]).await;
     assert_eq!(r.status, 401);
-    let r = get(a, "/v1/revocations", &[&format!("Authorization: Bearer {READER_KEY}")]).await;
+    let r = get(
+        a,
+        "/v1/revocations",
+        &[&format!("Authorization: Bearer {READER_KEY}")],
+    )
+    .await;
     assert_eq!(r.json()["entries"], json!([]), "nothing was stored");
 
     let first = revoke(a, &ok).await;
@@ -385,17 +575,32 @@ async fn jwt_writers_need_the_scope() {
         idp.url,
         idp.jwks_url()
     );
-    let yaml = format!("listen: 127.0.0.1:0\nstore: sqlite://{}\n{extra}", dir.join("rev.db").display());
-    let config = jwtgate::config::ControlConfig::from_yaml(&yaml, std::path::Path::new("."), &|_| None).expect("config");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nstore: sqlite://{}\n{extra}",
+        dir.join("rev.db").display()
+    );
+    let config =
+        jwtgate::config::ControlConfig::from_yaml(&yaml, std::path::Path::new("."), &|_| None)
+            .expect("config");
     let control = jwtgate::control::start(config).await.expect("start");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let body = json!({ "iss": "i", "jti": "x", "expires_at": now() + 60 });
     let mut c = claims(&idp.url);
     c["aud"] = json!("jwtgate");
     c["scope"] = json!("jwtgate:revoke");
-    assert_eq!(post_json(control.addr, "/v1/revocations", &key.mint(&c), &body).await.status, 201);
+    assert_eq!(
+        post_json(control.addr, "/v1/revocations", &key.mint(&c), &body)
+            .await
+            .status,
+        201
+    );
     c["scope"] = json!("orders:read");
-    assert_eq!(post_json(control.addr, "/v1/revocations", &key.mint(&c), &body).await.status, 401);
+    assert_eq!(
+        post_json(control.addr, "/v1/revocations", &key.mint(&c), &body)
+            .await
+            .status,
+        401
+    );
 }
 
 /// Single-node mode: the gateway runs the control API on its admin listener.
@@ -415,7 +620,11 @@ async fn single_node_mode() {
     let c = claims(&idp.url);
     let token = key.mint(&c);
     assert_eq!(get(gw.addrs[0], "/", &[&bearer(&token)]).await.status, 200);
-    let r = revoke(admin, &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] })).await;
+    let r = revoke(
+        admin,
+        &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] }),
+    )
+    .await;
     assert_eq!(r.status, 201);
     let start = Instant::now();
     while get(gw.addrs[0], "/", &[&bearer(&token)]).await.status != 401 {
@@ -434,21 +643,55 @@ async fn cli_revoke() {
     let url = format!("http://{}", control.addr);
     let exp = (now() + 600).to_string();
     let out = tokio::process::Command::new(bin)
-        .args(["revoke", "--control", &url, "--iss", "https://i", "--jti", "abc", "--exp", &exp])
+        .args([
+            "revoke",
+            "--control",
+            &url,
+            "--iss",
+            "https://i",
+            "--jti",
+            "abc",
+            "--exp",
+            &exp,
+        ])
         .env("JWTGATE_API_KEY", WRITER_KEY)
         .output()
         .await
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = tokio::process::Command::new(bin)
-        .args(["revoke", "--control", &url, "--iss", "https://i", "--sub", "42"])
+        .args([
+            "revoke",
+            "--control",
+            &url,
+            "--iss",
+            "https://i",
+            "--sub",
+            "42",
+        ])
         .env("JWTGATE_API_KEY", WRITER_KEY)
         .output()
         .await
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = tokio::process::Command::new(bin)
-        .args(["revoke", "--control", &url, "--iss", "https://i", "--sid", "s"])
+        .args([
+            "revoke",
+            "--control",
+            &url,
+            "--iss",
+            "https://i",
+            "--sid",
+            "s",
+        ])
         .env("JWTGATE_API_KEY", "wrong")
         .output()
         .await

@@ -9,7 +9,14 @@ use jwtgate::revocation::Kind;
 use support::*;
 
 fn jti(value: &str, expires_at: u64) -> NewRevocation {
-    NewRevocation { kind: Kind::Jti, iss: "https://iss".into(), value: value.into(), expires_at, issued_before: None, reason: None }
+    NewRevocation {
+        kind: Kind::Jti,
+        iss: "https://iss".into(),
+        value: value.into(),
+        expires_at,
+        issued_before: None,
+        reason: None,
+    }
 }
 
 async fn suite(url: StoreUrl) {
@@ -18,23 +25,62 @@ async fn suite(url: StoreUrl) {
     let mut latest = store.subscribe();
 
     // Insert, repeat (idempotent), strengthen (new cursor).
-    let a = store.insert(&jti("a", now + 100), now).await.expect("insert");
+    let a = store
+        .insert(&jti("a", now + 100), now)
+        .await
+        .expect("insert");
     assert!(a.changed);
-    assert!(latest.has_changed().expect("watch"), "a write wakes followers");
+    assert!(
+        latest.has_changed().expect("watch"),
+        "a write wakes followers"
+    );
     latest.mark_unchanged();
-    let again = store.insert(&jti("a", now + 50), now).await.expect("insert");
-    assert_eq!(again, jwtgate::control::store::Written { cursor: a.cursor, changed: false });
-    let stronger = store.insert(&jti("a", now + 200), now).await.expect("insert");
+    let again = store
+        .insert(&jti("a", now + 50), now)
+        .await
+        .expect("insert");
+    assert_eq!(
+        again,
+        jwtgate::control::store::Written {
+            cursor: a.cursor,
+            changed: false
+        }
+    );
+    let stronger = store
+        .insert(&jti("a", now + 200), now)
+        .await
+        .expect("insert");
     assert!(stronger.changed && stronger.cursor > a.cursor);
 
-    let sub = NewRevocation { kind: Kind::Sub, iss: "https://iss".into(), value: "u1".into(), expires_at: now + 100, issued_before: Some(now - 10), reason: Some("password change".into()) };
+    let sub = NewRevocation {
+        kind: Kind::Sub,
+        iss: "https://iss".into(),
+        value: "u1".into(),
+        expires_at: now + 100,
+        issued_before: Some(now - 10),
+        reason: Some("password change".into()),
+    };
     let s1 = store.insert(&sub, now).await.expect("insert");
-    let later = NewRevocation { issued_before: Some(now), ..sub.clone() };
+    let later = NewRevocation {
+        issued_before: Some(now),
+        ..sub.clone()
+    };
     let s2 = store.insert(&later, now).await.expect("insert");
-    assert!(s2.cursor > s1.cursor, "a later cutoff is a new entry for followers");
-    let sid = NewRevocation { kind: Kind::Sid, value: "sess".into(), issued_before: None, ..sub.clone() };
+    assert!(
+        s2.cursor > s1.cursor,
+        "a later cutoff is a new entry for followers"
+    );
+    let sid = NewRevocation {
+        kind: Kind::Sid,
+        value: "sess".into(),
+        issued_before: None,
+        ..sub.clone()
+    };
     store.insert(&sid, now).await.expect("insert");
-    store.insert(&jti("short", now + 1), now).await.expect("insert");
+    store
+        .insert(&jti("short", now + 1), now)
+        .await
+        .expect("insert");
 
     // Listing: live entries after the cursor, in order, paged.
     let (all, more) = store.list(0, 100, now).await.expect("list");
@@ -56,14 +102,22 @@ async fn suite(url: StoreUrl) {
     assert_eq!(live.len(), 3);
     assert_eq!(store.purge(now + 2).await.expect("purge"), 1);
     assert!(store.max_cursor().await.expect("head") <= head);
-    let next = store.insert(&jti("b", now + 100), now).await.expect("insert");
+    let next = store
+        .insert(&jti("b", now + 100), now)
+        .await
+        .expect("insert");
     assert!(next.cursor > head);
 
     // Concurrent writers get distinct, ordered cursors and lose nothing.
     let mut tasks = Vec::new();
     for i in 0..50 {
         let s = store.clone();
-        tasks.push(tokio::spawn(async move { s.insert(&jti(&format!("c{i}"), now + 100), now).await.expect("insert").cursor }));
+        tasks.push(tokio::spawn(async move {
+            s.insert(&jti(&format!("c{i}"), now + 100), now)
+                .await
+                .expect("insert")
+                .cursor
+        }));
     }
     let mut got = Vec::new();
     for t in tasks {

@@ -52,9 +52,15 @@ pub struct RevocationConfig {
 
 #[derive(Clone)]
 pub enum RevocationSource {
-    Control { url: Uri, token: Option<String> },
+    Control {
+        url: Uri,
+        token: Option<String>,
+    },
     /// Single-node mode: the gateway runs the control API itself.
-    Store { store: StoreUrl, access: AccessConfig },
+    Store {
+        store: StoreUrl,
+        access: AccessConfig,
+    },
 }
 
 impl std::fmt::Debug for RevocationSource {
@@ -316,23 +322,53 @@ impl ControlConfig {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| Problems {
             file: file.clone(),
-            list: vec![Problem { path: String::new(), line: 0, column: 0, message: format!("cannot read: {e}") }],
+            list: vec![Problem {
+                path: String::new(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }],
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        ControlConfig::from_yaml(&text, base, &|k| std::env::var(k).ok()).map_err(|list| Problems { file, list })
+        ControlConfig::from_yaml(&text, base, &|k| std::env::var(k).ok())
+            .map_err(|list| Problems { file, list })
     }
 
-    pub fn from_yaml(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<ControlConfig, Vec<Problem>> {
+    pub fn from_yaml(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ControlConfig, Vec<Problem>> {
         let (value, pos) = source::load(text, env)?;
         let raw: raw::Control = deserialize(value, &pos)?;
-        let mut v = Validator { pos: &pos, problems: Vec::new(), warnings: Vec::new() };
+        let mut v = Validator {
+            pos: &pos,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        };
         let listen = v.addr("listen", &raw.listen);
         let store = v.store_url("store", &raw.store, base);
-        let access = v.access("", raw.writers.as_ref(), raw.readers.as_ref(), raw.default_retention, raw.max_token_lifetime, raw.purge_interval, base);
+        let access = v.access(
+            "",
+            RawAccess {
+                writers: raw.writers.as_ref(),
+                readers: raw.readers.as_ref(),
+                retention: raw.default_retention,
+                lifetime: raw.max_token_lifetime,
+                purge: raw.purge_interval,
+            },
+            base,
+        );
         let log = v.log(&raw.log);
         if v.problems.is_empty() {
             if let (Some(listen), Some(store)) = (listen, store) {
-                return Ok(ControlConfig { listen, store, access, log, warnings: v.warnings });
+                return Ok(ControlConfig {
+                    listen,
+                    store,
+                    access,
+                    log,
+                    warnings: v.warnings,
+                });
             }
         }
         Err(v.problems)
@@ -349,6 +385,15 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
         let path = if path == "." { String::new() } else { path };
         vec![pos.problem(&path, e.into_inner().to_string())]
     })
+}
+
+/// The access-related keys shared by `control.yaml` and a single-node `revocation` block.
+struct RawAccess<'a> {
+    writers: Option<&'a raw::Writers>,
+    readers: Option<&'a raw::Readers>,
+    retention: Option<raw::Dur>,
+    lifetime: Option<raw::Dur>,
+    purge: Option<raw::Dur>,
 }
 
 struct Validator<'a> {
@@ -479,13 +524,19 @@ impl Validator<'_> {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => {
-                self.err("log.format", format!("`{other}` is not a log format: use text or json"));
+                self.err(
+                    "log.format",
+                    format!("`{other}` is not a log format: use text or json"),
+                );
                 false
             }
         };
         let level = raw.level.clone().unwrap_or_else(|| "info".to_owned());
         if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
-            self.err("log.level", format!("`{level}` is not a level: use trace, debug, info, warn or error"));
+            self.err(
+                "log.level",
+                format!("`{level}` is not a level: use trace, debug, info, warn or error"),
+            );
         }
         LogConfig { json, level }
     }
@@ -493,7 +544,10 @@ impl Validator<'_> {
     fn store_url(&mut self, path: &str, s: &str, base: &Path) -> Option<StoreUrl> {
         if let Some(rest) = s.strip_prefix("sqlite://") {
             if rest.is_empty() {
-                self.err(path, "write sqlite:///absolute/path.db or sqlite://relative.db");
+                self.err(
+                    path,
+                    "write sqlite:///absolute/path.db or sqlite://relative.db",
+                );
                 return None;
             }
             return Some(StoreUrl::Sqlite(base.join(rest)));
@@ -507,7 +561,10 @@ impl Validator<'_> {
                 }
             };
         }
-        self.err(path, "a store is sqlite:///path/to/file.db or postgres://user@host/db");
+        self.err(
+            path,
+            "a store is sqlite:///path/to/file.db or postgres://user@host/db",
+        );
         None
     }
 
@@ -517,30 +574,31 @@ impl Validator<'_> {
             let p = format!("{path}[{i}].sha256");
             let hex = k.sha256.trim();
             let bytes: Option<Vec<u8>> = (hex.len() == 64 && hex.is_ascii())
-                .then(|| (0..32).map(|j| u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).ok()).collect())
+                .then(|| {
+                    (0..32)
+                        .map(|j| u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).ok())
+                        .collect()
+                })
                 .flatten();
             match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
-                Some(sha256) => out.push(ApiKey { name: k.name.clone(), sha256 }),
-                None => self.err(&p, "the hex SHA-256 of the key (64 hex digits): `printf %s KEY | sha256sum`"),
+                Some(sha256) => out.push(ApiKey {
+                    name: k.name.clone(),
+                    sha256,
+                }),
+                None => self.err(
+                    &p,
+                    "the hex SHA-256 of the key (64 hex digits): `printf %s KEY | sha256sum`",
+                ),
             }
         }
         out
     }
 
-    fn access(
-        &mut self,
-        prefix: &str,
-        writers: Option<&raw::Writers>,
-        readers: Option<&raw::Readers>,
-        retention: Option<raw::Dur>,
-        lifetime: Option<raw::Dur>,
-        purge: Option<raw::Dur>,
-        base: &Path,
-    ) -> AccessConfig {
+    fn access(&mut self, prefix: &str, a: RawAccess<'_>, base: &Path) -> AccessConfig {
         let empty_w = raw::Writers::default();
         let empty_r = raw::Readers::default();
-        let w = writers.unwrap_or(&empty_w);
-        let r = readers.unwrap_or(&empty_r);
+        let w = a.writers.unwrap_or(&empty_w);
+        let r = a.readers.unwrap_or(&empty_r);
         let writer_issuers = self.issuers_at(&format!("{prefix}writers.issuers"), &w.issuers, base);
         if !writer_issuers.is_empty() && w.scope.as_deref().is_none_or(str::is_empty) {
             self.err(&format!("{prefix}writers.scope"), "writers authenticated by JWT need the `scope` their tokens must carry, e.g. jwtgate:revoke");
@@ -550,9 +608,21 @@ impl Validator<'_> {
             writer_scope: w.scope.clone().unwrap_or_default(),
             writer_keys: self.api_keys(&format!("{prefix}writers.api_keys"), &w.api_keys),
             reader_keys: self.api_keys(&format!("{prefix}readers.api_keys"), &r.api_keys),
-            default_retention: self.positive(&format!("{prefix}default_retention"), retention, Duration::from_secs(86_400)),
-            max_token_lifetime: self.positive(&format!("{prefix}max_token_lifetime"), lifetime, Duration::from_secs(86_400)),
-            purge_interval: self.positive(&format!("{prefix}purge_interval"), purge, Duration::from_secs(60)),
+            default_retention: self.positive(
+                &format!("{prefix}default_retention"),
+                a.retention,
+                Duration::from_secs(86_400),
+            ),
+            max_token_lifetime: self.positive(
+                &format!("{prefix}max_token_lifetime"),
+                a.lifetime,
+                Duration::from_secs(86_400),
+            ),
+            purge_interval: self.positive(
+                &format!("{prefix}purge_interval"),
+                a.purge,
+                Duration::from_secs(60),
+            ),
         }
     }
 
@@ -563,17 +633,37 @@ impl Validator<'_> {
                 if r.writers.is_some() || r.readers.is_some() {
                     self.err(&format!("{p}.writers"), "writers and readers belong to the control plane; they apply here only with `store` (single-node mode)");
                 }
-                let uri = self.fetch_url(&format!("{p}.control_url"), url).unwrap_or_default();
-                RevocationSource::Control { url: uri, token: r.token.clone() }
+                let uri = self
+                    .fetch_url(&format!("{p}.control_url"), url)
+                    .unwrap_or_default();
+                RevocationSource::Control {
+                    url: uri,
+                    token: r.token.clone(),
+                }
             }
             (None, Some(store)) => {
-                let access = self.access("revocation.", r.writers.as_ref(), r.readers.as_ref(), r.default_retention, r.max_token_lifetime, r.purge_interval, base);
-                let store = self.store_url(&format!("{p}.store"), store, base).unwrap_or(StoreUrl::Sqlite(PathBuf::new()));
+                let access = self.access(
+                    "revocation.",
+                    RawAccess {
+                        writers: r.writers.as_ref(),
+                        readers: r.readers.as_ref(),
+                        retention: r.default_retention,
+                        lifetime: r.max_token_lifetime,
+                        purge: r.purge_interval,
+                    },
+                    base,
+                );
+                let store = self
+                    .store_url(&format!("{p}.store"), store, base)
+                    .unwrap_or(StoreUrl::Sqlite(PathBuf::new()));
                 RevocationSource::Store { store, access }
             }
             _ => {
                 self.err(p, "give exactly one of `control_url` (sync from a control plane) or `store` (single-node mode)");
-                RevocationSource::Control { url: Uri::default(), token: None }
+                RevocationSource::Control {
+                    url: Uri::default(),
+                    token: None,
+                }
             }
         };
         let deny_when_stale = match r.on_stale.as_deref() {
@@ -587,9 +677,17 @@ impl Validator<'_> {
         RevocationConfig {
             source,
             snapshot_file: r.snapshot_file.as_ref().map(|f| base.join(f)),
-            max_staleness: self.positive(&format!("{p}.max_staleness"), r.max_staleness, Duration::from_secs(60)),
+            max_staleness: self.positive(
+                &format!("{p}.max_staleness"),
+                r.max_staleness,
+                Duration::from_secs(60),
+            ),
             deny_when_stale,
-            purge_interval: self.positive(&format!("{p}.purge_interval"), r.purge_interval, Duration::from_secs(30)),
+            purge_interval: self.positive(
+                &format!("{p}.purge_interval"),
+                r.purge_interval,
+                Duration::from_secs(30),
+            ),
         }
     }
 
@@ -663,9 +761,16 @@ impl Validator<'_> {
             let mut algorithms = Vec::new();
             // OIDC's default signing algorithm when none is listed; HMAC must be explicit.
             let default_algs = vec!["RS256".to_owned()];
-            let listed = if r.algorithms.is_empty() && r.secret.is_none() { &default_algs } else { &r.algorithms };
+            let listed = if r.algorithms.is_empty() && r.secret.is_none() {
+                &default_algs
+            } else {
+                &r.algorithms
+            };
             if listed.is_empty() {
-                self.err(&format!("{p}.algorithms"), "list the allowed HMAC algorithms, e.g. [HS256]");
+                self.err(
+                    &format!("{p}.algorithms"),
+                    "list the allowed HMAC algorithms, e.g. [HS256]",
+                );
             }
             for (j, a) in listed.iter().enumerate() {
                 let ap = format!("{p}.algorithms[{j}]");

@@ -38,7 +38,10 @@ pub struct EventBody {
 impl Body for EventBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -46,18 +49,38 @@ impl Body for EventBody {
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ControlBody> {
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     r
 }
 
-fn problem(status: StatusCode, error: &str, description: impl Into<String>) -> Response<ControlBody> {
-    json_response(status, json!({ "error": error, "error_description": description.into() }))
+fn problem(
+    status: StatusCode,
+    error: &str,
+    description: impl Into<String>,
+) -> Response<ControlBody> {
+    json_response(
+        status,
+        json!({ "error": error, "error_description": description.into() }),
+    )
 }
 
 fn unauthorized() -> Response<ControlBody> {
-    let mut r = problem(StatusCode::UNAUTHORIZED, "invalid_token", "missing or unknown credentials");
-    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"jwtgate-control\""));
+    let mut r = problem(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "missing or unknown credentials",
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"jwtgate-control\""),
+    );
     r
 }
 
@@ -70,8 +93,10 @@ enum Role {
 /// Constant-time comparison of the key's SHA-256 against each configured hash.
 fn key_matches(key: &str, keys: &[crate::config::ApiKey]) -> bool {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-    keys.iter()
-        .fold(false, |found, k| found | aws_lc_rs::constant_time::verify_slices_are_equal(digest.as_ref(), &k.sha256).is_ok())
+    keys.iter().fold(false, |found, k| {
+        found
+            | aws_lc_rs::constant_time::verify_slices_are_equal(digest.as_ref(), &k.sha256).is_ok()
+    })
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
@@ -107,19 +132,34 @@ pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<Contr
             if cp.store.ping().await {
                 json_response(StatusCode::OK, json!({ "status": "ready" }))
             } else {
-                problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the store does not answer")
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store does not answer",
+                )
             }
         }
         (Method::GET, "/metrics") => {
             let mut buf = Vec::new();
-            let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &cp.registry.gather(), &mut buf);
+            let _ = prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &cp.registry.gather(),
+                &mut buf,
+            );
             let mut r = Response::new(Either::Left(Full::new(Bytes::from(buf))));
-            r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
         (Method::POST, "/v1/revocations") => match authenticate(cp, &req).await {
             Some(Role::Writer) => post_revocation(cp, req).await,
-            Some(Role::Reader) => problem(StatusCode::FORBIDDEN, "insufficient_scope", "this key may only read"),
+            Some(Role::Reader) => problem(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "this key may only read",
+            ),
             None => unauthorized(),
         },
         (Method::GET, "/v1/revocations") => match authenticate(cp, &req).await {
@@ -131,7 +171,11 @@ pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<Contr
             None => unauthorized(),
         },
         (_, "/v1/revocations" | "/v1/revocations/stream" | "/healthz" | "/readyz" | "/metrics") => {
-            problem(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "method not allowed")
+            problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "method not allowed",
+            )
         }
         _ => problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
@@ -151,7 +195,13 @@ struct RevokeBody {
 
 /// Read a body of at most [`MAX_BODY_BYTES`]; `Err` is the response to send.
 pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ControlBody>> {
-    let too_large = || problem(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "body larger than 64 KiB");
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "body larger than 64 KiB",
+        )
+    };
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -160,10 +210,22 @@ pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Control
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(_) => Err(problem(StatusCode::BAD_REQUEST, "invalid_request", "could not read the body")),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(_) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "could not read the body",
+        )),
     }
 }
 
@@ -192,24 +254,38 @@ fn validate(body: RevokeBody, cp: &ControlPlane, now: u64) -> Result<NewRevocati
             if body.issued_before.is_some() {
                 return Err("`issued_before` goes with `sub`".into());
             }
-            let exp = body.expires_at.ok_or("a `jti` revocation needs `expires_at` (the token's exp)")?;
+            let exp = body
+                .expires_at
+                .ok_or("a `jti` revocation needs `expires_at` (the token's exp)")?;
             (exp, None)
         }
         Kind::Sid => {
             if body.issued_before.is_some() {
                 return Err("`issued_before` goes with `sub`".into());
             }
-            (body.expires_at.unwrap_or(now.saturating_add(retention)), None)
+            (
+                body.expires_at.unwrap_or(now.saturating_add(retention)),
+                None,
+            )
         }
         Kind::Sub => {
             if body.expires_at.is_some() {
                 return Err("a `sub` revocation is kept for max_token_lifetime after `issued_before`; do not give `expires_at`".into());
             }
-            let cutoff = body.issued_before.ok_or("a `sub` revocation needs `issued_before` (Unix seconds)")?;
+            let cutoff = body
+                .issued_before
+                .ok_or("a `sub` revocation needs `issued_before` (Unix seconds)")?;
             (cutoff.saturating_add(lifetime), Some(cutoff))
         }
     };
-    Ok(NewRevocation { kind, iss: body.iss, value, expires_at, issued_before, reason: body.reason })
+    Ok(NewRevocation {
+        kind,
+        iss: body.iss,
+        value,
+        expires_at,
+        issued_before,
+        reason: body.reason,
+    })
 }
 
 async fn post_revocation(cp: &ControlPlane, req: Request<Incoming>) -> Response<ControlBody> {
@@ -219,7 +295,13 @@ async fn post_revocation(cp: &ControlPlane, req: Request<Incoming>) -> Response<
     };
     let parsed: RevokeBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "invalid_request", format!("malformed revocation: {e}")),
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("malformed revocation: {e}"),
+            )
+        }
     };
     let now = now_unix();
     let new = match validate(parsed, cp, now) {
@@ -236,12 +318,23 @@ pub async fn record(cp: &ControlPlane, new: &NewRevocation, now: u64) -> Respons
             if w.changed {
                 cp.written.with_label_values(&[new.kind.as_str()]).inc();
             }
-            let status = if w.changed { StatusCode::CREATED } else { StatusCode::OK };
-            json_response(status, json!({ "id": w.cursor.to_string(), "cursor": w.cursor.to_string() }))
+            let status = if w.changed {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_response(
+                status,
+                json!({ "id": w.cursor.to_string(), "cursor": w.cursor.to_string() }),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "revocation not stored");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store did not accept the write; retry")
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the store did not accept the write; retry",
+            )
         }
     }
 }
@@ -256,7 +349,13 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 fn parse_cursor(s: Option<&str>) -> Result<u64, Response<ControlBody>> {
     match s {
         None | Some("") => Ok(0),
-        Some(c) => c.parse().map_err(|_| problem(StatusCode::BAD_REQUEST, "invalid_request", "`since` is not a cursor from this API")),
+        Some(c) => c.parse().map_err(|_| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "`since` is not a cursor from this API",
+            )
+        }),
     }
 }
 
@@ -265,14 +364,21 @@ async fn list(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBod
         Ok(c) => c,
         Err(r) => return r,
     };
-    let limit = query_param(req, "limit").and_then(|l| l.parse().ok()).unwrap_or(1000).clamp(1, PAGE_MAX);
+    let limit = query_param(req, "limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(1000)
+        .clamp(1, PAGE_MAX);
     // The head is read before the page: every id at or below it is committed, so jumping
     // the cursor to it when the page is empty can never skip an entry.
     let head = match cp.store.max_cursor().await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "reading the revocation head failed");
-            return problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store does not answer");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the store does not answer",
+            );
         }
     };
     match cp.store.list(since, limit, now_unix()).await {
@@ -281,11 +387,18 @@ async fn list(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBod
                 Some(e) => e.cursor,
                 None => since.max(head),
             };
-            json_response(StatusCode::OK, json!({ "entries": entries, "cursor": cursor.to_string(), "more": more }))
+            json_response(
+                StatusCode::OK,
+                json!({ "entries": entries, "cursor": cursor.to_string(), "more": more }),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "listing revocations failed");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store does not answer")
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the store does not answer",
+            )
         }
     }
 }
@@ -293,7 +406,10 @@ async fn list(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBod
 /// `text/event-stream`: every entry after the cursor, then new ones as they commit, with
 /// heartbeats. Resumable from `since` or `Last-Event-ID`.
 fn stream(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBody> {
-    let last_event = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
+    let last_event = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok());
     let since = match parse_cursor(last_event.or(query_param(req, "since"))) {
         Ok(c) => c,
         Err(r) => return r,
@@ -345,7 +461,13 @@ fn stream(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBody> {
     });
     let mut r = Response::new(Either::Right(EventBody { rx }));
     let h = r.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     r
 }

@@ -8,7 +8,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 /// POST a revocation; returns the status and the body text.
-pub async fn post_revocation(control: &str, api_key: &str, body: &serde_json::Value) -> anyhow::Result<(u16, String)> {
+pub async fn post_revocation(
+    control: &str,
+    api_key: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(u16, String)> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(crate::verify::keys::client_tls_config())
         .https_or_http()

@@ -52,10 +52,22 @@ impl ControlPlane {
         tasks: &mut JoinSet<()>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<ControlPlane>> {
-        let store = Store::open(store).await.context("opening the revocation store")?;
+        let store = Store::open(store)
+            .await
+            .context("opening the revocation store")?;
         let writer_verifier = (!access.writer_issuers.is_empty()).then(|| {
-            let cache = TokenCacheConfig { max_entries: 10_000, ttl: Duration::from_secs(60) };
-            Verifier::new(&access.writer_issuers, &cache, &[], None, Fetcher::new(), Metrics::new())
+            let cache = TokenCacheConfig {
+                max_entries: 10_000,
+                ttl: Duration::from_secs(60),
+            };
+            Verifier::new(
+                &access.writer_issuers,
+                &cache,
+                &[],
+                None,
+                Fetcher::new(),
+                Metrics::new(),
+            )
         });
         if let Some(v) = &writer_verifier {
             for issuer in &v.issuers {
@@ -64,7 +76,10 @@ impl ControlPlane {
         }
         let registry = Registry::new();
         let written = IntCounterVec::new(
-            Opts::new(CONTROL_REVOCATIONS_WRITTEN_TOTAL, "Revocations durably written, by kind."),
+            Opts::new(
+                CONTROL_REVOCATIONS_WRITTEN_TOTAL,
+                "Revocations durably written, by kind.",
+            ),
             &["kind"],
         )?;
         let stream_clients = IntGauge::new(CONTROL_STREAM_CLIENTS, "Open revocation streams.")?;
@@ -125,13 +140,28 @@ pub async fn start(config: ControlConfig) -> anyhow::Result<RunningControl> {
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let plane = ControlPlane::open(&config.store, config.access, &mut tasks, shutdown_rx.clone()).await?;
+    let plane = ControlPlane::open(
+        &config.store,
+        config.access,
+        &mut tasks,
+        shutdown_rx.clone(),
+    )
+    .await?;
     tasks.spawn(serve(listener, plane.clone(), shutdown_rx));
     tracing::info!(%addr, "jwtgate control serving");
-    Ok(RunningControl { addr, plane, shutdown, tasks })
+    Ok(RunningControl {
+        addr,
+        plane,
+        shutdown,
+        tasks,
+    })
 }
 
-async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    plane: Arc<ControlPlane>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {

@@ -58,9 +58,19 @@ enum Backend {
     Postgres(Arc<Pg>),
 }
 
+/// A small connection pool: at most `POOL_SIZE` connections, idle ones reused.
 struct Pg {
     url: String,
-    client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    idle: std::sync::Mutex<Vec<tokio_postgres::Client>>,
+    permits: tokio::sync::Semaphore,
+}
+
+const POOL_SIZE: usize = 8;
+
+/// A pooled connection; returned to the pool by [`Pg::release`].
+struct Pooled<'a> {
+    client: tokio_postgres::Client,
+    _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// Advisory lock key serializing writers ("jwtg" in ASCII).
@@ -75,7 +85,15 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn row_entry(id: i64, kind: &str, iss: String, value: String, expires_at: i64, issued_before: Option<i64>, reason: Option<String>) -> Entry {
+fn row_entry(
+    id: i64,
+    kind: &str,
+    iss: String,
+    value: String,
+    expires_at: i64,
+    issued_before: Option<i64>,
+    reason: Option<String>,
+) -> Entry {
     let mut e = Entry {
         cursor: to_u64(id),
         iss,
@@ -99,12 +117,21 @@ impl Store {
     pub async fn open(url: &StoreUrl) -> Result<Store, StoreError> {
         let (latest, _) = watch::channel(0);
         let backend = match url {
-            StoreUrl::Sqlite(path) => Backend::Sqlite(Arc::new(Mutex::new(open_sqlite(path.clone()).await?))),
+            StoreUrl::Sqlite(path) => {
+                Backend::Sqlite(Arc::new(Mutex::new(open_sqlite(path.clone()).await?)))
+            }
             StoreUrl::Postgres(url) => {
-                let pg = Pg { url: url.clone(), client: tokio::sync::Mutex::new(None) };
+                let pg = Pg {
+                    url: url.clone(),
+                    idle: std::sync::Mutex::new(Vec::new()),
+                    permits: tokio::sync::Semaphore::new(POOL_SIZE),
+                };
                 let client = pg.connect().await?;
                 migrate_pg(&client).await?;
-                *pg.client.lock().await = Some(client);
+                pg.idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(client);
                 Backend::Postgres(Arc::new(pg))
             }
         };
@@ -141,7 +168,12 @@ impl Store {
     }
 
     /// Live entries after `since`, oldest first, at most `limit`; and whether more follow.
-    pub async fn list(&self, since: u64, limit: usize, now: u64) -> Result<(Vec<Entry>, bool), StoreError> {
+    pub async fn list(
+        &self,
+        since: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<(Vec<Entry>, bool), StoreError> {
         let fetch = limit.saturating_add(1);
         let mut entries = match &self.backend {
             Backend::Sqlite(conn) => {
@@ -167,7 +199,17 @@ impl Store {
                     )
                     .await?;
                 rows.iter()
-                    .map(|r| row_entry(r.get(0), r.get::<_, &str>(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+                    .map(|r| {
+                        row_entry(
+                            r.get(0),
+                            r.get::<_, &str>(1),
+                            r.get(2),
+                            r.get(3),
+                            r.get(4),
+                            r.get(5),
+                            r.get(6),
+                        )
+                    })
                     .collect()
             }
         };
@@ -185,14 +227,20 @@ impl Store {
                     let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
                     // AUTOINCREMENT's counter survives deletes, so a purge never rewinds it.
                     let seq: Option<i64> = conn
-                        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'revocations'", [], |r| r.get(0))
+                        .query_row(
+                            "SELECT seq FROM sqlite_sequence WHERE name = 'revocations'",
+                            [],
+                            |r| r.get(0),
+                        )
                         .ok();
                     Ok(to_u64(seq.unwrap_or(0)))
                 })
                 .await?
             }
             Backend::Postgres(pg) => {
-                let rows = pg.query("SELECT COALESCE(MAX(id), 0) FROM jwtgate_revocations", &[]).await?;
+                let rows = pg
+                    .query("SELECT COALESCE(MAX(id), 0) FROM jwtgate_revocations", &[])
+                    .await?;
                 Ok(rows.first().map_or(0, |r| to_u64(r.get(0))))
             }
         }
@@ -205,14 +253,23 @@ impl Store {
                 let conn = conn.clone();
                 tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
                     let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                    Ok(conn.execute("DELETE FROM revocations WHERE expires_at <= ?1", [to_i64(now)])? as u64)
+                    Ok(conn.execute(
+                        "DELETE FROM revocations WHERE expires_at <= ?1",
+                        [to_i64(now)],
+                    )? as u64)
                 })
                 .await?
             }
             Backend::Postgres(pg) => {
-                let client = pg.client().await?;
-                let n = client.execute("DELETE FROM jwtgate_revocations WHERE expires_at <= $1", &[&to_i64(now)]).await;
-                pg.release(client, n.is_ok()).await;
+                let pooled = pg.client().await?;
+                let n = pooled
+                    .client
+                    .execute(
+                        "DELETE FROM jwtgate_revocations WHERE expires_at <= $1",
+                        &[&to_i64(now)],
+                    )
+                    .await;
+                pg.release(pooled, n.is_ok());
                 Ok(n?)
             }
         }
@@ -231,7 +288,9 @@ async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, StoreError> 
     tokio::task::spawn_blocking(move || -> Result<rusqlite::Connection, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Other(format!("cannot create {}: {e}", dir.display()))
+                })?;
             }
         }
         let conn = rusqlite::Connection::open(&path)?;
@@ -264,7 +323,11 @@ async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, StoreError> 
 }
 
 /// The merged entry when `new` strengthens `old` (later expiry or cutoff), else `None`.
-fn strengthen(old_expires: u64, old_cutoff: Option<u64>, r: &NewRevocation) -> Option<(u64, Option<u64>)> {
+fn strengthen(
+    old_expires: u64,
+    old_cutoff: Option<u64>,
+    r: &NewRevocation,
+) -> Option<(u64, Option<u64>)> {
     let expires = old_expires.max(r.expires_at);
     let cutoff = match (old_cutoff, r.issued_before) {
         (Some(a), Some(b)) => Some(a.max(b)),
@@ -273,7 +336,11 @@ fn strengthen(old_expires: u64, old_cutoff: Option<u64>, r: &NewRevocation) -> O
     (expires != old_expires || cutoff != old_cutoff).then_some((expires, cutoff))
 }
 
-fn sqlite_insert(conn: &Mutex<rusqlite::Connection>, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+fn sqlite_insert(
+    conn: &Mutex<rusqlite::Connection>,
+    r: &NewRevocation,
+    now: u64,
+) -> Result<Written, StoreError> {
     let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let existing: Option<(i64, i64, Option<i64>)> = tx
@@ -285,7 +352,12 @@ fn sqlite_insert(conn: &Mutex<rusqlite::Connection>, r: &NewRevocation, now: u64
         .ok();
     let (expires, cutoff) = match existing {
         Some((id, old_exp, old_cut)) => match strengthen(to_u64(old_exp), old_cut.map(to_u64), r) {
-            None => return Ok(Written { cursor: to_u64(id), changed: false }),
+            None => {
+                return Ok(Written {
+                    cursor: to_u64(id),
+                    changed: false,
+                })
+            }
             Some(merged) => {
                 // A stronger entry gets a new cursor so every follower sees it.
                 tx.execute("DELETE FROM revocations WHERE id = ?1", [id])?;
@@ -300,7 +372,10 @@ fn sqlite_insert(conn: &Mutex<rusqlite::Connection>, r: &NewRevocation, now: u64
     )?;
     let id = tx.last_insert_rowid();
     tx.commit()?;
-    Ok(Written { cursor: to_u64(id), changed: true })
+    Ok(Written {
+        cursor: to_u64(id),
+        changed: true,
+    })
 }
 
 async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), StoreError> {
@@ -337,40 +412,65 @@ impl Pg {
         Ok(client)
     }
 
-    /// Take the shared client, reconnecting when the last one broke.
-    async fn client(&self) -> Result<tokio_postgres::Client, StoreError> {
-        let mut slot = self.client.lock().await;
-        match slot.take() {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => self.connect().await,
+    /// A connection from the pool (waiting for a free slot), reconnecting when needed.
+    async fn client(&self) -> Result<Pooled<'_>, StoreError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Other("pool closed".into()))?;
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
+        };
+        let client = match idle {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        Ok(Pooled {
+            client,
+            _permit: permit,
+        })
+    }
+
+    /// Give a connection back; a broken one is dropped.
+    fn release(&self, pooled: Pooled<'_>, healthy: bool) {
+        if healthy && !pooled.client.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pooled.client);
         }
     }
 
-    async fn release(&self, client: tokio_postgres::Client, healthy: bool) {
-        if healthy && !client.is_closed() {
-            *self.client.lock().await = Some(client);
-        }
-    }
-
-    async fn query(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let client = self.client().await?;
-        let result = client.query(sql, params).await;
-        self.release(client, result.is_ok()).await;
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let pooled = self.client().await?;
+        let result = pooled.client.query(sql, params).await;
+        self.release(pooled, result.is_ok());
         Ok(result?)
     }
 
     async fn insert(&self, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
-        let mut client = self.client().await?;
-        let result = pg_insert(&mut client, r, now).await;
-        self.release(client, result.is_ok()).await;
+        let mut pooled = self.client().await?;
+        let result = pg_insert(&mut pooled.client, r, now).await;
+        self.release(pooled, result.is_ok());
         result
     }
 }
 
-async fn pg_insert(client: &mut tokio_postgres::Client, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+async fn pg_insert(
+    client: &mut tokio_postgres::Client,
+    r: &NewRevocation,
+    now: u64,
+) -> Result<Written, StoreError> {
     let tx = client.transaction().await?;
     // Serialize writers: an id is drawn only while holding the lock, so ids commit in order.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .await?;
     let existing = tx
         .query_opt(
             "SELECT id, expires_at, issued_before FROM jwtgate_revocations WHERE kind = $1 AND iss = $2 AND value = $3",
@@ -378,10 +478,23 @@ async fn pg_insert(client: &mut tokio_postgres::Client, r: &NewRevocation, now: 
         )
         .await?;
     let (expires, cutoff) = match existing {
-        Some(row) => match strengthen(to_u64(row.get(1)), row.get::<_, Option<i64>>(2).map(to_u64), r) {
-            None => return Ok(Written { cursor: to_u64(row.get(0)), changed: false }),
+        Some(row) => match strengthen(
+            to_u64(row.get(1)),
+            row.get::<_, Option<i64>>(2).map(to_u64),
+            r,
+        ) {
+            None => {
+                return Ok(Written {
+                    cursor: to_u64(row.get(0)),
+                    changed: false,
+                })
+            }
             Some(merged) => {
-                tx.execute("DELETE FROM jwtgate_revocations WHERE id = $1", &[&row.get::<_, i64>(0)]).await?;
+                tx.execute(
+                    "DELETE FROM jwtgate_revocations WHERE id = $1",
+                    &[&row.get::<_, i64>(0)],
+                )
+                .await?;
                 merged
             }
         },
@@ -395,9 +508,13 @@ async fn pg_insert(client: &mut tokio_postgres::Client, r: &NewRevocation, now: 
         .await?;
     let id: i64 = row.get(0);
     // Delivered to every listening replica when (and only if) the transaction commits.
-    tx.execute(&format!("NOTIFY {CHANNEL}, '{id}'"), &[]).await?;
+    tx.execute(&format!("NOTIFY {CHANNEL}, '{id}'"), &[])
+        .await?;
     tx.commit().await?;
-    Ok(Written { cursor: to_u64(id), changed: true })
+    Ok(Written {
+        cursor: to_u64(id),
+        changed: true,
+    })
 }
 
 /// Follow writes made through other replicas: LISTEN for their notifications, and poll the
@@ -429,7 +546,11 @@ async fn follow_pg(pg: std::sync::Weak<Pg>, latest: watch::Sender<u64>) {
                 }
             }
         });
-        if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_err() {
+        if client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .is_err()
+        {
             pump.abort();
             continue;
         }

@@ -90,7 +90,14 @@ impl RevocationSet {
         (h.finish() & !3) | kind as u64
     }
 
-    pub fn token_keys(&self, iss: &str, jti: Option<&str>, sid: Option<&str>, sub: Option<&str>, iat: Option<u64>) -> TokenKeys {
+    pub fn token_keys(
+        &self,
+        iss: &str,
+        jti: Option<&str>,
+        sid: Option<&str>,
+        sub: Option<&str>,
+        iat: Option<u64>,
+    ) -> TokenKeys {
         TokenKeys {
             jti: jti.map(|v| self.key(Kind::Jti, iss, v)),
             sid: sid.map(|v| self.key(Kind::Sid, iss, v)),
@@ -101,11 +108,22 @@ impl RevocationSet {
     }
 
     /// Add or strengthen an entry (a later expiry or cutoff wins; nothing is weakened).
-    pub fn insert(&self, kind: Kind, iss: &str, value: &str, expires_at: u64, issued_before: Option<u64>) {
+    pub fn insert(
+        &self,
+        kind: Kind,
+        iss: &str,
+        value: &str,
+        expires_at: u64,
+        issued_before: Option<u64>,
+    ) {
         let key = self.key(kind, iss, value);
         let slot = Slot {
             expires: clamp_u32(expires_at),
-            cutoff: if kind == Kind::Sub { clamp_u32(issued_before.unwrap_or(expires_at)) } else { 0 },
+            cutoff: if kind == Kind::Sub {
+                clamp_u32(issued_before.unwrap_or(expires_at))
+            } else {
+                0
+            },
         };
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         match map.get_mut(&key) {
@@ -141,7 +159,9 @@ impl RevocationSet {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         keys.jti.is_some_and(|k| map.contains_key(&k))
             || keys.sid.is_some_and(|k| map.contains_key(&k))
-            || keys.sub.is_some_and(|k| map.get(&k).is_some_and(|s| keys.iat < u64::from(s.cutoff)))
+            || keys
+                .sub
+                .is_some_and(|k| map.get(&k).is_some_and(|s| keys.iat < u64::from(s.cutoff)))
     }
 
     /// Drop entries past their time. Returns how many went.
@@ -221,7 +241,12 @@ impl RevocationSet {
 
     /// Read a set written by [`save`](Self::save), dropping entries already past `now`.
     pub fn load(path: &Path, now: u64) -> std::io::Result<RevocationSet> {
-        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("revocation snapshot {}: {what}", path.display()));
+        let bad = |what: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("revocation snapshot {}: {what}", path.display()),
+            )
+        };
         let mut data = Vec::new();
         std::fs::File::open(path)?.read_to_end(&mut data)?;
         let header = 8 + 8 + 8 + 12 + 8;
@@ -243,7 +268,10 @@ impl RevocationSet {
         let mut map = Map::with_capacity_and_hasher(n, Default::default());
         for i in 0..n {
             let at = header + i * 16;
-            let slot = Slot { expires: u32_at(at + 8), cutoff: u32_at(at + 12) };
+            let slot = Slot {
+                expires: u32_at(at + 8),
+                cutoff: u32_at(at + 12),
+            };
             if slot.expires > now {
                 map.insert(u64_at(at), slot);
             }
@@ -281,12 +309,28 @@ mod tests {
         s.insert(Kind::Jti, "i", "t1", 2_000_000_000, None);
         s.insert(Kind::Sid, "i", "s1", 2_000_000_000, None);
         s.insert(Kind::Sub, "i", "u1", 2_000_000_000, Some(1000));
+        assert!(s.is_revoked(
+            &s.token_keys("i", Some("t1"), None, None, Some(5)),
+            &AtomicU64::new(0)
+        ));
+        assert!(!s.is_revoked(
+            &s.token_keys("other", Some("t1"), None, None, Some(5)),
+            &AtomicU64::new(0)
+        ));
+        assert!(s.is_revoked(
+            &s.token_keys("i", Some("x"), Some("s1"), None, Some(5)),
+            &AtomicU64::new(0)
+        ));
+        assert!(s.is_revoked(
+            &s.token_keys("i", None, None, Some("u1"), Some(999)),
+            &AtomicU64::new(0)
+        ));
+        assert!(s.is_revoked(
+            &s.token_keys("i", None, None, Some("u1"), None),
+            &AtomicU64::new(0)
+        ));
+        // Each token keeps its own memo.
         let memo = AtomicU64::new(0);
-        assert!(s.is_revoked(&s.token_keys("i", Some("t1"), None, None, Some(5)), &memo));
-        assert!(!s.is_revoked(&s.token_keys("other", Some("t1"), None, None, Some(5)), &memo));
-        assert!(s.is_revoked(&s.token_keys("i", Some("x"), Some("s1"), None, Some(5)), &memo));
-        assert!(s.is_revoked(&s.token_keys("i", None, None, Some("u1"), Some(999)), &memo));
-        assert!(s.is_revoked(&s.token_keys("i", None, None, Some("u1"), None), &memo));
         let clean = s.token_keys("i", None, None, Some("u1"), Some(1000));
         assert!(!s.is_revoked(&clean, &memo));
         // Memo: clean at this version; a later cutoff is still seen.

@@ -24,7 +24,9 @@ use crate::control::store::Store;
 use crate::verify::keys::backoff;
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How current the set is.
@@ -89,16 +91,25 @@ const PAGE_BYTES: usize = 16 * 1024 * 1024;
 const EVENT_BYTES: usize = 64 * 1024;
 
 impl SyncClient {
-    pub fn new(url: &Uri, token: Option<&str>, set: Arc<RevocationSet>, apply: Apply, state: Arc<SyncState>, max_staleness: Duration) -> SyncClient {
+    pub fn new(
+        url: &Uri,
+        token: Option<&str>,
+        set: Arc<RevocationSet>,
+        apply: Apply,
+        state: Arc<SyncState>,
+        max_staleness: Duration,
+    ) -> SyncClient {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(crate::verify::keys::client_tls_config())
             .https_or_http()
             .enable_http1()
             .build();
-        let token = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()).map(|mut v| {
-            v.set_sensitive(true);
-            v
-        });
+        let token = token
+            .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         SyncClient {
             base: url.to_string().trim_end_matches('/').to_owned(),
             token,
@@ -107,7 +118,8 @@ impl SyncClient {
             apply,
             state,
             // Heard from at least three times per staleness window, at most once a second.
-            heartbeat: (max_staleness / 3).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            heartbeat: (max_staleness / 3)
+                .clamp(Duration::from_millis(200), Duration::from_secs(5)),
         }
     }
 
@@ -144,13 +156,28 @@ impl SyncClient {
     async fn session(&self, failures: &mut u32) -> Result<(), String> {
         // 1. Catch up by pages from the cursor (everything live when the cursor is 0).
         loop {
-            let req = self.request(&format!("/v1/revocations?since={}&limit=5000", self.set.cursor()))?;
-            let resp = self.client.request(req).await.map_err(|e| format!("cannot reach the control plane: {e}"))?;
+            let req = self.request(&format!(
+                "/v1/revocations?since={}&limit=5000",
+                self.set.cursor()
+            ))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("cannot reach the control plane: {e}"))?;
             if resp.status() != StatusCode::OK {
-                return Err(format!("control plane answered {} to the snapshot request", resp.status()));
+                return Err(format!(
+                    "control plane answered {} to the snapshot request",
+                    resp.status()
+                ));
             }
-            let body = Limited::new(resp.into_body(), PAGE_BYTES).collect().await.map_err(|e| e.to_string())?.to_bytes();
-            let page: Page = serde_json::from_slice(&body).map_err(|e| format!("control plane sent an invalid page: {e}"))?;
+            let body = Limited::new(resp.into_body(), PAGE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| format!("control plane sent an invalid page: {e}"))?;
             for e in &page.entries {
                 (self.apply)(e);
             }
@@ -167,13 +194,23 @@ impl SyncClient {
 
         // 2. Follow the stream.
         let cursor = self.set.cursor();
-        let mut req = self.request(&format!("/v1/revocations/stream?since={cursor}&heartbeat_ms={}", self.heartbeat.as_millis()))?;
+        let mut req = self.request(&format!(
+            "/v1/revocations/stream?since={cursor}&heartbeat_ms={}",
+            self.heartbeat.as_millis()
+        ))?;
         if let Ok(v) = HeaderValue::from_str(&cursor.to_string()) {
             req.headers_mut().insert("last-event-id", v);
         }
-        let resp = self.client.request(req).await.map_err(|e| format!("cannot open the stream: {e}"))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot open the stream: {e}"))?;
         if resp.status() != StatusCode::OK {
-            return Err(format!("control plane answered {} to the stream request", resp.status()));
+            return Err(format!(
+                "control plane answered {} to the stream request",
+                resp.status()
+            ));
         }
         let mut body = resp.into_body();
         let mut parser = EventParser::default();
@@ -182,12 +219,17 @@ impl SyncClient {
             let frame = tokio::time::timeout(self.heartbeat * 3, body.frame())
                 .await
                 .map_err(|_| "the stream went silent".to_owned())?;
-            let Some(frame) = frame else { return Err("the stream ended".into()) };
+            let Some(frame) = frame else {
+                return Err("the stream ended".into());
+            };
             let frame = frame.map_err(|e| format!("the stream broke: {e}"))?;
-            let Some(data) = frame.data_ref() else { continue };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
             self.state.contact();
             for event in parser.feed(data)? {
-                let entry: Entry = serde_json::from_str(&event).map_err(|e| format!("invalid event from the control plane: {e}"))?;
+                let entry: Entry = serde_json::from_str(&event)
+                    .map_err(|e| format!("invalid event from the control plane: {e}"))?;
                 (self.apply)(&entry);
             }
         }
@@ -229,12 +271,21 @@ impl EventParser {
 }
 
 /// Single-node mode: follow the local store directly.
-pub async fn follow_store(store: Store, apply: Apply, set: Arc<RevocationSet>, state: Arc<SyncState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn follow_store(
+    store: Store,
+    apply: Apply,
+    set: Arc<RevocationSet>,
+    state: Arc<SyncState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut latest = store.subscribe();
     loop {
         latest.mark_unchanged();
         loop {
-            match store.list(set.cursor(), 5000, crate::verify::now_unix()).await {
+            match store
+                .list(set.cursor(), 5000, crate::verify::now_unix())
+                .await
+            {
                 Ok((entries, more)) => {
                     for e in &entries {
                         apply(e);
@@ -261,7 +312,12 @@ pub async fn follow_store(store: Store, apply: Apply, set: Arc<RevocationSet>, s
 
 /// Save the set whenever it changed (checked every second) and once more at shutdown;
 /// drop expired entries every `purge_interval`.
-pub async fn maintain(set: Arc<RevocationSet>, file: Option<std::path::PathBuf>, purge_interval: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn maintain(
+    set: Arc<RevocationSet>,
+    file: Option<std::path::PathBuf>,
+    purge_interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut saved = 0;
     let mut last_purge = std::time::Instant::now();
     loop {
@@ -280,7 +336,9 @@ pub async fn maintain(set: Arc<RevocationSet>, file: Option<std::path::PathBuf>,
                 let p = path.clone();
                 match tokio::task::spawn_blocking(move || s.save(&p)).await {
                     Ok(Ok(())) => saved = version,
-                    Ok(Err(e)) => tracing::warn!(error = %e, file = %path.display(), "cannot save the revocation snapshot"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, file = %path.display(), "cannot save the revocation snapshot")
+                    }
                     Err(_) => {}
                 }
             }
@@ -300,7 +358,11 @@ mod tests {
     fn parser_handles_split_events() {
         let mut p = EventParser::default();
         assert!(p.feed(b"id: 1\nda").expect("ok").is_empty());
-        assert_eq!(p.feed(b"ta: {\"a\":1}\n\n: heartbeat\n\nid: 2\ndata: x").expect("ok"), vec!["{\"a\":1}".to_owned()]);
+        assert_eq!(
+            p.feed(b"ta: {\"a\":1}\n\n: heartbeat\n\nid: 2\ndata: x")
+                .expect("ok"),
+            vec!["{\"a\":1}".to_owned()]
+        );
         assert_eq!(p.feed(b"\n\n").expect("ok"), vec!["x".to_owned()]);
     }
 }

@@ -17,11 +17,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::{IdentityHeader, IssuerConfig, TokenCacheConfig};
-use crate::revocation::set::{RevocationSet, TokenKeys};
-use std::sync::atomic::AtomicU64;
 use crate::error::Reject;
 use crate::metrics::Metrics;
+use crate::revocation::set::{RevocationSet, TokenKeys};
 use keys::{Fetcher, IssuerKeys, Lookup};
+use std::sync::atomic::AtomicU64;
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -299,7 +299,13 @@ impl Verifier {
                     _ => None,
                 };
                 let iss = self.issuers[issuer].cfg.issuer.as_str();
-                set.token_keys(iss, text("jti").as_deref(), text("sid").as_deref(), text("sub").as_deref(), iat)
+                set.token_keys(
+                    iss,
+                    text("jti").as_deref(),
+                    text("sid").as_deref(),
+                    text("sub").as_deref(),
+                    iat,
+                )
             }
             None => TokenKeys::default(),
         };

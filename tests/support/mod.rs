@@ -298,17 +298,29 @@ impl Resp {
 /// Send `head` (request line and headers, without the final blank line) plus `body` on a
 /// fresh connection and read the whole response.
 pub async fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    try_raw(addr, head, body)
+        .await
+        .unwrap_or_else(|e| panic!("{head}: {e}"))
+}
+
+/// As [`raw`], but a failed connection or a missing response is an `Err`, not a panic.
+pub async fn try_raw(addr: SocketAddr, head: &str, body: &[u8]) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let mut req = head.trim_end().replace('\n', "\r\n").into_bytes();
     req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
     req.extend_from_slice(body);
-    s.write_all(&req).await.expect("write");
+    s.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
         .await
-        .expect("response in time")
-        .expect("read");
-    parse_response(&buf)
+        .map_err(|_| "no response in 30 s".to_owned())?
+        .map_err(|e| format!("read: {e}"))?;
+    if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err("connection closed without a response".into());
+    }
+    Ok(parse_response(&buf))
 }
 
 pub fn parse_response(buf: &[u8]) -> Resp {
@@ -379,13 +391,17 @@ pub fn bearer(token: &str) -> String {
 /// PostgreSQL for the store tests: the machine's server, database `test`. Each call gets a
 /// fresh schema so parallel tests never see each other's rows.
 pub async fn pg_url() -> String {
-    let base = std::env::var("JWTGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let base = std::env::var("JWTGATE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let schema = format!("t_{:016x}", fastrand::u64(..));
     let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {base} is needed for this test: {e}"));
     tokio::spawn(conn);
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create schema");
     format!("{base}?options=-c%20search_path%3D{schema}")
 }
 
@@ -416,9 +432,15 @@ pub fn control_yaml(store: &str, listen: &str, extra: &str) -> String {
 }
 
 pub async fn start_control(store: &str, extra: &str) -> jwtgate::control::RunningControl {
-    let config = jwtgate::config::ControlConfig::from_yaml(&control_yaml(store, "127.0.0.1:0", extra), Path::new("."), &|_| None)
-        .unwrap_or_else(|p| panic!("control config: {p:?}"));
-    jwtgate::control::start(config).await.expect("control start")
+    let config = jwtgate::config::ControlConfig::from_yaml(
+        &control_yaml(store, "127.0.0.1:0", extra),
+        Path::new("."),
+        &|_| None,
+    )
+    .unwrap_or_else(|p| panic!("control config: {p:?}"));
+    jwtgate::control::start(config)
+        .await
+        .expect("control start")
 }
 
 /// `POST /v1/revocations` with the writer key; returns (status, body).
@@ -427,10 +449,21 @@ pub async fn revoke(control: SocketAddr, body: &Value) -> Resp {
 }
 
 pub async fn post_json(addr: SocketAddr, path: &str, key: &str, body: &Value) -> Resp {
+    try_post_json(addr, path, key, body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+pub async fn try_post_json(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> Result<Resp, String> {
     let body = body.to_string();
     let head = format!(
         "POST {path} HTTP/1.1\nHost: control\nAuthorization: Bearer {key}\nContent-Type: application/json\nContent-Length: {}",
         body.len()
     );
-    raw(addr, &head, body.as_bytes()).await
+    try_raw(addr, &head, body.as_bytes()).await
 }
