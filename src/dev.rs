@@ -166,6 +166,45 @@ async fn bind_or_any(port: u16) -> String {
     }
 }
 
+/// One request on a fresh connection; the status code (0 when the gateway did not answer).
+async fn status_of(gw: SocketAddr, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(gw).await else {
+        return 0;
+    };
+    let req = format!("GET /api/orders HTTP/1.1\r\nHost: {gw}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Show a revocation taking effect: a demo token passes, is revoked, and is refused.
+async fn demo_revocation(gw: SocketAddr, admin: &str, api_key: &str, issuer: &str, token: &str) {
+    let before = status_of(gw, token).await;
+    let body = json!({ "iss": issuer, "jti": "demo-1", "expires_at": crate::verify::now_unix() + 3600, "reason": "jwtgate dev demo" });
+    let written = crate::control::client::post_revocation(admin, api_key, &body).await;
+    let start = std::time::Instant::now();
+    let mut after = status_of(gw, token).await;
+    while after != 401 && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        after = status_of(gw, token).await;
+    }
+    match written {
+        Ok((status, _)) => println!(
+            "Demo: a fresh token answered {before}; revoked (control plane said {status}); refused with {after} after {} ms.\n",
+            start.elapsed().as_millis()
+        ),
+        Err(e) => println!("Demo revocation failed: {e:#}\n"),
+    }
+}
+
 /// Run the all-in-one demo until Ctrl-C.
 pub async fn run(port: u16) -> anyhow::Result<()> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
@@ -180,6 +219,17 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     let listen = bind_or_any(port).await;
     let admin = bind_or_any(9900).await;
     let issuer = "http://jwtgate.dev/issuer";
+    // The embedded control plane (single-node mode): a throwaway store and writer key.
+    let data = std::env::temp_dir().join(format!("jwtgate-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&data).context("creating the dev data folder")?;
+    let api_key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let key_hash: String =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, api_key.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let store = data.join("revocations.db");
 
     let yaml = format!(
         r#"
@@ -203,8 +253,12 @@ routes:
     upstream: echo
     auth: {{ issuers: [dev], require: {{ scopes: ["orders:write"] }} }}
   - {{ name: default, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [dev] }} }}
+revocation:
+  store: sqlite://{store}
+  writers: {{ api_keys: [ {{ name: dev, sha256: {key_hash} }} ] }}
 "#,
-        echo = echo.addr
+        echo = echo.addr,
+        store = store.display()
     );
     let config = Config::from_yaml(&yaml, std::path::Path::new("."), &|_| None).map_err(|p| {
         anyhow::anyhow!(p
@@ -224,20 +278,25 @@ routes:
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some("dev-1".to_owned());
     let now = crate::verify::now_unix();
-    let mint = |exp: u64, scope: &str| {
+    let mint = |exp: u64, scope: &str, jti: &str| {
         jsonwebtoken::encode(
             &header,
-            &json!({ "iss": issuer, "aud": "dev-api", "sub": "42", "email": "ada@example.com", "scope": scope, "iat": now.min(exp), "exp": exp, "jti": format!("{:x}", fastrand::u64(..)) }),
+            &json!({ "iss": issuer, "aud": "dev-api", "sub": "42", "email": "ada@example.com", "scope": scope, "iat": now.min(exp), "exp": exp, "jti": jti }),
             &key,
         )
     };
-    let good = mint(now + 3600, "orders:read orders:write")?;
-    let expired = mint(now.saturating_sub(3600), "orders:read orders:write")?;
-    let reader = mint(now + 3600, "orders:read")?;
+    let good_jti = format!("{:x}", fastrand::u64(..));
+    let good = mint(now + 3600, "orders:read orders:write", &good_jti)?;
+    let expired = mint(
+        now.saturating_sub(3600),
+        "orders:read orders:write",
+        "expired-1",
+    )?;
+    let reader = mint(now + 3600, "orders:read", "reader-1")?;
 
     // Wait for the key fetch so the printed commands work at once.
     for _ in 0..50 {
-        if running.gateway.verifier.ready() {
+        if running.gateway.ready() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -267,10 +326,22 @@ The same token on a read route → 200:
 A spoofed identity header is replaced by the gateway's own → echo shows X-User-Id: 42:
   curl -s http://{gw}/whoami -H 'X-User-Id: 1' -H 'Authorization: Bearer {good}'
 
-Press Ctrl-C to stop.
+Revoke the valid token (the control API runs on the admin listener in this mode):
+  JWTGATE_API_KEY={api_key} cargo run --release -- revoke --control http://{admin} --iss {issuer} --jti {good_jti} --exp {exp}
+then the first command answers 401 error_description="token revoked" — within a second.
 "#,
-        echo = echo.addr
+        echo = echo.addr,
+        exp = now + 3600
     );
+    demo_revocation(
+        gw,
+        &format!("http://{admin}"),
+        &api_key,
+        issuer,
+        &mint(now + 3600, "orders:read", "demo-1")?,
+    )
+    .await;
+    println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     running.shutdown(Duration::from_secs(5)).await;
     Ok(())

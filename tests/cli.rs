@@ -17,6 +17,7 @@ fn check(path: &std::path::Path) -> (bool, String) {
         .args(["check", "-c"])
         .arg(path)
         .env("JWTGATE_HS_SECRET", "0123456789abcdef0123456789abcdef")
+        .env("JWTGATE_SYNC_TOKEN", "sync-token")
         .output()
         .expect("run check");
     (
@@ -46,7 +47,7 @@ fn shipped_examples_pass_check() {
             n += 1;
         }
     }
-    assert!(n >= 2);
+    assert!(n >= 4);
 }
 
 /// A broken file: every problem printed with line and column, exit status 1.
@@ -376,4 +377,48 @@ async fn dev_mode_prints_working_commands() {
     )
     .await;
     assert_eq!(r.status, 403);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Demo: a fresh token answered 200")
+                && l.contains("refused with 401")),
+        "{lines:?}"
+    );
+
+    // The printed revoke command works and the first token is then refused.
+    let line = lines
+        .iter()
+        .find(|l| l.contains("revoke --control"))
+        .expect("revoke command");
+    let key = line
+        .trim()
+        .strip_prefix("JWTGATE_API_KEY=")
+        .and_then(|l| l.split_whitespace().next())
+        .expect("key");
+    let args: Vec<&str> = line
+        .split(" -- ")
+        .nth(1)
+        .expect("args")
+        .split_whitespace()
+        .collect();
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("JWTGATE_API_KEY", key)
+        .output()
+        .expect("revoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    loop {
+        let r = get(addr, "/api/orders", &[&bearer(&tokens[0])]).await;
+        if r.status == 401 {
+            assert_eq!(r.json()["error_description"], "token revoked");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
