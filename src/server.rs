@@ -158,7 +158,14 @@ async fn start_revocations(
             None
         }
         RevocationSource::Store { store, access } => {
-            let plane = ControlPlane::open(store, access.clone(), tasks, shutdown.clone()).await?;
+            let plane = ControlPlane::open(
+                store,
+                access.clone(),
+                &crate::config::IdpConfig::default(),
+                tasks,
+                shutdown.clone(),
+            )
+            .await?;
             tasks.spawn(sync::follow_store(
                 plane.store.clone(),
                 apply,

@@ -123,8 +123,28 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
     pub store: StoreUrl,
     pub access: AccessConfig,
+    pub idp: IdpConfig,
     pub log: LogConfig,
     pub warnings: Vec<Problem>,
+}
+
+/// What the control plane accepts straight from identity providers and OAuth clients.
+#[derive(Debug, Clone, Default)]
+pub struct IdpConfig {
+    /// Issuers whose tokens `POST /v1/revoke` (RFC 7009) revokes.
+    pub token_issuers: Vec<IssuerConfig>,
+    pub backchannel: Option<BackchannelConfig>,
+    /// OAuth clients allowed to call `/v1/revoke` with HTTP Basic credentials.
+    pub revoke_clients: Vec<ApiKey>,
+}
+
+/// OIDC Back-Channel Logout: logout tokens of `issuer` addressed to one of its client ids.
+#[derive(Debug, Clone)]
+pub struct BackchannelConfig {
+    /// The issuer, with `audiences` set to the accepted client ids.
+    pub issuer: IssuerConfig,
+    /// How old `iat` may be.
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -360,12 +380,14 @@ impl ControlConfig {
             base,
         );
         let log = v.log(&raw.log);
+        let idp = v.idp(&raw, base);
         if v.problems.is_empty() {
             if let (Some(listen), Some(store)) = (listen, store) {
                 return Ok(ControlConfig {
                     listen,
                     store,
                     access,
+                    idp,
                     log,
                     warnings: v.warnings,
                 });
@@ -516,6 +538,55 @@ impl Validator<'_> {
             routes,
             revocation,
             warnings: Vec::new(),
+        }
+    }
+
+    fn idp(&mut self, raw: &raw::Control, base: &Path) -> IdpConfig {
+        let token_issuers = self.issuers_at("issuers", &raw.issuers, base);
+        let backchannel = raw.backchannel_logout.as_ref().and_then(|b| {
+            if b.client_ids.is_empty() || b.client_ids.iter().any(String::is_empty) {
+                self.err(
+                    "backchannel_logout.client_ids",
+                    "list the client ids logout tokens are addressed to (their `aud`)",
+                );
+            }
+            let Some(issuer) = token_issuers.iter().find(|i| i.name == b.issuer) else {
+                self.err(
+                    "backchannel_logout.issuer",
+                    format!("no entry of `issuers` is named `{}`", b.issuer),
+                );
+                return None;
+            };
+            if matches!(issuer.keys, KeySource::Secret(_)) {
+                self.err(
+                    "backchannel_logout.issuer",
+                    "logout tokens must be signed with the provider's keys, not a shared secret",
+                );
+            }
+            let mut issuer = issuer.clone();
+            issuer.audiences = b.client_ids.clone();
+            Some(BackchannelConfig {
+                issuer,
+                max_age: self.positive(
+                    "backchannel_logout.max_age",
+                    b.max_age,
+                    Duration::from_secs(300),
+                ),
+            })
+        });
+        let clients: Vec<raw::ApiKey> = raw
+            .revoke_clients
+            .iter()
+            .map(|c| raw::ApiKey {
+                name: c.client_id.clone(),
+                sha256: c.secret_sha256.clone(),
+            })
+            .collect();
+        let revoke_clients = self.api_keys("revoke_clients", &clients);
+        IdpConfig {
+            token_issuers,
+            backchannel,
+            revoke_clients,
         }
     }
 

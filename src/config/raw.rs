@@ -113,8 +113,32 @@ pub struct Control {
     pub default_retention: Option<Dur>,
     pub max_token_lifetime: Option<Dur>,
     pub purge_interval: Option<Dur>,
+    /// Issuers of the tokens `/v1/revoke` and back-channel logout accept.
+    #[serde(default)]
+    pub issuers: Vec<Issuer>,
+    pub backchannel_logout: Option<BackchannelLogout>,
+    #[serde(default)]
+    pub revoke_clients: Vec<RevokeClient>,
     #[serde(default)]
     pub log: Log,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackchannelLogout {
+    /// Name of an entry of `issuers`.
+    pub issuer: String,
+    pub client_ids: Vec<String>,
+    /// How old a logout token's `iat` may be.
+    pub max_age: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeClient {
+    pub client_id: String,
+    /// Hex SHA-256 of the client secret.
+    pub secret_sha256: String,
 }
 
 #[derive(Debug, Deserialize, Default)]

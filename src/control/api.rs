@@ -162,6 +162,11 @@ pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<Contr
             ),
             None => unauthorized(),
         },
+        (Method::POST, "/v1/backchannel-logout") => super::idp::backchannel_logout(cp, req).await,
+        (Method::POST, "/v1/revoke") => {
+            let api_key = authenticate(cp, &req).await == Some(Role::Writer);
+            super::idp::revoke(cp, req, api_key).await
+        }
         (Method::GET, "/v1/revocations") => match authenticate(cp, &req).await {
             Some(_) => list(cp, &req).await,
             None => unauthorized(),
@@ -170,13 +175,20 @@ pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<Contr
             Some(_) => stream(cp, &req),
             None => unauthorized(),
         },
-        (_, "/v1/revocations" | "/v1/revocations/stream" | "/healthz" | "/readyz" | "/metrics") => {
-            problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request",
-                "method not allowed",
-            )
-        }
+        (
+            _,
+            "/v1/revocations"
+            | "/v1/revocations/stream"
+            | "/v1/revoke"
+            | "/v1/backchannel-logout"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics",
+        ) => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "method not allowed",
+        ),
         _ => problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
 }

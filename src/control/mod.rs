@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client;
+pub mod idp;
 pub mod store;
 
 use std::convert::Infallible;
@@ -22,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{AccessConfig, ControlConfig, StoreUrl, TokenCacheConfig};
+use crate::config::{AccessConfig, ControlConfig, IdpConfig, StoreUrl, TokenCacheConfig};
 use crate::metrics::Metrics;
 use crate::verify::keys::Fetcher;
 use crate::verify::Verifier;
@@ -40,6 +41,8 @@ pub struct ControlPlane {
     pub registry: Registry,
     pub written: IntCounterVec,
     pub stream_clients: IntGauge,
+    /// Back-channel logout and RFC 7009 revocation.
+    pub idp: idp::IdpEndpoints,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -49,6 +52,7 @@ impl ControlPlane {
     pub async fn open(
         store: &StoreUrl,
         access: AccessConfig,
+        idp_config: &IdpConfig,
         tasks: &mut JoinSet<()>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<ControlPlane>> {
@@ -74,6 +78,10 @@ impl ControlPlane {
                 tasks.spawn(issuer.clone().run(shutdown.clone()));
             }
         }
+        let idp = idp::IdpEndpoints::new(idp_config);
+        for keys in idp.key_sets() {
+            tasks.spawn(keys.run(shutdown.clone()));
+        }
         let registry = Registry::new();
         let written = IntCounterVec::new(
             Opts::new(
@@ -92,6 +100,7 @@ impl ControlPlane {
             registry,
             written,
             stream_clients,
+            idp,
             shutdown: shutdown.clone(),
         });
         tasks.spawn(purge_loop(cp.clone(), shutdown));
@@ -143,6 +152,7 @@ pub async fn start(config: ControlConfig) -> anyhow::Result<RunningControl> {
     let plane = ControlPlane::open(
         &config.store,
         config.access,
+        &config.idp,
         &mut tasks,
         shutdown_rx.clone(),
     )

@@ -230,7 +230,7 @@ impl Verifier {
                         .ok_or(Reject::AlgorithmNotAllowed)?;
                     jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &key.key, validation)
                         .map_err(map_jwt_error)?;
-                    return self.build(issuer, claims, set.epoch, now);
+                    return self.build(token, issuer, claims, set.epoch, now);
                 }
                 Lookup::Unavailable if refetched => return Err(Reject::KeysUnavailable),
                 Lookup::Unknown if refetched => return Err(Reject::UnknownKey),
@@ -250,6 +250,7 @@ impl Verifier {
 
     fn build(
         &self,
+        token: &str,
         issuer: usize,
         claims: Map<String, Value>,
         key_epoch: u64,
@@ -299,9 +300,11 @@ impl Verifier {
                     _ => None,
                 };
                 let iss = self.issuers[issuer].cfg.issuer.as_str();
+                // A token without `jti` is still revocable by itself: by its digest.
+                let jti = text("jti").or_else(|| Some(std::borrow::Cow::Owned(token_ref(token))));
                 set.token_keys(
                     iss,
-                    text("jti").as_deref(),
+                    jti.as_deref(),
                     text("sid").as_deref(),
                     text("sub").as_deref(),
                     iat,
@@ -334,6 +337,16 @@ impl Verifier {
     pub fn cache_ttl(&self) -> Option<Duration> {
         self.cache.policy().time_to_live()
     }
+}
+
+/// The revocation key of a token without `jti`: `#` and the base64url SHA-256 of the
+/// whole compact token. `POST /v1/revoke` records the same value.
+pub fn token_ref(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    format!(
+        "#{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+    )
 }
 
 /// Every field set explicitly: the library defaults are too lax for a gateway.

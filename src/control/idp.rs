@@ -1,0 +1,395 @@
+//! Invalidation straight from the identity provider and OAuth clients:
+//! OpenID Connect Back-Channel Logout 1.0 (`POST /v1/backchannel-logout`) and RFC 7009
+//! token revocation (`POST /v1/revoke`). Both end in the same durable revocation log.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::api::{read_body, record, ControlBody};
+use super::store::NewRevocation;
+use super::ControlPlane;
+use crate::config::{ApiKey, BackchannelConfig, IdpConfig, TokenCacheConfig};
+use crate::metrics::Metrics;
+use crate::revocation::Kind;
+use crate::token::percent_decode;
+use crate::verify::keys::{Fetcher, IssuerKeys};
+use crate::verify::{now_unix, token_ref, Verifier};
+
+/// The event member a logout token's `events` claim must hold (BCL §2.4).
+const BCL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+pub struct IdpEndpoints {
+    /// Verifies tokens presented to `/v1/revoke`.
+    tokens: Option<Verifier>,
+    backchannel: Option<Backchannel>,
+    revoke_clients: Vec<ApiKey>,
+}
+
+struct Backchannel {
+    verifier: Verifier,
+    max_age: Duration,
+    /// `iss` + `jti` of logout tokens already accepted (BCL §2.6 step 9).
+    seen: moka::sync::Cache<String, ()>,
+}
+
+fn verifier(issuers: &[crate::config::IssuerConfig]) -> Verifier {
+    // Every presented token is checked afresh: nothing to gain from the cache.
+    let cache = TokenCacheConfig {
+        max_entries: 0,
+        ttl: Duration::from_secs(1),
+    };
+    Verifier::new(issuers, &cache, &[], None, Fetcher::new(), Metrics::new())
+}
+
+impl IdpEndpoints {
+    pub fn new(cfg: &IdpConfig) -> IdpEndpoints {
+        IdpEndpoints {
+            tokens: (!cfg.token_issuers.is_empty()).then(|| verifier(&cfg.token_issuers)),
+            backchannel: cfg
+                .backchannel
+                .as_ref()
+                .map(|b: &BackchannelConfig| Backchannel {
+                    verifier: verifier(std::slice::from_ref(&b.issuer)),
+                    max_age: b.max_age,
+                    seen: moka::sync::Cache::builder()
+                        .max_capacity(1_000_000)
+                        .time_to_live(b.max_age + b.issuer.leeway + Duration::from_secs(60))
+                        .build(),
+                }),
+            revoke_clients: cfg.revoke_clients.clone(),
+        }
+    }
+
+    /// Key sets to keep refreshed in the background.
+    pub fn key_sets(&self) -> Vec<std::sync::Arc<IssuerKeys>> {
+        let mut out = Vec::new();
+        if let Some(v) = &self.tokens {
+            out.extend(v.issuers.iter().cloned());
+        }
+        if let Some(b) = &self.backchannel {
+            out.extend(b.verifier.issuers.iter().cloned());
+        }
+        out
+    }
+}
+
+fn answer(status: StatusCode, body: Option<Value>) -> Response<ControlBody> {
+    let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    let mut r = Response::new(Either::Left(Full::new(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status != StatusCode::OK {
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    r
+}
+
+fn invalid(description: impl Into<String>) -> Response<ControlBody> {
+    answer(
+        StatusCode::BAD_REQUEST,
+        Some(json!({ "error": "invalid_request", "error_description": description.into() })),
+    )
+}
+
+/// Parse an `application/x-www-form-urlencoded` body; a repeated parameter is an error
+/// (RFC 6749 §3.2).
+fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the form is not UTF-8".to_owned())?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (
+            percent_decode(k).into_owned(),
+            percent_decode(v).into_owned(),
+        );
+        if out.iter().any(|(x, _)| *x == k) {
+            return Err(format!("`{k}` is given more than once"));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn param<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn is_form(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        })
+}
+
+/// The JOSE header's `typ`, if any.
+fn jose_typ(token: &str) -> Result<Option<String>, String> {
+    let h64 = token.split('.').next().unwrap_or("");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h64)
+        .map_err(|_| "malformed logout token".to_owned())?;
+    let header: Value =
+        serde_json::from_slice(&raw).map_err(|_| "malformed logout token".to_owned())?;
+    match header.get("typ") {
+        None => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(_) => Err("`typ` is not a string".into()),
+    }
+}
+
+/// `POST /v1/backchannel-logout`: validate per BCL §2.6, then revoke the session (`sid`) or,
+/// without one, every token of the subject issued until now.
+pub async fn backchannel_logout(
+    cp: &ControlPlane,
+    req: Request<Incoming>,
+) -> Response<ControlBody> {
+    let Some(bc) = cp.idp.backchannel.as_ref() else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            Some(
+                json!({ "error": "not_found", "error_description": "back-channel logout is not configured" }),
+            ),
+        );
+    };
+    if !is_form(&req) {
+        return invalid("the body must be application/x-www-form-urlencoded");
+    }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let fields = match form(&body) {
+        Ok(f) => f,
+        Err(e) => return invalid(e),
+    };
+    let Some(token) = param(&fields, "logout_token") else {
+        return invalid("logout_token is missing");
+    };
+    let now = now_unix();
+    let (iss, sid, sub, key) = match validate_logout_token(bc, token, now).await {
+        Ok(v) => v,
+        Err(why) => {
+            tracing::info!(reason = %why, "logout token refused");
+            return invalid(format!("logout token refused: {why}"));
+        }
+    };
+    // Replay check and mark in one step, so two concurrent copies cannot both pass.
+    let entry = bc.seen.entry(key.clone()).or_insert(());
+    if !entry.is_fresh() {
+        return invalid("logout token refused: jti already used");
+    }
+    let new = match (sid, sub) {
+        (Some(sid), _) => NewRevocation {
+            kind: Kind::Sid,
+            iss,
+            value: sid,
+            expires_at: now.saturating_add(cp.access.default_retention.as_secs()),
+            issued_before: None,
+            reason: Some("oidc back-channel logout".into()),
+        },
+        (None, Some(sub)) => NewRevocation {
+            kind: Kind::Sub,
+            iss,
+            value: sub,
+            expires_at: now.saturating_add(cp.access.max_token_lifetime.as_secs()),
+            issued_before: Some(now),
+            reason: Some("oidc back-channel logout".into()),
+        },
+        (None, None) => return invalid("logout token refused: neither sid nor sub"),
+    };
+    let written = record(cp, &new, now).await;
+    if !written.status().is_success() {
+        // Let the provider's retry through.
+        bc.seen.invalidate(&key);
+        return written;
+    }
+    answer(StatusCode::OK, None)
+}
+
+/// BCL §2.6: returns `(iss, sid, sub, replay key)`.
+async fn validate_logout_token(
+    bc: &Backchannel,
+    token: &str,
+    now: u64,
+) -> Result<(String, Option<String>, Option<String>, String), String> {
+    // §2.4 explicit typing: `logout+jwt` (or none); any other type is another kind of JWT.
+    if let Some(typ) = jose_typ(token)? {
+        let t = typ.to_ascii_lowercase();
+        if !matches!(t.as_str(), "logout+jwt" | "application/logout+jwt" | "jwt") {
+            return Err(format!("`typ` {typ} is not logout+jwt"));
+        }
+    }
+    // Signature by the issuer's keys (never `none`), `iss`, `aud` ∈ client ids, `exp`, `iat`
+    // not in the future.
+    let verified = bc
+        .verifier
+        .verify_signature(token, &[0], now)
+        .await
+        .map_err(|r| r.description().to_owned())?;
+    let c = &verified.claims;
+    let iat = verified.iat.ok_or("iat is missing")?;
+    if iat.saturating_add(bc.max_age.as_secs()) < now {
+        return Err("iat is too old".into());
+    }
+    let jti = c
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty())
+        .ok_or("jti is missing")?;
+    let events = c
+        .get("events")
+        .ok_or("events is missing")?
+        .as_object()
+        .ok_or("events is not a JSON object")?;
+    if !events
+        .get(BCL_EVENT)
+        .ok_or("events lacks the back-channel logout event")?
+        .is_object()
+    {
+        return Err("the back-channel logout event is not a JSON object".into());
+    }
+    if c.contains_key("nonce") {
+        return Err("a logout token must not contain nonce".into());
+    }
+    let text = |name: &str| -> Result<Option<String>, String> {
+        match c.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{name} is not a non-empty string")),
+        }
+    };
+    let (sid, sub) = (text("sid")?, text("sub")?);
+    if sid.is_none() && sub.is_none() {
+        return Err("neither sid nor sub".into());
+    }
+    let iss = bc.verifier.issuers[0].cfg.issuer.clone();
+    let key = format!("{iss}\u{0}{jti}");
+    Ok((iss, sid, sub, key))
+}
+
+fn basic_client(req: &Request<Incoming>, clients: &[ApiKey]) -> bool {
+    let Some(v) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, rest)) = v.split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(decoded) else {
+        return false;
+    };
+    let Some((id, secret)) = text.split_once(':') else {
+        return false;
+    };
+    // RFC 6749 §2.3.1: both parts are form-encoded before Basic encoding.
+    let (id, secret) = (percent_decode(id), percent_decode(secret));
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    clients.iter().fold(false, |ok, c| {
+        ok | (c.name == id
+            && aws_lc_rs::constant_time::verify_slices_are_equal(digest.as_ref(), &c.sha256)
+                .is_ok())
+    })
+}
+
+/// `POST /v1/revoke` (RFC 7009): a valid token of a configured issuer has its `jti` (else its
+/// `sid`, else its digest) revoked until its `exp`. Invalid or unknown tokens also get `200`
+/// (§2.2): the caller learns nothing about them.
+pub async fn revoke(
+    cp: &ControlPlane,
+    req: Request<Incoming>,
+    api_key_ok: bool,
+) -> Response<ControlBody> {
+    if !api_key_ok && !basic_client(&req, &cp.idp.revoke_clients) {
+        let mut r = answer(
+            StatusCode::UNAUTHORIZED,
+            Some(
+                json!({ "error": "invalid_client", "error_description": "client authentication failed" }),
+            ),
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"jwtgate-control\""),
+        );
+        return r;
+    }
+    if !is_form(&req) {
+        return invalid("the body must be application/x-www-form-urlencoded");
+    }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let fields = match form(&body) {
+        Ok(f) => f,
+        Err(e) => return invalid(e),
+    };
+    let Some(token) = param(&fields, "token") else {
+        return invalid("token is missing");
+    };
+    // `token_type_hint` (access_token, refresh_token or anything else) only helps a server
+    // search; only JWT access tokens are revocable here, and every token is tried as one.
+    let Some(verifier) = cp.idp.tokens.as_ref() else {
+        return answer(StatusCode::OK, None);
+    };
+    let now = now_unix();
+    let all: Vec<usize> = (0..verifier.issuers.len()).collect();
+    let Ok(v) = verifier.verify_signature(token, &all, now).await else {
+        return answer(StatusCode::OK, None);
+    };
+    let iss = verifier.issuers[v.issuer].cfg.issuer.clone();
+    let text = |name: &str| {
+        v.claims
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let (kind, value) = match (text("jti"), text("sid")) {
+        (Some(jti), _) => (Kind::Jti, jti),
+        (None, Some(sid)) => (Kind::Sid, sid),
+        (None, None) => (Kind::Jti, token_ref(token)),
+    };
+    let new = NewRevocation {
+        kind,
+        iss,
+        value,
+        expires_at: v
+            .exp
+            .saturating_add(verifier.issuers[v.issuer].cfg.leeway.as_secs()),
+        issued_before: None,
+        reason: Some("rfc 7009 revocation".into()),
+    };
+    let written = record(cp, &new, now).await;
+    if written.status().is_success() {
+        answer(StatusCode::OK, None)
+    } else {
+        written
+    }
+}
