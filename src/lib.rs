@@ -38,6 +38,8 @@ pub mod headers;
 
 pub mod upstream;
 
+pub mod live;
+
 pub mod proxy;
 
 pub mod control;

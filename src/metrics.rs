@@ -32,6 +32,11 @@ pub const REVOCATIONS: &str = "jwtgate_revocations";
 /// Seconds since the control plane was last heard from.
 pub const REVOCATION_SYNC_LAG_SECONDS: &str = "jwtgate_revocation_sync_lag_seconds";
 
+/// Open live connections (WebSockets and streaming responses).
+pub const LIVE_CONNECTIONS: &str = "jwtgate_live_connections";
+/// Live connections the gateway ended, by reason (`revoked`, `expired`).
+pub const LIVE_CONNECTIONS_CLOSED_TOTAL: &str = "jwtgate_live_connections_closed_total";
+
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "(none)";
 
@@ -60,6 +65,8 @@ pub struct MetricsInner {
     pub token_cache_misses: IntCounter,
     pub revocations: IntGaugeVec,
     pub revocation_sync_lag: prometheus::Gauge,
+    pub live_open: prometheus::IntGauge,
+    pub live_closed: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -87,6 +94,8 @@ fn help(name: &str) -> &'static str {
         TOKEN_CACHE_HITS_TOTAL => "Verified-token cache hits.",
         TOKEN_CACHE_MISSES_TOTAL => "Verified-token cache misses.",
         REVOCATIONS => "Revocation entries held, by kind.",
+        LIVE_CONNECTIONS => "Open live connections (WebSockets and streaming responses).",
+        LIVE_CONNECTIONS_CLOSED_TOTAL => "Live connections the gateway ended, by reason.",
         REVOCATION_SYNC_LAG_SECONDS => "Seconds since the control plane was last heard from.",
         _ => "jwtgate metric",
     }
@@ -134,6 +143,12 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(REVOCATIONS, help(REVOCATIONS)), &["kind"])
                     .expect("valid metric"),
             ),
+            live_open: register(
+                &registry,
+                prometheus::IntGauge::new(LIVE_CONNECTIONS, help(LIVE_CONNECTIONS))
+                    .expect("valid metric"),
+            ),
+            live_closed: counter_vec(LIVE_CONNECTIONS_CLOSED_TOTAL, &["reason"]),
             revocation_sync_lag: register(
                 &registry,
                 prometheus::Gauge::new(

@@ -6,17 +6,24 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
+use http::StatusCode;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use crate::config::Config;
+use crate::config::TokenSource;
 use crate::control::ControlPlane;
 use crate::error::{Outcome, Reject};
 use crate::headers::{self, Forwarding};
+use crate::live::{self, LiveBody, LiveRegistry};
 use crate::metrics::{Metrics, RouteSeries, NO_ROUTE};
 use crate::revocation::set::RevocationSet;
+use crate::revocation::set::TokenKeys;
 use crate::revocation::sync::SyncState;
 use crate::route::{self, Router};
 use crate::token;
@@ -24,7 +31,7 @@ use crate::upstream::Upstream;
 use crate::verify::{self, keys::Fetcher, policy, Verifier};
 
 /// A response: the upstream's streamed body, or a small one of the gateway's own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<LiveBody, Full<Bytes>>;
 
 /// The gateway's view of revocations.
 pub struct Revocations {
@@ -45,6 +52,8 @@ impl Revocations {
 /// Everything the request path needs, compiled from one configuration.
 pub struct Gateway {
     pub revocations: Option<Revocations>,
+    /// WebSockets and streams open right now, by token.
+    pub live: Arc<LiveRegistry>,
     pub config: Config,
     router: Router,
     pub verifier: Verifier,
@@ -76,7 +85,12 @@ impl Gateway {
         }
     }
 
-    pub fn new(config: Config, metrics: Metrics, revocations: Option<Revocations>) -> Gateway {
+    pub fn new(
+        config: Config,
+        metrics: Metrics,
+        revocations: Option<Revocations>,
+        live: Arc<LiveRegistry>,
+    ) -> Gateway {
         let router = Router::new(&config.routes);
         let verifier = Verifier::new(
             &config.issuers,
@@ -102,6 +116,7 @@ impl Gateway {
             .map(|h| h.name.clone())
             .collect();
         Gateway {
+            live,
             revocations,
             router,
             verifier,
@@ -135,7 +150,7 @@ pub async fn handle(
     };
     let result = process(&gw, req, peer, proto, &mut trace).await;
     let (resp, outcome) = match result {
-        Ok(resp) => (resp.map(Either::Left), Outcome::Allowed),
+        Ok(resp) => (resp, Outcome::Allowed),
         Err(reject) => (
             reject.respond(&gw.config.realm).map(Either::Right),
             reject.outcome(),
@@ -166,8 +181,10 @@ async fn process(
     peer: SocketAddr,
     proto: &'static str,
     trace: &mut Trace,
-) -> Result<Response<Incoming>, Reject> {
+) -> Result<Response<Body>, Reject> {
     let (mut parts, body) = req.into_parts();
+    // Read before the hop-by-hop headers go: a WebSocket handshake keeps its upgrade.
+    let websocket = is_websocket_upgrade(&parts);
 
     // 2. Normalize the target once: what is matched is what is forwarded.
     let host = request_host(&parts)?;
@@ -190,6 +207,7 @@ async fn process(
 
     // 4.–7. Token, verification, authorization.
     let mut new_query = None;
+    let mut subprotocol_marker = None;
     let verified = match &route.auth {
         None => None,
         Some(policy) => {
@@ -209,8 +227,11 @@ async fn process(
                 }
             }
             policy::authorize(policy, &verified)?;
+            let source = &policy.sources[token.source];
+            if let TokenSource::WebSocketProtocol(marker) = source {
+                subprotocol_marker = Some(marker.as_str());
+            }
             if !policy.forward_token {
-                let source = &policy.sources[token.source];
                 new_query = token::remove(source, &mut parts.headers, query);
             }
             Some(verified)
@@ -236,11 +257,90 @@ async fn process(
     );
     parts.uri = uri;
     trace.request_id = Some(request_id);
+    let client_upgrade = if websocket {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
 
     // 9. Forward.
     let mut resp = upstream.forward(Request::from_parts(parts, body)).await?;
     headers::strip_hop_by_hop(resp.headers_mut());
-    Ok(resp)
+    let now = verify::now_unix();
+    let registration = |close_on_expiry: bool| match (&route.auth, &verified) {
+        (Some(policy), Some(v)) => gw.live.register(
+            v.revocation_keys,
+            (policy.close_on_expiry && close_on_expiry).then(|| v.expires_in(now)),
+        ),
+        _ => gw.live.register(TokenKeys::default(), None),
+    };
+
+    // A WebSocket the upstream accepted: answer 101 and relay the two upgraded streams.
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut head, _) = resp.into_parts();
+        head.headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        // A browser that offered only `<marker>, <token>` must hear one of its offers back.
+        if let Some(marker) = subprotocol_marker {
+            if !head.headers.contains_key(SEC_WEBSOCKET_PROTOCOL) {
+                if let Ok(v) = HeaderValue::from_str(marker) {
+                    head.headers.insert(SEC_WEBSOCKET_PROTOCOL, v);
+                }
+            }
+        }
+        tokio::spawn(live::tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            registration(true),
+        ));
+        return Ok(Response::from_parts(
+            head,
+            Either::Right(Full::new(Bytes::new())),
+        ));
+    }
+
+    // A streaming response (no length: SSE, chunked long poll) of an authenticated route
+    // ends when its token is revoked or expires. Sized responses carry no registration.
+    let streaming = route.auth.is_some()
+        && !resp.headers().contains_key(CONTENT_LENGTH)
+        && !matches!(
+            resp.status(),
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::SWITCHING_PROTOCOLS
+        );
+    Ok(if streaming {
+        let reg = registration(true);
+        resp.map(|b| Either::Left(LiveBody::watched(b, reg)))
+    } else {
+        resp.map(|b| Either::Left(LiveBody::plain(b)))
+    })
+}
+
+/// An HTTP/1.1 WebSocket handshake: `GET` with `Connection: upgrade` and `Upgrade: websocket`.
+/// (`Upgrade: h2c` and anything else is dropped with the hop-by-hop headers.)
+fn is_websocket_upgrade(parts: &http::request::Parts) -> bool {
+    let has_token = |name: http::header::HeaderName, token: &str| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    parts.method == http::Method::GET
+        && parts.version == http::Version::HTTP_11
+        && has_token(CONNECTION, "upgrade")
+        && has_token(UPGRADE, "websocket")
 }
 
 /// The host the client addressed. An absolute-form target must agree with `Host`;

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, RevocationConfig, RevocationSource};
 use crate::control::api::{self as control_api, ControlBody};
 use crate::control::ControlPlane;
+use crate::live::LiveRegistry;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway, Revocations};
 use crate::revocation::set::RevocationSet;
@@ -69,11 +70,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let live = LiveRegistry::new(metrics.live_open.clone(), metrics.live_closed.clone());
     let revocations = match &config.revocation {
-        Some(rc) => Some(start_revocations(rc, &mut tasks, &shutdown_rx).await?),
+        Some(rc) => Some(start_revocations(rc, live.clone(), &mut tasks, &shutdown_rx).await?),
         None => None,
     };
-    let gateway = Arc::new(Gateway::new(config, metrics, revocations));
+    let gateway = Arc::new(Gateway::new(config, metrics, revocations, live));
 
     for issuer in &gateway.verifier.issuers {
         tasks.spawn(issuer.clone().run(shutdown_rx.clone()));
@@ -123,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// in single-node mode from the local store whose API the admin listener serves.
 async fn start_revocations(
     rc: &RevocationConfig,
+    live: Arc<LiveRegistry>,
     tasks: &mut JoinSet<()>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Revocations> {
@@ -143,7 +146,7 @@ async fn start_revocations(
         _ => RevocationSet::new(),
     };
     let set = Arc::new(set);
-    let apply = sync::apply_to(set.clone());
+    let apply = sync::apply_to(set.clone(), live);
     let control = match &rc.source {
         RevocationSource::Control { url, token } => {
             let client = SyncClient::new(

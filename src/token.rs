@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE, SEC_WEBSOCKET_PROTOCOL};
 
 use crate::config::TokenSource;
 use crate::error::Reject;
@@ -42,6 +42,7 @@ pub fn extract<'a>(
                 .transpose()?,
             TokenSource::Cookie(name) => cookie(headers, name)?,
             TokenSource::Query(name) => query.map(|q| query_param(q, name)).transpose()?.flatten(),
+            TokenSource::WebSocketProtocol(marker) => subprotocol_token(headers, marker)?,
         };
         if let Some(value) = value {
             if found.is_some() {
@@ -141,6 +142,35 @@ fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, R
     Ok(found)
 }
 
+/// The offered subprotocols, in order, across every `Sec-WebSocket-Protocol` header.
+fn subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// `Sec-WebSocket-Protocol: <marker>, <token>[, …]`: the element after the marker.
+fn subprotocol_token<'a>(
+    headers: &'a HeaderMap,
+    marker: &str,
+) -> Result<Option<Cow<'a, str>>, Reject> {
+    let mut it = subprotocols(headers);
+    let mut found = None;
+    while let Some(p) = it.next() {
+        if p == marker {
+            if found.is_some() {
+                return Err(Reject::MultipleTokens);
+            }
+            found = Some(Cow::Borrowed(it.next().ok_or(Reject::Malformed)?));
+        }
+    }
+    Ok(found)
+}
+
 /// Remove the token from where it came so the upstream never sees it. Returns the new
 /// query string when the token came from the query.
 pub fn remove(
@@ -171,6 +201,26 @@ pub fn remove(
             if !kept.is_empty() {
                 if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
                     headers.insert(COOKIE, v);
+                }
+            }
+            None
+        }
+        TokenSource::WebSocketProtocol(marker) => {
+            let mut kept = Vec::new();
+            {
+                let mut it = subprotocols(headers);
+                while let Some(p) = it.next() {
+                    if p == marker {
+                        it.next();
+                    } else {
+                        kept.push(p.to_owned());
+                    }
+                }
+            }
+            headers.remove(SEC_WEBSOCKET_PROTOCOL);
+            if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+                if !kept.is_empty() {
+                    headers.insert(SEC_WEBSOCKET_PROTOCOL, v);
                 }
             }
             None

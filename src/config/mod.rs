@@ -245,6 +245,8 @@ pub struct AuthPolicy {
     pub claims: Vec<ClaimRequirement>,
     pub sources: Vec<TokenSource>,
     pub forward_token: bool,
+    /// End live connections (WebSocket, streams) at the token's `exp` (+ leeway).
+    pub close_on_expiry: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,6 +257,8 @@ pub enum TokenSource {
     Header(HeaderName),
     Cookie(String),
     Query(String),
+    /// `Sec-WebSocket-Protocol: <marker>, <token>[, <real subprotocols>]`.
+    WebSocketProtocol(String),
 }
 
 #[derive(Debug, Clone)]
@@ -1241,13 +1245,14 @@ impl Validator<'_> {
             claims,
             sources,
             forward_token: policy.forward_token,
+            close_on_expiry: policy.close_on_expiry.unwrap_or(true),
         })
     }
 }
 
 fn token_source(v: &Value) -> Result<TokenSource, String> {
     const HELP: &str =
-        "a token source is `header`, `{ header: NAME }`, `{ cookie: NAME }` or `{ query: NAME }`";
+        "a token source is `header`, `{ header: NAME }`, `{ cookie: NAME }`, `{ query: NAME }` or `{ websocket_protocol: bearer }`";
     if v.as_str() == Some("header") {
         return Ok(TokenSource::Bearer);
     }
@@ -1260,9 +1265,10 @@ fn token_source(v: &Value) -> Result<TokenSource, String> {
             .map_err(|_| format!("`{name}` is not a header name")),
         Some("cookie") => Ok(TokenSource::Cookie(name.to_owned())),
         Some("query") => Ok(TokenSource::Query(name.to_owned())),
-        Some("websocket_protocol") => {
-            Err("`websocket_protocol` token sources are not supported yet".to_owned())
+        Some("websocket_protocol") if name.contains([',', ' ']) => {
+            Err("the subprotocol marker is one token, e.g. `bearer`".to_owned())
         }
+        Some("websocket_protocol") => Ok(TokenSource::WebSocketProtocol(name.to_owned())),
         _ => Err(HELP.to_owned()),
     }
 }

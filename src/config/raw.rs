@@ -258,6 +258,8 @@ pub struct Policy {
     pub token_sources: Option<Vec<Value>>,
     #[serde(default)]
     pub forward_token: bool,
+    /// End WebSockets and streams of this route when the token expires (default true).
+    pub close_on_expiry: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

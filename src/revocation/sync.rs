@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::set::RevocationSet;
 use super::Entry;
 use crate::control::store::Store;
+use crate::live::LiveRegistry;
 use crate::verify::keys::backoff;
 
 fn now_ms() -> u64 {
@@ -60,10 +61,12 @@ impl SyncState {
 /// Apply one entry to the set (and to anything else that follows revocations).
 pub type Apply = Arc<dyn Fn(&Entry) + Send + Sync>;
 
-pub fn apply_to(set: Arc<RevocationSet>) -> Apply {
+pub fn apply_to(set: Arc<RevocationSet>, live: Arc<LiveRegistry>) -> Apply {
     Arc::new(move |e: &Entry| {
         if let Some((kind, value)) = e.key() {
             set.insert(kind, &e.iss, value, e.expires_at, e.issued_before);
+            // Live connections of that token, session or subject end now.
+            live.revoke(kind, set.key(kind, &e.iss, value), e.issued_before);
         }
         set.set_cursor(e.cursor);
     })

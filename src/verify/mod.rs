@@ -48,6 +48,11 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// Time left until `exp` (+ leeway): when a live connection of this token must end.
+    pub fn expires_in(&self, now: u64) -> Duration {
+        Duration::from_secs(self.exp.saturating_add(self.leeway).saturating_sub(now))
+    }
+
     /// The time checks that must hold on every request, cached or not.
     fn check_time(&self, now: u64) -> Result<(), Reject> {
         if self.exp.saturating_add(self.leeway) < now {
