@@ -31,6 +31,7 @@ async fn ws_upstream() -> (std::net::SocketAddr, Seen) {
         while let Ok((stream, _)) = l.accept().await {
             let s = s.clone();
             tokio::spawn(async move {
+                #[allow(clippy::result_large_err)] // tungstenite's callback signature
                 let callback = |req: &WsRequest, mut resp: WsResponse| {
                     let headers = req
                         .headers()
@@ -60,17 +61,16 @@ async fn ws_upstream() -> (std::net::SocketAddr, Seen) {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
+                    let echo = match &msg {
                         Message::Text(t) if t.as_str() == "close-me" => {
                             let _ = ws.close(None).await;
-                        }
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                break;
-                            }
+                            continue;
                         }
                         Message::Close(_) => break,
-                        _ => {}
+                        m => m.is_text() || m.is_binary(),
+                    };
+                    if echo && ws.send(msg).await.is_err() {
+                        break;
                     }
                 }
             });
