@@ -328,6 +328,9 @@ fn header_complete(h: &[u8]) -> Option<u64> {
     })
 }
 
+/// Per-direction relay buffer of a WebSocket.
+const RELAY_BUFFER: usize = 4096;
+
 fn close_frame(reason: CloseReason) -> Vec<u8> {
     let text = reason.ws_reason();
     let mut f = vec![0x88, (2 + text.len()) as u8];
@@ -349,15 +352,26 @@ pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, reg: Registration) {
     };
     let (mut cr, mut cw) = tokio::io::split(TokioIo::new(client));
     let (mut ur, mut uw) = tokio::io::split(TokioIo::new(upstream));
+    // Small buffers: an idle socket costs its buffers for as long as it lives.
     let to_upstream = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut cr, &mut uw).await;
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        loop {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if uw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = uw.shutdown().await;
     });
     let mut closed = Box::pin(reg.closed());
     let mut pending: Option<CloseReason> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut frames = Frames::default();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; RELAY_BUFFER];
     loop {
         if let Some(reason) = pending {
             if frames.at_boundary() {

@@ -3,81 +3,17 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
+use support::ws::{ws_upstream, Seen};
 use support::*;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{
-    Request as WsRequest, Response as WsResponse,
-};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-
-type Seen = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
-
-/// A WebSocket echo server that records each handshake (target and headers) and picks the
-/// `chat` subprotocol when offered. A text message `close-me` makes it close the socket.
-async fn ws_upstream() -> (std::net::SocketAddr, Seen) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = l.accept().await {
-            let s = s.clone();
-            tokio::spawn(async move {
-                #[allow(clippy::result_large_err)] // tungstenite's callback signature
-                let callback = |req: &WsRequest, mut resp: WsResponse| {
-                    let headers = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.to_string(),
-                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                            )
-                        })
-                        .collect();
-                    s.lock()
-                        .expect("lock")
-                        .push((req.uri().to_string(), headers));
-                    let offers_chat = req
-                        .headers()
-                        .get("sec-websocket-protocol")
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.split(',').any(|p| p.trim() == "chat"));
-                    if offers_chat {
-                        resp.headers_mut()
-                            .insert("sec-websocket-protocol", "chat".parse().expect("value"));
-                    }
-                    Ok(resp)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    let echo = match &msg {
-                        Message::Text(t) if t.as_str() == "close-me" => {
-                            let _ = ws.close(None).await;
-                            continue;
-                        }
-                        Message::Close(_) => break,
-                        m => m.is_text() || m.is_binary(),
-                    };
-                    if echo && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
 
 /// An upstream that answers `GET /sse` with an endless event stream (no length).
 async fn sse_upstream() -> std::net::SocketAddr {
