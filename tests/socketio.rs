@@ -29,15 +29,36 @@ impl Drop for Node {
 
 /// Start the socket.io server; its port.
 fn socketio_server() -> (Node, u16) {
-    assert!(dir().join("node_modules/socket.io").exists(), "run `npm ci` in tests/socketio (scripts/test does)");
-    let mut child = Command::new("node").arg("server.js").current_dir(dir()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("node");
+    assert!(
+        dir().join("node_modules/socket.io").exists(),
+        "run `npm ci` in tests/socketio (scripts/test does)"
+    );
+    let mut child = Command::new("node")
+        .arg("server.js")
+        .current_dir(dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node");
     let stdout = child.stdout.take().expect("stdout");
-    let line = std::io::BufReader::new(stdout).lines().next().expect("a line").expect("read");
-    let port = serde_json::from_str::<Value>(&line).expect("json")["port"].as_u64().expect("port") as u16;
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("read");
+    let port = serde_json::from_str::<Value>(&line).expect("json")["port"]
+        .as_u64()
+        .expect("port") as u16;
     (Node(child), port)
 }
 
-async fn setup() -> (Idp, Signer, jwtgate::control::RunningControl, jwtgate::server::Running, Node) {
+async fn setup() -> (
+    Idp,
+    Signer,
+    jwtgate::control::RunningControl,
+    jwtgate::server::Running,
+    Node,
+) {
     let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let (node, port) = socketio_server();
@@ -55,14 +76,23 @@ async fn setup() -> (Idp, Signer, jwtgate::control::RunningControl, jwtgate::ser
 
 fn client(gw: std::net::SocketAddr, token: &str, mode: &str, wait: bool) -> std::process::Child {
     let mut cmd = Command::new("node");
-    cmd.arg("client.js").arg(format!("http://{gw}")).arg(token).arg(mode);
+    cmd.arg("client.js")
+        .arg(format!("http://{gw}"))
+        .arg(token)
+        .arg(mode);
     if wait {
         cmd.arg("wait");
     }
-    cmd.current_dir(dir()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("node client")
+    cmd.current_dir(dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node client")
 }
 
-fn lines(child: &mut std::process::Child) -> std::io::Lines<std::io::BufReader<std::process::ChildStdout>> {
+fn lines(
+    child: &mut std::process::Child,
+) -> std::io::Lines<std::io::BufReader<std::process::ChildStdout>> {
     std::io::BufReader::new(child.stdout.take().expect("stdout")).lines()
 }
 
@@ -87,7 +117,10 @@ async fn socketio_through_the_gateway() {
         assert_eq!(report["transport"], "websocket", "{mode}: upgraded");
         assert_eq!(report["echo"], json!({ "hello": "world" }));
         let seen = report["whoami"].to_string();
-        assert!(!seen.contains(&token), "{mode}: the socket.io server saw the token: {seen}");
+        assert!(
+            !seen.contains(&token),
+            "{mode}: the socket.io server saw the token: {seen}"
+        );
         assert!(report["whoami"]["query"].get("access_token").is_none());
         if mode == "cookie" {
             assert_eq!(report["whoami"]["headers"]["cookie"], "theme=dark");
@@ -103,7 +136,13 @@ async fn socketio_through_the_gateway() {
     })
     .await
     .expect("client");
-    assert!(report["error"].as_str().unwrap_or("").contains("connect_error"), "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("connect_error"),
+        "{report}"
+    );
 }
 
 /// A connected socket.io client is disconnected within a second of its token's revocation.
@@ -114,12 +153,30 @@ async fn socketio_cut_on_revocation() {
     let token = key.mint(&c);
     let mut child = client(gw.addrs[0], &token, "query", true);
     let mut out = lines(&mut child);
-    let first = tokio::task::block_in_place(|| out.next()).expect("report").expect("read");
+    let first = tokio::task::block_in_place(|| out.next())
+        .expect("report")
+        .expect("read");
     assert!(first.contains("\"transport\":\"websocket\""), "{first}");
-    assert_eq!(revoke(control.addr, &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] })).await.status, 201);
+    assert_eq!(
+        revoke(
+            control.addr,
+            &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] })
+        )
+        .await
+        .status,
+        201
+    );
     let start = Instant::now();
-    let end = tokio::task::spawn_blocking(move || out.next()).await.expect("join").expect("line").expect("read");
-    assert!(start.elapsed() < Duration::from_secs(1), "disconnected after {:?}", start.elapsed());
+    let end = tokio::task::spawn_blocking(move || out.next())
+        .await
+        .expect("join")
+        .expect("line")
+        .expect("read");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "disconnected after {:?}",
+        start.elapsed()
+    );
     assert!(end.contains("disconnected"), "{end}");
     let _ = child.wait();
 }
