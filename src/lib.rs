@@ -26,6 +26,8 @@ pub mod config;
 
 pub mod server;
 
+pub mod tls;
+
 pub mod route;
 
 pub mod token;

@@ -90,7 +90,7 @@ impl Gateway {
         metrics: Metrics,
         revocations: Option<Revocations>,
         live: Arc<LiveRegistry>,
-    ) -> Gateway {
+    ) -> anyhow::Result<Gateway> {
         let router = Router::new(&config.routes);
         let verifier = Verifier::new(
             &config.issuers,
@@ -104,7 +104,7 @@ impl Gateway {
             .upstreams
             .iter()
             .map(|u| Upstream::new(u, metrics.upstream(&u.name)))
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         let route_series = config
             .routes
             .iter()
@@ -115,7 +115,7 @@ impl Gateway {
             .iter()
             .map(|h| h.name.clone())
             .collect();
-        Gateway {
+        Ok(Gateway {
             live,
             revocations,
             router,
@@ -126,7 +126,7 @@ impl Gateway {
             identity_names,
             metrics,
             config,
-        }
+        })
     }
 }
 
@@ -256,6 +256,8 @@ async fn process(
         },
     );
     parts.uri = uri;
+    // The version spoken is the upstream's, whatever the client spoke.
+    parts.version = upstream.version;
     trace.request_id = Some(request_id);
     let client_upgrade = if websocket {
         parts

@@ -52,11 +52,19 @@ impl Running {
 /// Bind every listener (so a busy port fails before anything else starts), then serve.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut listeners = Vec::new();
-    for addr in &config.listeners {
-        let l = TcpListener::bind(addr)
+    for l in &config.listeners {
+        // TLS settings first: an unreadable certificate fails before anything is bound.
+        let tls = match &l.tls {
+            Some(files) => Some(
+                crate::tls::server_config(files)
+                    .with_context(|| format!("TLS for listener {}", l.address))?,
+            ),
+            None => None,
+        };
+        let bound = TcpListener::bind(l.address)
             .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(l);
+            .with_context(|| format!("cannot listen on {}", l.address))?;
+        listeners.push((bound, tls));
     }
     let admin = match config.admin {
         Some(addr) => Some(
@@ -75,7 +83,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(rc) => Some(start_revocations(rc, live.clone(), &mut tasks, &shutdown_rx).await?),
         None => None,
     };
-    let gateway = Arc::new(Gateway::new(config, metrics, revocations, live));
+    let gateway = Arc::new(Gateway::new(config, metrics, revocations, live)?);
 
     for issuer in &gateway.verifier.issuers {
         tasks.spawn(issuer.clone().run(shutdown_rx.clone()));
@@ -93,13 +101,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     builder.http2().timer(TokioTimer::new());
 
     let mut addrs = Vec::new();
-    for listener in listeners {
+    for (listener, tls) in listeners {
         addrs.push(listener.local_addr()?);
+        let acceptor = tls.map(|(config, cert)| {
+            tasks.spawn(watch_certificate(cert, shutdown_rx.clone()));
+            tokio_rustls::TlsAcceptor::from(config)
+        });
         tasks.spawn(accept_loop(
             listener,
             gateway.clone(),
             builder.clone(),
             connections.clone(),
+            acceptor,
             shutdown_rx.clone(),
         ));
     }
@@ -194,14 +207,47 @@ async fn start_revocations(
     })
 }
 
+/// Re-read a listener's certificate when its files change (checked every two seconds).
+async fn watch_certificate(
+    cert: Arc<crate::tls::ReloadingCert>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => cert.reload_if_changed(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn service(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    proto: &'static str,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<proxy::Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |req: Request<Incoming>| {
+        let gw = gw.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer, proto).await) }
+    })
+}
+
 async fn accept_loop(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     builder: auto::Builder<TokioExecutor>,
     connections: Arc<Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    let handshake_timeout = gateway.config.limits.header_timeout;
     loop {
         let permit = tokio::select! {
             p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -220,17 +266,41 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         let gw = gateway.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let gw = gw.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer, "http").await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result =
+                match tls {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            service(gw, peer, "http"),
+                        );
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Some(acceptor) => {
+                        // The handshake counts against the header timeout (slow-handshake clients).
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                        let conn = builder.serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            service(gw, peer, "https"),
+                        );
+                        watcher.watch(conn.into_owned()).await
+                    }
+                };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);

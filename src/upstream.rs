@@ -3,9 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -19,21 +21,44 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
-    client: Client<HttpConnector, Incoming>,
+    /// The HTTP version spoken to this upstream.
+    pub version: http::Version,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     duration: Histogram,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, duration: Histogram) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
+    pub fn new(cfg: &UpstreamConfig, duration: Histogram) -> anyhow::Result<Upstream> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.enforce_http(false);
+        let tls = crate::tls::upstream_client_config(
+            cfg.ca.as_deref(),
+            cfg.client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .with_context(|| format!("TLS settings of upstream {}", cfg.name))?;
+        // ALPN offers exactly the protocol spoken.
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = if cfg.http2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .build(connector);
-        Upstream {
+            .timer(TokioTimer::new());
+        if cfg.http2 {
+            builder.http2_only(true);
+        }
+        Ok(Upstream {
             name: cfg.name.clone(),
             scheme: cfg.uri.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority: cfg
@@ -42,9 +67,14 @@ impl Upstream {
                 .cloned()
                 .unwrap_or_else(|| Authority::from_static("invalid")),
             timeout: cfg.timeout,
-            client,
+            version: if cfg.http2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            },
+            client: builder.build(connector),
             duration,
-        }
+        })
     }
 
     /// The upstream URI for a normalized path and (already filtered) query.

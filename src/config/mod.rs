@@ -22,7 +22,7 @@ pub use source::{Problem, Problems};
 /// The validated gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
     pub admin: Option<SocketAddr>,
     pub limits: Limits,
     pub log: LogConfig,
@@ -209,6 +209,26 @@ pub struct UpstreamConfig {
     pub uri: Uri,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Speak HTTP/2 to the upstream (prior knowledge on http, ALPN on https).
+    pub http2: bool,
+    /// Trust these CAs (PEM) instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Present this client certificate (PEM cert, PEM key).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS listener; re-read on SIGHUP and when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -469,7 +489,15 @@ impl Validator<'_> {
             .listeners
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| self.addr(&format!("listeners[{i}].address"), &l.address))
+            .filter_map(|(i, l)| {
+                let address = self.addr(&format!("listeners[{i}].address"), &l.address)?;
+                let tls = l.tls.as_ref().map(|t| TlsFiles {
+                    cert: base.join(&t.cert),
+                    key: base.join(&t.key),
+                    client_ca: t.client_ca.as_ref().map(|c| base.join(c)),
+                });
+                Some(ListenerConfig { address, tls })
+            })
             .collect();
         let admin = raw
             .admin
@@ -509,7 +537,7 @@ impl Validator<'_> {
         };
 
         let issuers = self.issuers(&raw.issuers, base);
-        let upstreams = self.upstreams(&raw.upstreams);
+        let upstreams = self.upstreams(&raw.upstreams, base);
         let identity_headers = self.identity_headers(&raw.identity_headers);
         let routes = self.routes(raw.routes, &issuers, &upstreams);
         let revocation = raw.revocation.as_ref().map(|r| self.revocation(r, base));
@@ -923,7 +951,7 @@ impl Validator<'_> {
         }
     }
 
-    fn upstreams(&mut self, raw: &[raw::Upstream]) -> Vec<UpstreamConfig> {
+    fn upstreams(&mut self, raw: &[raw::Upstream], base: &Path) -> Vec<UpstreamConfig> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
         for (i, r) in raw.iter().enumerate() {
@@ -935,7 +963,7 @@ impl Validator<'_> {
                 );
             }
             let uri = match r.url.parse::<Uri>() {
-                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
                     if u.path_and_query()
                         .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
                     {
@@ -943,15 +971,11 @@ impl Validator<'_> {
                     }
                     u
                 }
-                Ok(u) if u.scheme_str() == Some("https") => {
-                    self.err(&format!("{p}.url"), "https upstreams are not supported yet; use http:// (loopback or a trusted network)");
-                    u
-                }
                 _ => {
                     self.err(
                         &format!("{p}.url"),
                         format!(
-                            "`{}` must be an absolute http:// URL such as http://127.0.0.1:3000",
+                            "`{}` must be an absolute http:// or https:// URL such as http://127.0.0.1:3000",
                             r.url
                         ),
                     );
@@ -973,6 +997,23 @@ impl Validator<'_> {
                     Duration::from_secs(2),
                 ),
                 timeout: self.positive(&format!("{p}.timeout"), r.timeout, Duration::from_secs(30)),
+                http2: match r.protocol.as_deref() {
+                    None | Some("h1") => false,
+                    Some("h2") => true,
+                    Some(other) => {
+                        self.err(&format!("{p}.protocol"), format!("`{other}`: use h1 or h2"));
+                        false
+                    }
+                },
+                ca: r.ca.as_ref().map(|c| base.join(c)),
+                client_cert: match (&r.client_cert, &r.client_key) {
+                    (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+                    (None, None) => None,
+                    _ => {
+                        self.err(&p, "give both `client_cert` and `client_key`, or neither");
+                        None
+                    }
+                },
             });
         }
         if out.is_empty() {

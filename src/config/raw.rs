@@ -170,6 +170,16 @@ pub struct ApiKey {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub address: String,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub cert: String,
+    pub key: String,
+    /// PEM bundle of CAs: clients must present a certificate they signed (mTLS).
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +238,13 @@ pub struct Upstream {
     pub url: String,
     pub connect_timeout: Option<Dur>,
     pub timeout: Option<Dur>,
+    /// `h1` (default) or `h2`.
+    pub protocol: Option<String>,
+    /// https: a PEM CA bundle to trust instead of the system roots.
+    pub ca: Option<String>,
+    /// https: a client certificate and key to present.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
