@@ -33,7 +33,8 @@ pub struct EchoStats {
 }
 
 /// An upstream that answers every request with JSON describing it (method, path, query,
-/// headers, body length). `GET /__download/N` streams N zero bytes instead.
+/// headers, body length). `GET /__download/N` streams N zero bytes instead; `…/__sleep/MS`
+/// answers after MS milliseconds.
 pub struct Echo {
     pub addr: SocketAddr,
     pub stats: Arc<EchoStats>,
@@ -67,6 +68,9 @@ async fn echo(
     stats: Arc<EchoStats>,
 ) -> Result<Response<EchoBody>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some((_, ms)) = req.uri().path().split_once("/__sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
     if let Some(n) = req.uri().path().strip_prefix("/__download/") {
         let n: u64 = n.parse().unwrap_or(0);
         return Ok(Response::new(Either::Right(Zeros { left: n })));

@@ -15,6 +15,8 @@ pub enum Reject {
     BadPath(PathError),
     /// An absolute-form target naming another host than `Host`, or a missing/invalid host.
     BadHost,
+    /// A body larger than the route's `max_body_bytes`.
+    BodyTooLarge,
     /// Tokens presented through more than one source (RFC 6750 §2), or the same source twice.
     MultipleTokens,
     NoRoute,
@@ -126,6 +128,13 @@ impl Reject {
                 Some("invalid_request"),
                 "invalid_request",
                 "more than one token presented",
+                Outcome::BadRequest,
+            ),
+            BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                "invalid_request",
+                "request body too large",
                 Outcome::BadRequest,
             ),
             NoRoute => (

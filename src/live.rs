@@ -28,6 +28,8 @@ use crate::revocation::Kind;
 pub enum CloseReason {
     Revoked,
     Expired,
+    /// The gateway is shutting down (WebSocket close 1001).
+    Shutdown,
 }
 
 impl CloseReason {
@@ -35,12 +37,20 @@ impl CloseReason {
         match self {
             CloseReason::Revoked => "revoked",
             CloseReason::Expired => "expired",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+    fn ws_code(self) -> u16 {
+        match self {
+            CloseReason::Revoked | CloseReason::Expired => 1008,
+            CloseReason::Shutdown => 1001,
         }
     }
     fn ws_reason(self) -> &'static [u8] {
         match self {
             CloseReason::Revoked => b"token revoked",
             CloseReason::Expired => b"token expired",
+            CloseReason::Shutdown => b"gateway shutting down",
         }
     }
 }
@@ -119,6 +129,14 @@ impl LiveRegistry {
             }
         }
         n
+    }
+
+    /// End every live connection (graceful shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for conn in inner.conns.values() {
+            conn.close.send_if_modified(|r| r.replace(reason).is_none());
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -334,7 +352,7 @@ const RELAY_BUFFER: usize = 4096;
 fn close_frame(reason: CloseReason) -> Vec<u8> {
     let text = reason.ws_reason();
     let mut f = vec![0x88, (2 + text.len()) as u8];
-    f.extend_from_slice(&1008u16.to_be_bytes());
+    f.extend_from_slice(&reason.ws_code().to_be_bytes());
     f.extend_from_slice(text);
     f
 }

@@ -186,9 +186,27 @@ async fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGHUP or an edit of the file reloads it; a broken file is refused.
+    let running = std::sync::Arc::new(running);
+    running.watch_config(path.to_path_buf());
     wait_for_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown(Duration::from_secs(30)).await;
+    let mut running = running;
+    let running = loop {
+        match std::sync::Arc::try_unwrap(running) {
+            Ok(r) => break r,
+            // A reload holds a moment's reference; wait for it to finish.
+            Err(r) => {
+                running = r;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let grace = running.current().config.shutdown_grace;
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "shutting down: no new connections; in-flight requests may finish"
+    );
+    running.shutdown(grace).await;
     ExitCode::SUCCESS
 }
 

@@ -37,6 +37,9 @@ pub const LIVE_CONNECTIONS: &str = "jwtgate_live_connections";
 /// Live connections the gateway ended, by reason (`revoked`, `expired`).
 pub const LIVE_CONNECTIONS_CLOSED_TOTAL: &str = "jwtgate_live_connections_closed_total";
 
+/// Configuration reloads by result (`ok`, `error`).
+pub const CONFIG_RELOADS_TOTAL: &str = "jwtgate_config_reloads_total";
+
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "(none)";
 
@@ -67,6 +70,7 @@ pub struct MetricsInner {
     pub revocation_sync_lag: prometheus::Gauge,
     pub live_open: prometheus::IntGauge,
     pub live_closed: IntCounterVec,
+    config_reloads: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -95,6 +99,7 @@ fn help(name: &str) -> &'static str {
         TOKEN_CACHE_MISSES_TOTAL => "Verified-token cache misses.",
         REVOCATIONS => "Revocation entries held, by kind.",
         LIVE_CONNECTIONS => "Open live connections (WebSockets and streaming responses).",
+        CONFIG_RELOADS_TOTAL => "Configuration reloads by result.",
         LIVE_CONNECTIONS_CLOSED_TOTAL => "Live connections the gateway ended, by reason.",
         REVOCATION_SYNC_LAG_SECONDS => "Seconds since the control plane was last heard from.",
         _ => "jwtgate metric",
@@ -149,6 +154,7 @@ impl Metrics {
                     .expect("valid metric"),
             ),
             live_closed: counter_vec(LIVE_CONNECTIONS_CLOSED_TOTAL, &["reason"]),
+            config_reloads: counter_vec(CONFIG_RELOADS_TOTAL, &["result"]),
             revocation_sync_lag: register(
                 &registry,
                 prometheus::Gauge::new(
@@ -175,6 +181,10 @@ impl Metrics {
 
     pub fn jwks_refresh(&self, issuer: &str, result: &str) {
         self.jwks_refresh.with_label_values(&[issuer, result]).inc();
+    }
+
+    pub fn config_reloads(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     pub fn jwks_keys(&self, issuer: &str, n: usize) {

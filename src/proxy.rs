@@ -27,13 +27,14 @@ use crate::revocation::set::TokenKeys;
 use crate::revocation::sync::SyncState;
 use crate::route::{self, Router};
 use crate::token;
-use crate::upstream::Upstream;
+use crate::upstream::{RequestBody, Upstream};
 use crate::verify::{self, keys::Fetcher, policy, Verifier};
 
 /// A response: the upstream's streamed body, or a small one of the gateway's own.
 pub type Body = Either<LiveBody, Full<Bytes>>;
 
-/// The gateway's view of revocations.
+/// The gateway's view of revocations (shared by every configuration generation).
+#[derive(Clone)]
 pub struct Revocations {
     pub set: Arc<RevocationSet>,
     pub state: Arc<SyncState>,
@@ -65,6 +66,27 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The next configuration generation: shares revocations, live connections and metrics
+    /// with this one, and keeps the key sets of unchanged issuers.
+    pub fn next(&self, config: Config) -> anyhow::Result<Gateway> {
+        let mut g = Gateway::new(
+            config,
+            self.metrics.clone(),
+            self.revocations.clone(),
+            self.live.clone(),
+        )?;
+        g.verifier = Verifier::reusing(
+            &g.config.issuers,
+            &g.config.token_cache,
+            &g.config.identity_headers,
+            self.revocations.as_ref().map(|r| r.set.clone()),
+            Fetcher::new(),
+            self.metrics.clone(),
+            &self.verifier.issuers,
+        );
+        Ok(g)
+    }
+
     /// Ready to serve: every issuer has keys and the revocation set is loaded or synced.
     pub fn ready(&self) -> bool {
         self.verifier.ready() && self.revocations.as_ref().is_none_or(|r| r.state.is_ready())
@@ -272,6 +294,17 @@ async fn process(
     };
 
     // 9. Forward.
+    if let Some(max) = route.max_body_bytes {
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(Reject::BodyTooLarge);
+        }
+    }
+    let body = RequestBody::new(body, route.max_body_bytes);
     let mut resp = upstream.forward(Request::from_parts(parts, body)).await?;
     headers::strip_hop_by_hop(resp.headers_mut());
     let now = verify::now_unix();

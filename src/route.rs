@@ -333,6 +333,7 @@ mod tests {
             methods,
             upstream: 0,
             auth: None,
+            max_body_bytes: None,
         }
     }
 

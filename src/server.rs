@@ -29,19 +29,134 @@ use crate::proxy::{self, Gateway, Revocations};
 use crate::revocation::set::RevocationSet;
 use crate::revocation::sync::{self, SyncClient, SyncState};
 
-/// A started gateway: its bound addresses, and the handle to stop it.
+/// The configuration generation requests are served by; swapped whole on reload.
+pub type Current = Arc<arc_swap::ArcSwap<Gateway>>;
+
+/// A started gateway: its bound addresses, and the handle to reload or stop it.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The generation it started with (revocations, live registry and metrics are shared by
+    /// all generations).
     pub gateway: Arc<Gateway>,
+    current: Current,
+    certs: Vec<Arc<crate::tls::ReloadingCert>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
 impl Running {
+    /// The generation serving now.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Swap in a validated configuration atomically. In-flight requests and live connections
+    /// keep the generation they started with; key caches of unchanged issuers are kept.
+    /// Listeners, admin, limits and the revocation block need a restart (a warning says so).
+    pub fn reload(&self, config: Config) -> anyhow::Result<()> {
+        let old = self.current.load_full();
+        let restart_needed = format!(
+            "{:?}{:?}{:?}{:?}",
+            config.listeners, config.admin, config.limits, config.revocation
+        ) != format!(
+            "{:?}{:?}{:?}{:?}",
+            old.config.listeners, old.config.admin, old.config.limits, old.config.revocation
+        );
+        if restart_needed {
+            tracing::warn!("listeners, admin, limits or revocation changed: those take effect at the next restart");
+        }
+        let new = Arc::new(old.next(config)?);
+        for issuer in &new.verifier.issuers {
+            if !old.verifier.issuers.iter().any(|o| Arc::ptr_eq(o, issuer)) {
+                tokio::spawn(issuer.clone().run(self.shutdown.subscribe()));
+            }
+        }
+        for issuer in &old.verifier.issuers {
+            if !new.verifier.issuers.iter().any(|n| Arc::ptr_eq(n, issuer)) {
+                issuer.retire();
+            }
+        }
+        self.current.store(new);
+        for cert in &self.certs {
+            cert.reload_if_changed();
+        }
+        Ok(())
+    }
+
+    /// Read, validate and apply a configuration file; a file that fails validation is
+    /// refused (each problem logged) and the running configuration keeps serving.
+    pub fn reload_file(&self, path: &std::path::Path) -> bool {
+        let metrics = &self.gateway.metrics;
+        match Config::load(path)
+            .map_err(|p| p.to_string())
+            .and_then(|c| self.reload(c).map_err(|e| format!("{e:#}")))
+        {
+            Ok(()) => {
+                metrics.config_reloads("ok");
+                tracing::info!(file = %path.display(), "configuration reloaded");
+                true
+            }
+            Err(problems) => {
+                metrics.config_reloads("error");
+                for line in problems.lines() {
+                    tracing::error!("{line}");
+                }
+                tracing::error!(file = %path.display(), "configuration refused; the previous one keeps serving");
+                false
+            }
+        }
+    }
+
+    /// Reload on SIGHUP and whenever the file changes (checked every second).
+    pub fn watch_config(self: &Arc<Self>, path: std::path::PathBuf) {
+        let me = Arc::downgrade(self);
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut last = stamp(&path);
+            #[cfg(unix)]
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                #[cfg(unix)]
+                let hangup = async {
+                    match hup.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hangup = std::future::pending::<()>();
+                let forced = tokio::select! {
+                    _ = hangup => true,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                    _ = shutdown.changed() => return,
+                };
+                let now = stamp(&path);
+                if forced || now != last {
+                    last = now;
+                    match me.upgrade() {
+                        Some(running) => {
+                            running.reload_file(&path);
+                        }
+                        None => return,
+                    }
+                }
+            }
+        });
+    }
+
     /// Stop accepting, let open connections finish for up to `grace`, stop background tasks.
     pub async fn shutdown(mut self, grace: Duration) {
+        let _ = &self.certs;
         let _ = self.shutdown.send(true);
+        // Upgraded connections are not hyper's any more: end them with 1001 ourselves.
+        self.gateway
+            .live
+            .close_all(crate::live::CloseReason::Shutdown);
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             self.tasks.abort_all();
@@ -84,6 +199,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let gateway = Arc::new(Gateway::new(config, metrics, revocations, live)?);
+    let current: Current = Arc::new(arc_swap::ArcSwap::new(gateway.clone()));
+    let mut certs = Vec::new();
 
     for issuer in &gateway.verifier.issuers {
         tasks.spawn(issuer.clone().run(shutdown_rx.clone()));
@@ -104,12 +221,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for (listener, tls) in listeners {
         addrs.push(listener.local_addr()?);
         let acceptor = tls.map(|(config, cert)| {
+            certs.push(cert.clone());
             tasks.spawn(watch_certificate(cert, shutdown_rx.clone()));
             tokio_rustls::TlsAcceptor::from(config)
         });
         tasks.spawn(accept_loop(
             listener,
-            gateway.clone(),
+            current.clone(),
             builder.clone(),
             connections.clone(),
             acceptor,
@@ -119,7 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin_addr = match admin {
         Some(l) => {
             let addr = l.local_addr()?;
-            tasks.spawn(admin_loop(l, gateway.clone(), shutdown_rx.clone()));
+            tasks.spawn(admin_loop(l, current.clone(), shutdown_rx.clone()));
             Some(addr)
         }
         None => None,
@@ -129,6 +247,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addrs,
         admin: admin_addr,
         gateway,
+        current,
+        certs,
         shutdown,
         tasks,
     })
@@ -221,7 +341,7 @@ async fn watch_certificate(
 }
 
 fn service(
-    gw: Arc<Gateway>,
+    current: Current,
     peer: SocketAddr,
     proto: &'static str,
 ) -> impl hyper::service::Service<
@@ -233,21 +353,22 @@ fn service(
        + Send
        + 'static {
     service_fn(move |req: Request<Incoming>| {
-        let gw = gw.clone();
+        // Each request runs on the generation current when it arrived.
+        let gw = current.load_full();
         async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer, proto).await) }
     })
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    current: Current,
     builder: auto::Builder<TokioExecutor>,
     connections: Arc<Semaphore>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let handshake_timeout = gateway.config.limits.header_timeout;
+    let handshake_timeout = current.load().config.limits.header_timeout;
     loop {
         let permit = tokio::select! {
             p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -268,7 +389,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let builder = builder.clone();
-        let gw = gateway.clone();
+        let gw = current.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let result =
@@ -310,11 +431,7 @@ async fn accept_loop(
     graceful.shutdown().await;
 }
 
-async fn admin_loop(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn admin_loop(listener: TcpListener, current: Current, mut shutdown: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -324,9 +441,9 @@ async fn admin_loop(
             },
             _ = shutdown.changed() => break,
         };
-        let gw = gateway.clone();
+        let current = current.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let gw = gw.clone();
+            let gw = current.load_full();
             async move { Ok::<_, Infallible>(admin(&gw, req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()

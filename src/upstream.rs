@@ -23,7 +23,7 @@ pub struct Upstream {
     timeout: Duration,
     /// The HTTP version spoken to this upstream.
     pub version: http::Version,
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     duration: Histogram,
 }
 
@@ -92,7 +92,7 @@ impl Upstream {
     }
 
     /// Send the request; the response body streams back untouched.
-    pub async fn forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Reject> {
+    pub async fn forward(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, Reject> {
         let start = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
         self.duration.observe(start.elapsed().as_secs_f64());
@@ -104,5 +104,55 @@ impl Upstream {
             }
             Ok(Ok(resp)) => Ok(resp),
         }
+    }
+}
+
+/// The client's request body on its way upstream, cut off past the route's `max_body_bytes`
+/// when it arrives without a declared length (a declared one is checked before forwarding).
+pub struct RequestBody {
+    inner: Incoming,
+    /// Bytes still allowed; `None` for no limit.
+    left: Option<u64>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+        RequestBody { inner, left: limit }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body larger than the route allows")]
+    TooLarge,
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+impl http_body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        if let (Some(Ok(f)), Some(left)) = (&frame, self.left.as_mut()) {
+            let n = f.data_ref().map_or(0, |d| d.len() as u64);
+            if n > *left {
+                return std::task::Poll::Ready(Some(Err(BodyError::TooLarge)));
+            }
+            *left -= n;
+        }
+        std::task::Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

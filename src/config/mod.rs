@@ -33,6 +33,8 @@ pub struct Config {
     pub identity_headers: Vec<IdentityHeader>,
     pub routes: Vec<RouteConfig>,
     pub revocation: Option<RevocationConfig>,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
     /// Things that are allowed but worth an operator's look (`check` prints them).
     pub warnings: Vec<Problem>,
 }
@@ -167,7 +169,7 @@ pub struct TokenCacheConfig {
     pub ttl: Duration,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// `jwks_uri` from `{issuer}/.well-known/openid-configuration`.
     Discovery,
@@ -188,7 +190,7 @@ impl std::fmt::Debug for KeySource {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerConfig {
     pub name: String,
     pub issuer: String,
@@ -255,6 +257,8 @@ pub struct RouteConfig {
     pub upstream: usize,
     /// `None` is `auth: none`.
     pub auth: Option<AuthPolicy>,
+    /// Request bodies larger than this are refused (413).
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -569,6 +573,11 @@ impl Validator<'_> {
             identity_headers,
             routes,
             revocation,
+            shutdown_grace: self.positive(
+                "shutdown_grace",
+                raw.shutdown_grace,
+                Duration::from_secs(30),
+            ),
             warnings: Vec::new(),
         }
     }
@@ -1159,6 +1168,7 @@ impl Validator<'_> {
                     methods,
                     upstream,
                     auth,
+                    max_body_bytes: r.max_body_bytes,
                 });
             }
         }

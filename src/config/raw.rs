@@ -81,6 +81,8 @@ pub struct Gateway {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub revocation: Option<Revocation>,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +257,8 @@ pub struct Route {
     pub matcher: Match,
     pub upstream: String,
     pub auth: Value,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

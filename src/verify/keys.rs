@@ -105,9 +105,16 @@ pub struct IssuerKeys {
     refetch: tokio::sync::Mutex<Option<Instant>>,
     fetcher: Fetcher,
     metrics: Metrics,
+    /// Set when a reloaded configuration no longer uses these keys: the refresh task ends.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl IssuerKeys {
+    /// Stop refreshing: a new configuration dropped or changed this issuer.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
     pub fn new(cfg: IssuerConfig, fetcher: Fetcher, metrics: Metrics) -> Arc<IssuerKeys> {
         let set = match &cfg.keys {
             KeySource::Secret(s) => KeySet {
@@ -131,6 +138,7 @@ impl IssuerKeys {
             refetch: tokio::sync::Mutex::new(None),
             fetcher,
             metrics,
+            retired: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -272,10 +280,18 @@ impl IssuerKeys {
 
     /// Background refresh: on `jwks_refresh` (or the source's max-age within bounds),
     /// with backoff while the source fails. Files are also watched for changes.
-    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
         if matches!(self.cfg.keys, KeySource::Secret(_)) {
             return;
         }
+        let mut retired = self.retired.subscribe();
+        tokio::select! {
+            _ = self.clone().refresh_loop(shutdown) => {}
+            _ = retired.wait_for(|r| *r) => {}
+        }
+    }
+
+    async fn refresh_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let refresh = self.cfg.jwks_refresh;
         let floor = refresh.min(Duration::from_secs(30));
         let mut failures: u32 = 0;

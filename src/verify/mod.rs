@@ -107,10 +107,35 @@ impl Verifier {
         fetcher: Fetcher,
         metrics: Metrics,
     ) -> Verifier {
+        Verifier::reusing(
+            issuers,
+            cache,
+            identity_headers,
+            revocations,
+            fetcher,
+            metrics,
+            &[],
+        )
+    }
+
+    /// As [`new`](Self::new), keeping the key sets (and their caches) of issuers whose
+    /// configuration is unchanged in `previous`.
+    pub fn reusing(
+        issuers: &[IssuerConfig],
+        cache: &TokenCacheConfig,
+        identity_headers: &[IdentityHeader],
+        revocations: Option<Arc<RevocationSet>>,
+        fetcher: Fetcher,
+        metrics: Metrics,
+        previous: &[Arc<IssuerKeys>],
+    ) -> Verifier {
         let configs = issuers;
         let issuers: Vec<_> = configs
             .iter()
-            .map(|c| IssuerKeys::new(c.clone(), fetcher.clone(), metrics.clone()))
+            .map(|c| match previous.iter().find(|p| p.cfg == *c) {
+                Some(kept) => kept.clone(),
+                None => IssuerKeys::new(c.clone(), fetcher.clone(), metrics.clone()),
+            })
             .collect();
         let validations = configs
             .iter()
