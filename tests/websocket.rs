@@ -455,3 +455,17 @@ async fn thousand_sockets_exactly_one_user_closed() {
         );
     }
 }
+
+/// Graceful shutdown closes open WebSockets with 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_websockets_with_1001() {
+    let w = world("30s").await;
+    let (token, _) = w.token(json!({}));
+    let mut ws = w.ws(&token).await;
+    let World { gw, .. } = w;
+    let stop = tokio::spawn(gw.shutdown(Duration::from_secs(2)));
+    let (code, reason, _) = closed_with(&mut ws, Duration::from_secs(2)).await;
+    assert_eq!(code, CloseCode::Away);
+    assert_eq!(reason, "gateway shutting down");
+    stop.await.expect("shutdown");
+}

@@ -1,0 +1,126 @@
+//! The container bundle: the compose file wires the stack the README promises, every metric
+//! the Grafana dashboard queries is one the code exports, and the bundled jwtgate configs
+//! pass `jwtgate check`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Metric names the code declares (`pub const NAME: &str = "jwtgate_…"`).
+fn exported() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for file in ["src/metrics.rs", "src/control/mod.rs"] {
+        let text = std::fs::read_to_string(root().join(file)).expect("source");
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("pub const") && l.contains("&str"))
+        {
+            if let Some(name) = line.split('"').nth(1).filter(|n| n.starts_with("jwtgate_")) {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// Every metric a dashboard query names exists in the code (histogram series included).
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let exported = exported();
+    assert!(exported.len() >= 12, "{exported:?}");
+    let text = std::fs::read_to_string(root().join("docker/grafana/dashboards/jwtgate.json"))
+        .expect("dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut queried = BTreeSet::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("jwtgate_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                rest = &rest[i + name.len()..];
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                queried.insert(base.to_owned());
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    let unknown: Vec<_> = queried.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics the code does not export: {unknown:?}"
+    );
+}
+
+/// The compose file has the stack: control plane on PostgreSQL, two gateways, an upstream,
+/// Prometheus scraping gateways and control plane, Grafana provisioned with the dashboard.
+#[test]
+fn compose_file_wires_the_stack() {
+    let text = std::fs::read_to_string(root().join("docker/compose.yaml")).expect("compose");
+    let mut compose: serde_norway::Value = serde_norway::from_str(&text).expect("compose is YAML");
+    compose.apply_merge().expect("merge keys");
+    let services = compose["services"].as_mapping().expect("services");
+    for s in [
+        "postgres",
+        "control",
+        "gateway-1",
+        "gateway-2",
+        "upstream",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(services.contains_key(s), "missing service {s}");
+    }
+    let control = &compose["services"]["control"];
+    assert_eq!(control["command"][0].as_str(), Some("control"));
+    assert!(control["environment"]["JWTGATE_PG_URL"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("postgres://")));
+    assert_eq!(
+        compose["services"]["gateway-2"]["command"][0].as_str(),
+        Some("serve"),
+        "the merged anchor"
+    );
+    let prom =
+        std::fs::read_to_string(root().join("docker/prometheus.yml")).expect("prometheus.yml");
+    for target in ["gateway-1:9900", "gateway-2:9900", "control:9901"] {
+        assert!(prom.contains(target), "Prometheus does not scrape {target}");
+    }
+    let provisioning =
+        std::fs::read_to_string(root().join("docker/grafana/provisioning/dashboards/jwtgate.yaml"))
+            .expect("provisioning");
+    assert!(provisioning.contains("/var/lib/grafana/dashboards"));
+    assert!(text.contains("./grafana/dashboards:/var/lib/grafana/dashboards"));
+}
+
+/// The configs the stack runs are valid.
+#[test]
+fn bundled_configs_pass_check() {
+    for file in ["docker/config/gateway.yaml", "docker/config/control.yaml"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+            .args(["check", "-c"])
+            .arg(root().join(file))
+            .env("JWTGATE_SYNC_TOKEN", "gateways-demo-key")
+            .env(
+                "JWTGATE_PG_URL",
+                "postgres://jwtgate:jwtgate@postgres:5432/jwtgate",
+            )
+            .output()
+            .expect("check");
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
