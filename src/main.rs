@@ -160,19 +160,22 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// A configuration that fails validation: print every problem, start nothing.
+fn refuse(path: &Path, problems: &jwtgate::config::Problems) -> ExitCode {
+    eprintln!("{problems}");
+    eprintln!(
+        "jwtgate: refusing to start: {} problem(s) in {}",
+        problems.list.len(),
+        path.display()
+    );
+    ExitCode::FAILURE
+}
+
 async fn serve(path: &Path) -> ExitCode {
     // A bad config stops here, before any port is bound.
     let config = match Config::load(path) {
         Ok(c) => c,
-        Err(problems) => {
-            eprintln!("{problems}");
-            eprintln!(
-                "jwtgate: refusing to start: {} problem(s) in {}",
-                problems.list.len(),
-                path.display()
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(problems) => return refuse(path, &problems),
     };
     jwtgate::logging::init(&config.log);
     for w in &config.warnings {
@@ -228,15 +231,7 @@ async fn wait_for_signal() {
 async fn control(path: &Path) -> ExitCode {
     let config = match ControlConfig::load(path) {
         Ok(c) => c,
-        Err(problems) => {
-            eprintln!("{problems}");
-            eprintln!(
-                "jwtgate: refusing to start: {} problem(s) in {}",
-                problems.list.len(),
-                path.display()
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(problems) => return refuse(path, &problems),
     };
     jwtgate::logging::init(&config.log);
     let running = match jwtgate::control::start(config).await {

@@ -326,19 +326,7 @@ const RESERVED_HEADERS: &[&str] = &[
 impl Config {
     /// Read and validate a file. The error lists every problem found.
     pub fn load(path: &Path) -> Result<Config, Problems> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Problems {
-            file: file.clone(),
-            list: vec![Problem {
-                path: String::new(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_yaml(&text, base, &|k| std::env::var(k).ok())
-            .map_err(|list| Problems { file, list })
+        load_file(path, Config::from_yaml)
     }
 
     /// Validate YAML text; relative file paths resolve against `base`.
@@ -366,20 +354,9 @@ impl Config {
 }
 
 impl ControlConfig {
+    /// Read and validate a control-plane file. The error lists every problem found.
     pub fn load(path: &Path) -> Result<ControlConfig, Problems> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Problems {
-            file: file.clone(),
-            list: vec![Problem {
-                path: String::new(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        ControlConfig::from_yaml(&text, base, &|k| std::env::var(k).ok())
-            .map_err(|list| Problems { file, list })
+        load_file(path, ControlConfig::from_yaml)
     }
 
     pub fn from_yaml(
@@ -423,6 +400,25 @@ impl ControlConfig {
         }
         Err(v.problems)
     }
+}
+
+type Parse<T> = fn(&str, &Path, &dyn Fn(&str) -> Option<String>) -> Result<T, Vec<Problem>>;
+
+/// Read `path` and parse it with the process environment; relative paths in it resolve
+/// against its folder.
+fn load_file<T>(path: &Path, parse: Parse<T>) -> Result<T, Problems> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Problems {
+        file: file.clone(),
+        list: vec![Problem {
+            path: String::new(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base, &|k| std::env::var(k).ok()).map_err(|list| Problems { file, list })
 }
 
 /// Deserialize a subtree, turning serde's error into a positioned problem.

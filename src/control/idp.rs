@@ -121,6 +121,17 @@ fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// The fields of an `application/x-www-form-urlencoded` request body (at most 64 KiB).
+async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, Response<ControlBody>> {
+    if !is_form(&req) {
+        return Err(invalid(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let body = read_body(req).await?;
+    form(&body).map_err(invalid)
+}
+
 fn param<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
         .find(|(k, _)| k == name)
@@ -169,16 +180,9 @@ pub async fn backchannel_logout(
             ),
         );
     };
-    if !is_form(&req) {
-        return invalid("the body must be application/x-www-form-urlencoded");
-    }
-    let body = match read_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let fields = match form(&body) {
+    let fields = match read_form(req).await {
         Ok(f) => f,
-        Err(e) => return invalid(e),
+        Err(r) => return r,
     };
     let Some(token) = param(&fields, "logout_token") else {
         return invalid("logout_token is missing");
@@ -339,16 +343,9 @@ pub async fn revoke(
         );
         return r;
     }
-    if !is_form(&req) {
-        return invalid("the body must be application/x-www-form-urlencoded");
-    }
-    let body = match read_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let fields = match form(&body) {
+    let fields = match read_form(req).await {
         Ok(f) => f,
-        Err(e) => return invalid(e),
+        Err(r) => return r,
     };
     let Some(token) = param(&fields, "token") else {
         return invalid("token is missing");
