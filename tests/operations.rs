@@ -218,3 +218,39 @@ async fn sigterm_drains_in_flight_requests() {
         .expect("wait");
     assert!(code.success(), "{code:?}");
 }
+
+/// `max_connections`: a connection over the limit waits in the backlog until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_the_excess() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Echo::start().await.expect("echo");
+    let yaml = config(&echo, 0).replace(
+        "limits: { header_timeout: 1s }",
+        "limits: { header_timeout: 5s, max_connections: 2 }",
+    );
+    let running = start_gateway(&yaml).await;
+    let a = running.addrs[0];
+    let first = tokio::net::TcpStream::connect(a).await.expect("1");
+    let _second = tokio::net::TcpStream::connect(a).await.expect("2");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(a)
+        .await
+        .expect("3 (kernel backlog)");
+    third
+        .write_all(b"GET /steady HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf))
+            .await
+            .is_err(),
+        "served over the limit"
+    );
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("served once a slot frees")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
