@@ -431,7 +431,18 @@ async fn accept_loop(
     graceful.shutdown().await;
 }
 
-async fn admin_loop(listener: TcpListener, current: Current, mut shutdown: watch::Receiver<bool>) {
+/// Serve plain HTTP/1.1 with `handler` until shutdown: the admin and control listeners.
+pub(crate) async fn serve_http1<F, Fut, B>(
+    listener: TcpListener,
+    handler: F,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -441,10 +452,11 @@ async fn admin_loop(listener: TcpListener, current: Current, mut shutdown: watch
             },
             _ = shutdown.changed() => break,
         };
-        let current = current.clone();
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let gw = current.load_full();
-            async move { Ok::<_, Infallible>(admin(&gw, req).await) }
+            let response = handler(req);
+            async move { Ok::<_, Infallible>(response.await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -455,7 +467,17 @@ async fn admin_loop(listener: TcpListener, current: Current, mut shutdown: watch
             let _ = conn.await;
         });
     }
-    graceful.shutdown().await;
+    drop(listener);
+    // Streams (SSE) end on the same shutdown signal; bound the wait regardless.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+async fn admin_loop(listener: TcpListener, current: Current, shutdown: watch::Receiver<bool>) {
+    let handler = move |req: Request<Incoming>| {
+        let gw = current.load_full();
+        async move { admin(&gw, req).await }
+    };
+    serve_http1(listener, handler, shutdown).await;
 }
 
 fn text(

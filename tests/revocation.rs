@@ -639,23 +639,17 @@ async fn single_node_mode() {
 async fn cli_revoke() {
     let dir = temp_dir();
     let control = start_control(&format!("sqlite://{}", dir.join("rev.db").display()), "").await;
-    let bin = env!("CARGO_BIN_EXE_jwtgate");
     let url = format!("http://{}", control.addr);
     let exp = (now() + 600).to_string();
-    let out = tokio::process::Command::new(bin)
-        .args([
-            "revoke",
-            "--control",
-            &url,
-            "--iss",
-            "https://i",
-            "--jti",
-            "abc",
-            "--exp",
-            &exp,
-        ])
-        .env("JWTGATE_API_KEY", WRITER_KEY)
-        .output()
+    let run = |args: Vec<&str>, key: &str| {
+        let mut all = vec!["revoke", "--control", url.as_str(), "--iss", "https://i"];
+        all.extend(args);
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+            .args(all)
+            .env("JWTGATE_API_KEY", key)
+            .output()
+    };
+    let out = run(vec!["--jti", "abc", "--exp", &exp], WRITER_KEY)
         .await
         .expect("run");
     assert!(
@@ -663,39 +657,13 @@ async fn cli_revoke() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = tokio::process::Command::new(bin)
-        .args([
-            "revoke",
-            "--control",
-            &url,
-            "--iss",
-            "https://i",
-            "--sub",
-            "42",
-        ])
-        .env("JWTGATE_API_KEY", WRITER_KEY)
-        .output()
-        .await
-        .expect("run");
+    let out = run(vec!["--sub", "42"], WRITER_KEY).await.expect("run");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = tokio::process::Command::new(bin)
-        .args([
-            "revoke",
-            "--control",
-            &url,
-            "--iss",
-            "https://i",
-            "--sid",
-            "s",
-        ])
-        .env("JWTGATE_API_KEY", "wrong")
-        .output()
-        .await
-        .expect("run");
+    let out = run(vec!["--sid", "s"], "wrong").await.expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     let (all, _) = control.plane.store.list(0, 10, now()).await.expect("list");

@@ -9,15 +9,11 @@ pub mod client;
 pub mod idp;
 pub mod store;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -167,35 +163,10 @@ pub async fn start(config: ControlConfig) -> anyhow::Result<RunningControl> {
     })
 }
 
-async fn serve(
-    listener: TcpListener,
-    plane: Arc<ControlPlane>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
+async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: watch::Receiver<bool>) {
+    let handler = move |req: hyper::Request<Incoming>| {
         let plane = plane.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let plane = plane.clone();
-            async move { Ok::<_, Infallible>(api::handle(&plane, req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+        async move { api::handle(&plane, req).await }
+    };
+    crate::server::serve_http1(listener, handler, shutdown).await;
 }
