@@ -67,7 +67,8 @@ pub fn new_request_id() -> HeaderValue {
 pub struct Forwarding<'a> {
     pub identity_names: &'a [HeaderName],
     pub identity: &'a [(HeaderName, HeaderValue)],
-    pub client_ip: IpAddr,
+    /// `X-Forwarded-For`: the client's address, rendered once per connection.
+    pub forwarded_for: &'a HeaderValue,
     pub proto: &'static str,
     /// The host the client addressed (`Host` or `:authority`).
     pub host: Option<HeaderValue>,
@@ -86,11 +87,7 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
     for (name, value) in f.identity {
         headers.insert(name.clone(), value.clone());
     }
-    let mut ip = itoa_ip(f.client_ip);
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    ip.clear();
+    headers.insert(X_FORWARDED_FOR, f.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     if let Some(host) = f.host.clone() {
         if !headers.contains_key(HOST) {
@@ -113,14 +110,16 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
     id
 }
 
-fn itoa_ip(ip: IpAddr) -> String {
-    match ip {
+/// The `X-Forwarded-For` value for a peer (IPv4-mapped IPv6 shown as IPv4).
+pub fn forwarded_for(ip: IpAddr) -> HeaderValue {
+    let text = match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => v4.to_string(),
             None => v6.to_string(),
         },
         IpAddr::V4(v4) => v4.to_string(),
-    }
+    };
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
@@ -145,7 +144,7 @@ mod tests {
             &Forwarding {
                 identity_names: &names,
                 identity: &identity,
-                client_ip: "127.0.0.1".parse().expect("ip"),
+                forwarded_for: &forwarded_for("127.0.0.1".parse().expect("ip")),
                 proto: "http",
                 host: Some(HeaderValue::from_static("a")),
             },

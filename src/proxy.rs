@@ -158,19 +158,33 @@ struct Trace {
     request_id: Option<http::HeaderValue>,
 }
 
-pub async fn handle(
-    gw: Arc<Gateway>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    proto: &'static str,
-) -> Response<Body> {
+/// The client end of a connection, computed once per connection.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub forwarded_for: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, proto: &'static str) -> Peer {
+        Peer {
+            addr,
+            forwarded_for: headers::forwarded_for(addr.ip()),
+            proto,
+        }
+    }
+}
+
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let mut trace = Trace {
         route: None,
         request_id: None,
     };
-    let result = process(&gw, req, peer, proto, &mut trace).await;
+    let result = process(&gw, req, &peer, &mut trace).await;
     let (resp, outcome) = match result {
         Ok(resp) => (resp, Outcome::Allowed),
         Err(reject) => (
@@ -186,7 +200,7 @@ pub async fn handle(
     series.duration.observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "jwtgate::access",
-        client = %peer.ip(),
+        client = %peer.addr.ip(),
         method = %method,
         route = trace.route.map_or(NO_ROUTE, |i| gw.config.routes[i].name.as_str()),
         status = resp.status().as_u16(),
@@ -200,8 +214,7 @@ pub async fn handle(
 async fn process(
     gw: &Gateway,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    proto: &'static str,
+    peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, Reject> {
     let (mut parts, body) = req.into_parts();
@@ -272,8 +285,8 @@ async fn process(
         &Forwarding {
             identity_names: &gw.identity_names,
             identity: verified.as_ref().map_or(&[][..], |v| &v.identity),
-            client_ip: peer.ip(),
-            proto,
+            forwarded_for: &peer.forwarded_for,
+            proto: peer.proto,
             host,
         },
     );

@@ -352,10 +352,12 @@ fn service(
 > + Clone
        + Send
        + 'static {
+    let peer = proxy::Peer::new(peer, proto);
     service_fn(move |req: Request<Incoming>| {
         // Each request runs on the generation current when it arrived.
         let gw = current.load_full();
-        async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer, proto).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
     })
 }
 
