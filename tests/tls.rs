@@ -298,14 +298,13 @@ async fn certificate_reload_on_file_change() {
     drop(open);
 }
 
-/// An https upstream behind a private CA, over HTTP/1.1 and HTTP/2.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_upstream_with_private_ca() {
+/// A TLS upstream answering `{path, version}`; with `client_ca` it requires client certificates.
+async fn tls_upstream(client_ca: bool) -> u16 {
     use hyper::service::service_fn;
     let (config, _) = jwtgate::tls::server_config(&jwtgate::config::TlsFiles {
         cert: tls("server.pem"),
         key: tls("server.key"),
-        client_ca: None,
+        client_ca: client_ca.then(|| tls("ca.pem")),
     })
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -338,6 +337,13 @@ async fn https_upstream_with_private_ca() {
             });
         }
     });
+    port
+}
+
+/// An https upstream behind a private CA, over HTTP/1.1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_private_ca() {
+    let port = tls_upstream(false).await;
     for (protocol, want) in [("h1", "HTTP/1.1"), ("h2", "HTTP/2.0")] {
         let extra = format!(
             ", ca: \"{}\", protocol: {protocol}",
@@ -362,4 +368,28 @@ async fn https_upstream_with_private_ca() {
     let gw = start_gateway(&yaml).await;
     let r = get(gw.addrs[0], "/secure", &[&bearer(&token())]).await;
     assert_eq!(r.status, 502);
+}
+
+/// An upstream that requires a client certificate gets the configured one; without it, 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_client_certificate() {
+    let port = tls_upstream(true).await;
+    let ca = format!(", ca: \"{}\"", tls("ca.pem").display());
+    let with_cert = format!(
+        "{ca}, client_cert: \"{}\", client_key: \"{}\"",
+        tls("client.pem").display(),
+        tls("client.key").display()
+    );
+    for (extra, want) in [(with_cert, 200), (ca, 502)] {
+        let yaml = gateway_yaml(&format!("https://localhost:{port}"), "null", &extra)
+            .replace(", tls: null", "");
+        let gw = start_gateway(&yaml).await;
+        let r = get(gw.addrs[0], "/mutual", &[&bearer(&token())]).await;
+        assert_eq!(
+            r.status,
+            want,
+            "{extra}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
 }
