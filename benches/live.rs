@@ -36,11 +36,7 @@ async fn main() {
     let (ws_addr, _) = ws::ws_upstream().await;
     let dir = temp_dir();
     let control = start_control(&format!("sqlite://{}", dir.join("rev.db").display()), "").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let yaml = format!(
         "listeners: [ {{ address: \"127.0.0.1:{port}\" }} ]\nlog: {{ level: warn }}\nissuers:\n  - {{ name: idp, issuer: \"{}\", jwks_uri: \"{}\", audiences: [api], algorithms: [ES256] }}\nupstreams: [ {{ name: ws, url: \"http://{ws_addr}\" }} ]\nroutes:\n  - {{ name: ws, match: {{ path_prefix: / }}, upstream: ws, auth: {{ issuers: [idp] }} }}\nrevocation:\n  control_url: http://{}\n  token: {READER_KEY}\n",
         idp.url,

@@ -76,14 +76,6 @@ fn check_reports_every_problem_with_position() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// `serve` with a bad config exits 1 before binding anything.
 #[test]
 fn serve_refuses_bad_config_before_binding() {

@@ -14,14 +14,6 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 struct Child(std::process::Child);
 
 impl Drop for Child {

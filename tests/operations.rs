@@ -163,11 +163,7 @@ async fn limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests() {
     let echo = Echo::start().await.expect("echo");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let dir = temp_dir();
     let file = dir.join("gw.yaml");
     std::fs::write(

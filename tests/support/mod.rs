@@ -405,6 +405,15 @@ pub async fn pg_url() -> String {
     format!("{base}?options=-c%20search_path%3D{schema}")
 }
 
+/// A port free right now on 127.0.0.1 (for the real binary, which takes its port from a file).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 pub fn temp_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("jwtgate-t-{:016x}", fastrand::u64(..)));
     std::fs::create_dir_all(&d).expect("temp dir");
