@@ -69,22 +69,13 @@ impl Gateway {
     /// The next configuration generation: shares revocations, live connections and metrics
     /// with this one, and keeps the key sets of unchanged issuers.
     pub fn next(&self, config: Config) -> anyhow::Result<Gateway> {
-        let mut g = Gateway::new(
+        Gateway::build(
             config,
             self.metrics.clone(),
             self.revocations.clone(),
             self.live.clone(),
-        )?;
-        g.verifier = Verifier::reusing(
-            &g.config.issuers,
-            &g.config.token_cache,
-            &g.config.identity_headers,
-            self.revocations.as_ref().map(|r| r.set.clone()),
-            Fetcher::new(),
-            self.metrics.clone(),
             &self.verifier.issuers,
-        );
-        Ok(g)
+        )
     }
 
     /// Ready to serve: every issuer has keys and the revocation set is loaded or synced.
@@ -113,14 +104,26 @@ impl Gateway {
         revocations: Option<Revocations>,
         live: Arc<LiveRegistry>,
     ) -> anyhow::Result<Gateway> {
+        Gateway::build(config, metrics, revocations, live, &[])
+    }
+
+    /// Compile `config`, keeping the key sets in `previous` whose issuer is unchanged.
+    fn build(
+        config: Config,
+        metrics: Metrics,
+        revocations: Option<Revocations>,
+        live: Arc<LiveRegistry>,
+        previous: &[Arc<crate::verify::keys::IssuerKeys>],
+    ) -> anyhow::Result<Gateway> {
         let router = Router::new(&config.routes);
-        let verifier = Verifier::new(
+        let verifier = Verifier::reusing(
             &config.issuers,
             &config.token_cache,
             &config.identity_headers,
             revocations.as_ref().map(|r| r.set.clone()),
             Fetcher::new(),
             metrics.clone(),
+            previous,
         );
         let upstreams = config
             .upstreams

@@ -106,18 +106,24 @@ fn cert_dir() -> PathBuf {
     d
 }
 
-/// TLS 1.3 and 1.2 handshakes complete; ALPN picks h2; an h2 client makes concurrent
-/// authenticated requests.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_handshakes_alpn_and_http2() {
+/// A gateway with a TLS listener (certificate files in a fresh folder) before an echo upstream.
+async fn tls_gateway(client_ca: bool) -> (jwtgate::server::Running, Echo, PathBuf) {
     let echo = Echo::start().await.expect("echo");
     let dir = cert_dir();
     let gw = start_gateway(&gateway_yaml(
         &format!("http://{}", echo.addr),
-        &listener_tls(&dir, false),
+        &listener_tls(&dir, client_ca),
         "",
     ))
     .await;
+    (gw, echo, dir)
+}
+
+/// TLS 1.3 and 1.2 handshakes complete; ALPN picks h2; an h2 client makes concurrent
+/// authenticated requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_alpn_and_http2() {
+    let (gw, _echo, _dir) = tls_gateway(false).await;
     let a = gw.addrs[0];
     let s13 = connect(
         a,
@@ -196,14 +202,7 @@ async fn tls_handshakes_alpn_and_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_requires_a_client_certificate() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let echo = Echo::start().await.expect("echo");
-    let dir = cert_dir();
-    let gw = start_gateway(&gateway_yaml(
-        &format!("http://{}", echo.addr),
-        &listener_tls(&dir, true),
-        "",
-    ))
-    .await;
+    let (gw, _echo, _dir) = tls_gateway(true).await;
     let a = gw.addrs[0];
     let refused = async {
         let mut s = connect(
@@ -248,14 +247,7 @@ async fn mtls_requires_a_client_certificate() {
 /// broken replacement is refused and the old certificate keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_reload_on_file_change() {
-    let echo = Echo::start().await.expect("echo");
-    let dir = cert_dir();
-    let gw = start_gateway(&gateway_yaml(
-        &format!("http://{}", echo.addr),
-        &listener_tls(&dir, false),
-        "",
-    ))
-    .await;
+    let (gw, _echo, dir) = tls_gateway(false).await;
     let a = gw.addrs[0];
     let client = client_config("ca.pem", &[&rustls::version::TLS13], &[b"http/1.1"], false);
     let served = |s: &tokio_rustls::client::TlsStream<TcpStream>| {
