@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench --bench auth`
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::future::Future;
@@ -19,10 +19,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
 use jsonwebtoken::Algorithm;
 use jwtgate::config::Config;
-use jwtgate::metrics::Metrics;
-use jwtgate::route::{normalize_path, Router};
-use jwtgate::verify::keys::Fetcher;
-use jwtgate::verify::Verifier;
+use jwtgate::path::normalize_path;
+use jwtgate::route::Router;
+use jwtgate::verify::{self, Verifier};
 use serde_json::json;
 use support::{claims, Signer};
 
@@ -50,11 +49,10 @@ fn verifier(signers: &[&Signer]) -> Verifier {
     let v = Verifier::new(
         &config.issuers,
         &config.token_cache,
-        &config.identity_headers,
-        None,
-        Fetcher::new(),
-        Metrics::new(),
-    );
+        &verify::Context::default(),
+        &[],
+    )
+    .with_identity_headers(&config.identity_headers);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -69,7 +67,7 @@ fn auth(c: &mut Criterion) {
     let ed = Signer::new("ed25519.pem", Algorithm::EdDSA, "ed");
     let v = verifier(&[&rs, &es, &ed]);
     let iss = "https://bench.example";
-    let now = jwtgate::verify::now_unix();
+    let now = jwtgate::clock::now_unix();
     let allowed = [0usize];
 
     // Reference: a bare RSA-2048 PKCS#1 v1.5 SHA-256 verify with aws-lc-rs, as the

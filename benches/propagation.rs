@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench --bench propagation`
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

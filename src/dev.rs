@@ -192,7 +192,7 @@ async fn status_of(gw: SocketAddr, token: &str) -> u16 {
 /// Show a revocation taking effect: a demo token passes, is revoked, and is refused.
 async fn demo_revocation(gw: SocketAddr, admin: &str, api_key: &str, issuer: &str, token: &str) {
     let before = status_of(gw, token).await;
-    let body = json!({ "iss": issuer, "jti": "demo-1", "expires_at": crate::verify::now_unix() + 3600, "reason": "jwtgate dev demo" });
+    let body = json!({ "iss": issuer, "jti": "demo-1", "expires_at": crate::clock::now_unix() + 3600, "reason": "jwtgate dev demo" });
     let written = crate::control::client::post_revocation(admin, api_key, &body).await;
     let start = std::time::Instant::now();
     let mut after = status_of(gw, token).await;
@@ -272,7 +272,7 @@ revocation:
             .join("\n"))
     })?;
     crate::logging::init(&config.log);
-    let running = crate::server::start(config)
+    let running = crate::app::start_gateway(config)
         .await
         .context("starting the dev gateway")?;
     let gw = running.addrs[0];
@@ -281,7 +281,7 @@ revocation:
     let key = EncodingKey::from_ed_der(pkcs8.as_ref());
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some("dev-1".to_owned());
-    let now = crate::verify::now_unix();
+    let now = crate::clock::now_unix();
     let mint = |exp: u64, scope: &str, jti: &str| {
         jsonwebtoken::encode(
             &header,

@@ -7,7 +7,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::route::PathError;
+use crate::path::PathError;
 
 /// Why a request was not forwarded (or forwarding failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,15 +3,16 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, LogFormat};
 
 /// Install the global subscriber; `RUST_LOG` overrides the configured level.
 pub fn init(cfg: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cfg.level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if cfg.json {
+    let _ = if cfg.format == LogFormat::Json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()

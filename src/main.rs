@@ -1,6 +1,8 @@
+//! The command line: parse arguments, then hand over to the library (`jwtgate::app` runs
+//! the processes; `check` and `revoke` are answered here).
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use jwtgate::config::{Config, ControlConfig};
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Control { config } => runtime.block_on(control(&config)),
+        Command::Control { config } => runtime.block_on(jwtgate::app::run_control(&config)),
         Command::Revoke {
             control,
             iss,
@@ -92,7 +94,7 @@ fn main() -> ExitCode {
         } => runtime.block_on(revoke(
             &control, iss, jti, sid, sub, exp, before, reason, &key_env,
         )),
-        Command::Serve { config } => runtime.block_on(serve(&config)),
+        Command::Serve { config } => runtime.block_on(jwtgate::app::run_gateway(&config)),
         Command::Dev { port } => match runtime.block_on(jwtgate::dev::run(port)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -160,94 +162,6 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// A configuration that fails validation: print every problem, start nothing.
-fn refuse(path: &Path, problems: &jwtgate::config::Problems) -> ExitCode {
-    eprintln!("{problems}");
-    eprintln!(
-        "jwtgate: refusing to start: {} problem(s) in {}",
-        problems.list.len(),
-        path.display()
-    );
-    ExitCode::FAILURE
-}
-
-async fn serve(path: &Path) -> ExitCode {
-    // A bad config stops here, before any port is bound.
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(problems) => return refuse(path, &problems),
-    };
-    jwtgate::logging::init(&config.log);
-    for w in &config.warnings {
-        tracing::warn!(file = %path.display(), "{w}");
-    }
-    let running = match jwtgate::server::start(config).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("jwtgate: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // SIGHUP or an edit of the file reloads it; a broken file is refused.
-    let running = std::sync::Arc::new(running);
-    running.watch_config(path.to_path_buf());
-    wait_for_signal().await;
-    let mut running = running;
-    let running = loop {
-        match std::sync::Arc::try_unwrap(running) {
-            Ok(r) => break r,
-            // A reload holds a moment's reference; wait for it to finish.
-            Err(r) => {
-                running = r;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    let grace = running.current().config.shutdown_grace;
-    tracing::info!(
-        grace_s = grace.as_secs(),
-        "shutting down: no new connections; in-flight requests may finish"
-    );
-    running.shutdown(grace).await;
-    ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-async fn control(path: &Path) -> ExitCode {
-    let config = match ControlConfig::load(path) {
-        Ok(c) => c,
-        Err(problems) => return refuse(path, &problems),
-    };
-    jwtgate::logging::init(&config.log);
-    let running = match jwtgate::control::start(config).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("jwtgate control: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown(Duration::from_secs(10)).await;
-    ExitCode::SUCCESS
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn revoke(
     control: &str,
@@ -278,7 +192,7 @@ async fn revoke(
         }
         (None, None, Some(s)) => {
             body["sub"] = s.into();
-            body["issued_before"] = before.unwrap_or_else(jwtgate::verify::now_unix).into();
+            body["issued_before"] = before.unwrap_or_else(jwtgate::clock::now_unix).into();
         }
         _ => {
             eprintln!("jwtgate revoke: give one of --jti (with --exp), --sid or --sub");

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::Outcome;
@@ -40,6 +40,11 @@ pub const LIVE_CONNECTIONS_CLOSED_TOTAL: &str = "jwtgate_live_connections_closed
 /// Configuration reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS_TOTAL: &str = "jwtgate_config_reloads_total";
 
+/// Control plane: revocations durably written, by kind.
+pub const CONTROL_REVOCATIONS_WRITTEN_TOTAL: &str = "jwtgate_control_revocations_written_total";
+/// Control plane: open revocation streams (syncing gateways).
+pub const CONTROL_STREAM_CLIENTS: &str = "jwtgate_control_stream_clients";
+
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "(none)";
 
@@ -53,24 +58,38 @@ pub struct RouteSeries {
     pub duration: Histogram,
 }
 
-/// The gateway's metrics; cheap to clone, one registry per process.
+/// The components running in a process; each exports its metrics through the one registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The data plane: requests, upstreams, revocation set, live connections, reloads.
+    Gateway,
+    /// The control plane: writes and revocation streams.
+    Control,
+}
+
+/// The process's metrics: one registry, cheap to clone, passed down to every component.
 #[derive(Clone)]
 pub struct Metrics(Arc<MetricsInner>);
 
 pub struct MetricsInner {
     registry: Registry,
-    requests: IntCounterVec,
-    request_duration: HistogramVec,
-    upstream_duration: HistogramVec,
+    // Both planes verify tokens against key sets.
     jwks_refresh: IntCounterVec,
     jwks_keys: IntGaugeVec,
     pub token_cache_hits: IntCounter,
     pub token_cache_misses: IntCounter,
+    // The gateway.
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
     pub revocations: IntGaugeVec,
     pub revocation_sync_lag: prometheus::Gauge,
-    pub live_open: prometheus::IntGauge,
+    pub live_open: IntGauge,
     pub live_closed: IntCounterVec,
     config_reloads: IntCounterVec,
+    // The control plane.
+    pub control_written: IntCounterVec,
+    pub control_stream_clients: IntGauge,
 }
 
 impl std::ops::Deref for Metrics {
@@ -80,12 +99,11 @@ impl std::ops::Deref for Metrics {
     }
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: &T) {
     // Names are constants of this module; a clash is a programming error caught by tests.
     if let Err(e) = registry.register(Box::new(m.clone())) {
         tracing::error!(error = %e, "metric registration failed");
     }
-    m
 }
 
 fn help(name: &str) -> &'static str {
@@ -102,69 +120,83 @@ fn help(name: &str) -> &'static str {
         CONFIG_RELOADS_TOTAL => "Configuration reloads by result.",
         LIVE_CONNECTIONS_CLOSED_TOTAL => "Live connections the gateway ended, by reason.",
         REVOCATION_SYNC_LAG_SECONDS => "Seconds since the control plane was last heard from.",
+        CONTROL_REVOCATIONS_WRITTEN_TOTAL => "Revocations durably written, by kind.",
+        CONTROL_STREAM_CLIENTS => "Open revocation streams.",
         _ => "jwtgate metric",
     }
 }
 
+fn counter_vec(name: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help(name)), labels).expect("valid metric")
+}
+
+fn gauge_vec(name: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help(name)), labels).expect("valid metric")
+}
+
+fn histogram_vec(name: &str, label: &str) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help(name)).buckets(DURATION_BUCKETS.to_vec()),
+        &[label],
+    )
+    .expect("valid metric")
+}
+
 impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let counter_vec = |name: &str, labels: &[&str]| {
-            register(
-                &registry,
-                IntCounterVec::new(Opts::new(name, help(name)), labels).expect("valid metric"),
-            )
-        };
-        let histogram_vec = |name: &str, label: &str| {
-            register(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(name, help(name)).buckets(DURATION_BUCKETS.to_vec()),
-                    &[label],
-                )
+    /// One registry exporting the metrics of `components` (and the key-set and
+    /// verification metrics both planes share).
+    pub fn new(components: &[Component]) -> Metrics {
+        let m = MetricsInner {
+            registry: Registry::new(),
+            jwks_refresh: counter_vec(JWKS_REFRESH_TOTAL, &["issuer", "result"]),
+            jwks_keys: gauge_vec(JWKS_KEYS, &["issuer"]),
+            token_cache_hits: IntCounter::new(TOKEN_CACHE_HITS_TOTAL, help(TOKEN_CACHE_HITS_TOTAL))
                 .expect("valid metric"),
+            token_cache_misses: IntCounter::new(
+                TOKEN_CACHE_MISSES_TOTAL,
+                help(TOKEN_CACHE_MISSES_TOTAL),
             )
-        };
-        let counter = |name: &str| {
-            register(
-                &registry,
-                IntCounter::new(name, help(name)).expect("valid metric"),
-            )
-        };
-        Metrics(Arc::new(MetricsInner {
+            .expect("valid metric"),
             requests: counter_vec(REQUESTS_TOTAL, &["route", "outcome"]),
             request_duration: histogram_vec(REQUEST_DURATION_SECONDS, "route"),
             upstream_duration: histogram_vec(UPSTREAM_DURATION_SECONDS, "upstream"),
-            jwks_refresh: counter_vec(JWKS_REFRESH_TOTAL, &["issuer", "result"]),
-            jwks_keys: register(
-                &registry,
-                IntGaugeVec::new(Opts::new(JWKS_KEYS, help(JWKS_KEYS)), &["issuer"])
-                    .expect("valid metric"),
-            ),
-            token_cache_hits: counter(TOKEN_CACHE_HITS_TOTAL),
-            token_cache_misses: counter(TOKEN_CACHE_MISSES_TOTAL),
-            revocations: register(
-                &registry,
-                IntGaugeVec::new(Opts::new(REVOCATIONS, help(REVOCATIONS)), &["kind"])
-                    .expect("valid metric"),
-            ),
-            live_open: register(
-                &registry,
-                prometheus::IntGauge::new(LIVE_CONNECTIONS, help(LIVE_CONNECTIONS))
-                    .expect("valid metric"),
-            ),
+            revocations: gauge_vec(REVOCATIONS, &["kind"]),
+            revocation_sync_lag: prometheus::Gauge::new(
+                REVOCATION_SYNC_LAG_SECONDS,
+                help(REVOCATION_SYNC_LAG_SECONDS),
+            )
+            .expect("valid metric"),
+            live_open: IntGauge::new(LIVE_CONNECTIONS, help(LIVE_CONNECTIONS))
+                .expect("valid metric"),
             live_closed: counter_vec(LIVE_CONNECTIONS_CLOSED_TOTAL, &["reason"]),
             config_reloads: counter_vec(CONFIG_RELOADS_TOTAL, &["result"]),
-            revocation_sync_lag: register(
-                &registry,
-                prometheus::Gauge::new(
-                    REVOCATION_SYNC_LAG_SECONDS,
-                    help(REVOCATION_SYNC_LAG_SECONDS),
-                )
-                .expect("valid metric"),
-            ),
-            registry,
-        }))
+            control_written: counter_vec(CONTROL_REVOCATIONS_WRITTEN_TOTAL, &["kind"]),
+            control_stream_clients: IntGauge::new(
+                CONTROL_STREAM_CLIENTS,
+                help(CONTROL_STREAM_CLIENTS),
+            )
+            .expect("valid metric"),
+        };
+        let r = &m.registry;
+        register(r, &m.jwks_refresh);
+        register(r, &m.jwks_keys);
+        register(r, &m.token_cache_hits);
+        register(r, &m.token_cache_misses);
+        if components.contains(&Component::Gateway) {
+            register(r, &m.requests);
+            register(r, &m.request_duration);
+            register(r, &m.upstream_duration);
+            register(r, &m.revocations);
+            register(r, &m.revocation_sync_lag);
+            register(r, &m.live_open);
+            register(r, &m.live_closed);
+            register(r, &m.config_reloads);
+        }
+        if components.contains(&Component::Control) {
+            register(r, &m.control_written);
+            register(r, &m.control_stream_clients);
+        }
+        Metrics(Arc::new(m))
     }
 
     /// Resolve a route's series once; every outcome starts at zero so dashboards see it.
@@ -181,6 +213,10 @@ impl Metrics {
 
     pub fn jwks_refresh(&self, issuer: &str, result: &str) {
         self.jwks_refresh.with_label_values(&[issuer, result]).inc();
+    }
+
+    pub fn count_written(&self, kind: &str) {
+        self.control_written.with_label_values(&[kind]).inc();
     }
 
     pub fn config_reloads(&self, result: &str) {
@@ -200,7 +236,8 @@ impl Metrics {
 }
 
 impl Default for Metrics {
+    /// The gateway's metrics.
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(&[Component::Gateway])
     }
 }

@@ -8,7 +8,6 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -16,9 +15,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::TlsFiles;
 
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
+use crate::http_client::provider;
 
 fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)

@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE, SEC_WEBSOCKET_
 
 use crate::config::TokenSource;
 use crate::error::Reject;
-use crate::route::hex;
+use crate::path::percent_decode;
 
 /// A presented token. `Debug` never shows it.
 pub struct Token<'a> {
@@ -98,33 +98,6 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a, str>>
         }
     }
     Ok(found)
-}
-
-pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return Cow::Borrowed(s);
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                b.get(i + 1).and_then(|c| hex(*c)),
-                b.get(i + 2).and_then(|c| hex(*c)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// A query parameter by name, comparing decoded names so `access%5Ftoken` is no way around.

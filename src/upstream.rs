@@ -7,14 +7,11 @@ use anyhow::Context;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::Histogram;
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::Reject;
+use crate::http_client::{self, HttpsClient, Protocol};
 
 pub struct Upstream {
     pub name: String,
@@ -23,17 +20,12 @@ pub struct Upstream {
     timeout: Duration,
     /// The HTTP version spoken to this upstream.
     pub version: http::Version,
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    client: HttpsClient<RequestBody>,
     duration: Histogram,
 }
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, duration: Histogram) -> anyhow::Result<Upstream> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        http.enforce_http(false);
         let tls = crate::tls::upstream_client_config(
             cfg.ca.as_deref(),
             cfg.client_cert
@@ -41,23 +33,10 @@ impl Upstream {
                 .map(|(c, k)| (c.as_path(), k.as_path())),
         )
         .with_context(|| format!("TLS settings of upstream {}", cfg.name))?;
-        // ALPN offers exactly the protocol spoken.
-        let builder = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let connector = if cfg.http2 {
-            builder.enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
+        let (protocol, version) = match cfg.protocol {
+            UpstreamProtocol::H1 => (Protocol::Http1, http::Version::HTTP_11),
+            UpstreamProtocol::H2 => (Protocol::Http2, http::Version::HTTP_2),
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        if cfg.http2 {
-            builder.http2_only(true);
-        }
         Ok(Upstream {
             name: cfg.name.clone(),
             scheme: cfg.uri.scheme().cloned().unwrap_or(Scheme::HTTP),
@@ -67,12 +46,8 @@ impl Upstream {
                 .cloned()
                 .unwrap_or_else(|| Authority::from_static("invalid")),
             timeout: cfg.timeout,
-            version: if cfg.http2 {
-                http::Version::HTTP_2
-            } else {
-                http::Version::HTTP_11
-            },
-            client: builder.build(connector),
+            version,
+            client: http_client::build(tls, protocol, cfg.connect_timeout),
             duration,
         })
     }
@@ -83,7 +58,7 @@ impl Upstream {
             Some(q) => PathAndQuery::from_maybe_shared(format!("{path}?{q}")),
             None => PathAndQuery::try_from(path),
         }
-        .map_err(|_| Reject::BadPath(crate::route::PathError::ControlByte))?;
+        .map_err(|_| Reject::BadPath(crate::path::PathError::ControlByte))?;
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());

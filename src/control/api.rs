@@ -1,7 +1,6 @@
 //! The control API (v1): write revocations, read them as a snapshot or a delta, follow
-//! them as a server-sent event stream.
-// Helpers return the ready error response as their `Err`; it is built once per request.
-#![allow(clippy::result_large_err)]
+//! them as a server-sent event stream. Handlers return `Result<Response, ApiError>`; the
+//! one [`ApiError::respond`] turns a refusal into its answer.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,10 +16,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::error::{json_response, ApiError};
 use super::store::NewRevocation;
 use super::ControlPlane;
 use crate::revocation::Kind;
-use crate::verify::now_unix;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -44,44 +43,6 @@ impl Body for EventBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
-}
-
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ControlBody> {
-    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    r
-}
-
-fn problem(
-    status: StatusCode,
-    error: &str,
-    description: impl Into<String>,
-) -> Response<ControlBody> {
-    json_response(
-        status,
-        json!({ "error": error, "error_description": description.into() }),
-    )
-}
-
-fn unauthorized() -> Response<ControlBody> {
-    let mut r = problem(
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-        "missing or unknown credentials",
-    );
-    r.headers_mut().insert(
-        http::header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"jwtgate-control\""),
-    );
-    r
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -116,7 +77,7 @@ async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Option<Role
     }
     let verifier = cp.writer_verifier.as_ref()?;
     let all: Vec<usize> = (0..verifier.issuers.len()).collect();
-    let verified = verifier.verify(token, &all, now_unix()).await.ok()?;
+    let verified = verifier.verify(token, &all, cp.clock.unix()).await.ok()?;
     verified
         .scopes
         .iter()
@@ -125,42 +86,35 @@ async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Option<Role
 }
 
 pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<ControlBody> {
+    route(cp, req).await.unwrap_or_else(|e| e.respond())
+}
+
+async fn route(
+    cp: &ControlPlane,
+    req: Request<Incoming>,
+) -> Result<Response<ControlBody>, ApiError> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({ "status": "ok" })),
+        (Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
         (Method::GET, "/readyz") => {
             if cp.store.ping().await {
-                json_response(StatusCode::OK, json!({ "status": "ready" }))
+                Ok(json_response(StatusCode::OK, &json!({ "status": "ready" })))
             } else {
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the store does not answer",
-                )
+                Err(ApiError::NotReady)
             }
         }
         (Method::GET, "/metrics") => {
-            let mut buf = Vec::new();
-            let _ = prometheus::Encoder::encode(
-                &prometheus::TextEncoder::new(),
-                &cp.registry.gather(),
-                &mut buf,
-            );
-            let mut r = Response::new(Either::Left(Full::new(Bytes::from(buf))));
+            let mut r = Response::new(Either::Left(Full::new(Bytes::from(cp.metrics.render()))));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
             );
-            r
+            Ok(r)
         }
         (Method::POST, "/v1/revocations") => match authenticate(cp, &req).await {
             Some(Role::Writer) => post_revocation(cp, req).await,
-            Some(Role::Reader) => problem(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
-                "this key may only read",
-            ),
-            None => unauthorized(),
+            Some(Role::Reader) => Err(ApiError::ReadOnlyKey),
+            None => Err(ApiError::Unauthorized),
         },
         (Method::POST, "/v1/backchannel-logout") => super::idp::backchannel_logout(cp, req).await,
         (Method::POST, "/v1/revoke") => {
@@ -169,11 +123,11 @@ pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<Contr
         }
         (Method::GET, "/v1/revocations") => match authenticate(cp, &req).await {
             Some(_) => list(cp, &req).await,
-            None => unauthorized(),
+            None => Err(ApiError::Unauthorized),
         },
         (Method::GET, "/v1/revocations/stream") => match authenticate(cp, &req).await {
             Some(_) => stream(cp, &req),
-            None => unauthorized(),
+            None => Err(ApiError::Unauthorized),
         },
         (
             _,
@@ -184,12 +138,8 @@ pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<Contr
             | "/healthz"
             | "/readyz"
             | "/metrics",
-        ) => problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
-            "method not allowed",
-        ),
-        _ => problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        ) => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NotFound),
     }
 }
 
@@ -205,22 +155,15 @@ struct RevokeBody {
     reason: Option<String>,
 }
 
-/// Read a body of at most [`MAX_BODY_BYTES`]; `Err` is the response to send.
-pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ControlBody>> {
-    let too_large = || {
-        problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
-            "body larger than 64 KiB",
-        )
-    };
+/// Read a body of at most [`MAX_BODY_BYTES`].
+pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
+        return Err(ApiError::BodyTooLarge);
     }
     match Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
@@ -231,49 +174,46 @@ pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Control
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(too_large())
+            Err(ApiError::BodyTooLarge)
         }
-        Err(_) => Err(problem(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "could not read the body",
-        )),
+        Err(_) => Err(ApiError::UnreadableBody),
     }
 }
 
 /// Validate a revocation request into what the store records.
-fn validate(body: RevokeBody, cp: &ControlPlane, now: u64) -> Result<NewRevocation, String> {
+fn validate(body: RevokeBody, cp: &ControlPlane, now: u64) -> Result<NewRevocation, ApiError> {
+    use ApiError::InvalidRevocation as Invalid;
     let long = |s: &Option<String>| s.as_ref().is_some_and(|v| v.len() > MAX_FIELD);
     if body.iss.is_empty() || body.iss.len() > MAX_FIELD {
-        return Err("`iss` must be 1 to 1024 characters".into());
+        return Err(Invalid("`iss` must be 1 to 1024 characters"));
     }
     if long(&body.jti) || long(&body.sid) || long(&body.sub) || long(&body.reason) {
-        return Err("fields are at most 1024 characters".into());
+        return Err(Invalid("fields are at most 1024 characters"));
     }
     let (kind, value) = match (body.jti, body.sid, body.sub) {
         (Some(v), None, None) => (Kind::Jti, v),
         (None, Some(v), None) => (Kind::Sid, v),
         (None, None, Some(v)) => (Kind::Sub, v),
-        _ => return Err("give exactly one of `jti`, `sid` or `sub`".into()),
+        _ => return Err(Invalid("give exactly one of `jti`, `sid` or `sub`")),
     };
     if value.is_empty() {
-        return Err(format!("`{}` must not be empty", kind.as_str()));
+        return Err(ApiError::EmptyValue(kind));
     }
     let retention = cp.access.default_retention.as_secs();
     let lifetime = cp.access.max_token_lifetime.as_secs();
     let (expires_at, issued_before) = match kind {
         Kind::Jti => {
             if body.issued_before.is_some() {
-                return Err("`issued_before` goes with `sub`".into());
+                return Err(Invalid("`issued_before` goes with `sub`"));
             }
-            let exp = body
-                .expires_at
-                .ok_or("a `jti` revocation needs `expires_at` (the token's exp)")?;
+            let exp = body.expires_at.ok_or(Invalid(
+                "a `jti` revocation needs `expires_at` (the token's exp)",
+            ))?;
             (exp, None)
         }
         Kind::Sid => {
             if body.issued_before.is_some() {
-                return Err("`issued_before` goes with `sub`".into());
+                return Err(Invalid("`issued_before` goes with `sub`"));
             }
             (
                 body.expires_at.unwrap_or(now.saturating_add(retention)),
@@ -282,11 +222,11 @@ fn validate(body: RevokeBody, cp: &ControlPlane, now: u64) -> Result<NewRevocati
         }
         Kind::Sub => {
             if body.expires_at.is_some() {
-                return Err("a `sub` revocation is kept for max_token_lifetime after `issued_before`; do not give `expires_at`".into());
+                return Err(Invalid("a `sub` revocation is kept for max_token_lifetime after `issued_before`; do not give `expires_at`"));
             }
-            let cutoff = body
-                .issued_before
-                .ok_or("a `sub` revocation needs `issued_before` (Unix seconds)")?;
+            let cutoff = body.issued_before.ok_or(Invalid(
+                "a `sub` revocation needs `issued_before` (Unix seconds)",
+            ))?;
             (cutoff.saturating_add(lifetime), Some(cutoff))
         }
     };
@@ -300,55 +240,40 @@ fn validate(body: RevokeBody, cp: &ControlPlane, now: u64) -> Result<NewRevocati
     })
 }
 
-async fn post_revocation(cp: &ControlPlane, req: Request<Incoming>) -> Response<ControlBody> {
-    let body = match read_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let parsed: RevokeBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("malformed revocation: {e}"),
-            )
-        }
-    };
-    let now = now_unix();
-    let new = match validate(parsed, cp, now) {
-        Ok(n) => n,
-        Err(why) => return problem(StatusCode::BAD_REQUEST, "invalid_request", why),
-    };
+async fn post_revocation(
+    cp: &ControlPlane,
+    req: Request<Incoming>,
+) -> Result<Response<ControlBody>, ApiError> {
+    let body = read_body(req).await?;
+    let parsed: RevokeBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedRevocation(e.to_string()))?;
+    let now = cp.clock.unix();
+    let new = validate(parsed, cp, now)?;
     record(cp, &new, now).await
 }
 
 /// Write and answer `201 {"id","cursor"}` once durable (`200` for a repeat that changed nothing).
-pub async fn record(cp: &ControlPlane, new: &NewRevocation, now: u64) -> Response<ControlBody> {
-    match cp.store.insert(new, now).await {
-        Ok(w) => {
-            if w.changed {
-                cp.written.with_label_values(&[new.kind.as_str()]).inc();
-            }
-            let status = if w.changed {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            json_response(
-                status,
-                json!({ "id": w.cursor.to_string(), "cursor": w.cursor.to_string() }),
-            )
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "revocation not stored");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the store did not accept the write; retry",
-            )
-        }
+pub async fn record(
+    cp: &ControlPlane,
+    new: &NewRevocation,
+    now: u64,
+) -> Result<Response<ControlBody>, ApiError> {
+    let w = cp.store.insert(new, now).await.map_err(|e| {
+        tracing::error!(error = %e, "revocation not stored");
+        ApiError::WriteFailed
+    })?;
+    if w.changed {
+        cp.metrics.count_written(new.kind.as_str());
     }
+    let status = if w.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(
+        status,
+        &json!({ "id": w.cursor.to_string(), "cursor": w.cursor.to_string() }),
+    ))
 }
 
 fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
@@ -358,81 +283,62 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     })
 }
 
-fn parse_cursor(s: Option<&str>) -> Result<u64, Response<ControlBody>> {
+fn parse_cursor(s: Option<&str>) -> Result<u64, ApiError> {
     match s {
         None | Some("") => Ok(0),
-        Some(c) => c.parse().map_err(|_| {
-            problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "`since` is not a cursor from this API",
-            )
-        }),
+        Some(c) => c.parse().map_err(|_| ApiError::BadCursor),
     }
 }
 
-async fn list(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBody> {
-    let since = match parse_cursor(query_param(req, "since")) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn list(
+    cp: &ControlPlane,
+    req: &Request<Incoming>,
+) -> Result<Response<ControlBody>, ApiError> {
+    let since = parse_cursor(query_param(req, "since"))?;
     let limit = query_param(req, "limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(1000)
         .clamp(1, PAGE_MAX);
     // The head is read before the page: every id at or below it is committed, so jumping
     // the cursor to it when the page is empty can never skip an entry.
-    let head = match cp.store.max_cursor().await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the revocation head failed");
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the store does not answer",
-            );
-        }
-    };
-    match cp.store.list(since, limit, now_unix()).await {
-        Ok((entries, more)) => {
-            let cursor = match entries.last() {
-                Some(e) => e.cursor,
-                None => since.max(head),
-            };
-            json_response(
-                StatusCode::OK,
-                json!({ "entries": entries, "cursor": cursor.to_string(), "more": more }),
-            )
-        }
-        Err(e) => {
+    let head = cp.store.max_cursor().await.map_err(|e| {
+        tracing::error!(error = %e, "reading the revocation head failed");
+        ApiError::StoreUnavailable
+    })?;
+    let (entries, more) = cp
+        .store
+        .list(since, limit, cp.clock.unix())
+        .await
+        .map_err(|e| {
             tracing::error!(error = %e, "listing revocations failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the store does not answer",
-            )
-        }
-    }
+            ApiError::StoreUnavailable
+        })?;
+    let cursor = match entries.last() {
+        Some(e) => e.cursor,
+        None => since.max(head),
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "entries": entries, "cursor": cursor.to_string(), "more": more }),
+    ))
 }
 
 /// `text/event-stream`: every entry after the cursor, then new ones as they commit, with
 /// heartbeats. Resumable from `since` or `Last-Event-ID`.
-fn stream(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBody> {
+fn stream(cp: &ControlPlane, req: &Request<Incoming>) -> Result<Response<ControlBody>, ApiError> {
     let last_event = req
         .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok());
-    let since = match parse_cursor(last_event.or(query_param(req, "since"))) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let since = parse_cursor(last_event.or(query_param(req, "since")))?;
     let heartbeat = query_param(req, "heartbeat_ms")
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_secs(5), Duration::from_millis)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
     let (tx, rx) = mpsc::channel(64);
     let store = cp.store.clone();
-    let clients = cp.stream_clients.clone();
+    let clients = cp.metrics.control_stream_clients.clone();
+    let clock = cp.clock.clone();
     let mut shutdown = cp.shutdown.clone();
     tokio::spawn(async move {
         clients.inc();
@@ -440,7 +346,7 @@ fn stream(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBody> {
         let mut cursor = since;
         'outer: loop {
             latest.mark_unchanged();
-            let (entries, more) = match store.list(cursor, 500, now_unix()).await {
+            let (entries, more) = match store.list(cursor, 500, clock.unix()).await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "revocation stream ended: store error");
@@ -481,5 +387,5 @@ fn stream(cp: &ControlPlane, req: &Request<Incoming>) -> Response<ControlBody> {
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     );
-    r
+    Ok(r)
 }

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
+use crate::http_client::{self, HttpsClient, Protocol};
 
 /// POST a revocation; returns the status and the body text.
 pub async fn post_revocation(
@@ -13,12 +13,11 @@ pub async fn post_revocation(
     api_key: &str,
     body: &serde_json::Value,
 ) -> anyhow::Result<(u16, String)> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(crate::verify::keys::client_tls_config())
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let client: HttpsClient<Full<Bytes>> = http_client::build(
+        http_client::system_roots(),
+        Protocol::Http1,
+        std::time::Duration::from_secs(10),
+    );
     let url = format!("{}/v1/revocations", control.trim_end_matches('/'));
     let req = Request::post(&url)
         .header(CONTENT_TYPE, "application/json")

@@ -5,22 +5,20 @@
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL};
-use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::api::{read_body, record, ControlBody};
+use super::error::{empty_ok, ApiError};
 use super::store::NewRevocation;
 use super::ControlPlane;
-use crate::config::{ApiKey, BackchannelConfig, IdpConfig, TokenCacheConfig};
-use crate::metrics::Metrics;
+use crate::config::{ApiKey, BackchannelConfig, IdpConfig, IssuerConfig, TokenCacheConfig};
+use crate::path::percent_decode;
 use crate::revocation::Kind;
-use crate::token::percent_decode;
-use crate::verify::keys::{Fetcher, IssuerKeys};
-use crate::verify::{now_unix, token_ref, Verifier};
+use crate::verify::keys::IssuerKeys;
+use crate::verify::{self, token_ref, Verifier};
 
 /// The event member a logout token's `events` claim must hold (BCL §2.4).
 const BCL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -39,24 +37,24 @@ struct Backchannel {
     seen: moka::sync::Cache<String, ()>,
 }
 
-fn verifier(issuers: &[crate::config::IssuerConfig]) -> Verifier {
+fn verifier(issuers: &[IssuerConfig], ctx: &verify::Context) -> Verifier {
     // Every presented token is checked afresh: nothing to gain from the cache.
     let cache = TokenCacheConfig {
         max_entries: 0,
         ttl: Duration::from_secs(1),
     };
-    Verifier::new(issuers, &cache, &[], None, Fetcher::new(), Metrics::new())
+    Verifier::new(issuers, &cache, ctx, &[])
 }
 
 impl IdpEndpoints {
-    pub fn new(cfg: &IdpConfig) -> IdpEndpoints {
+    pub fn new(cfg: &IdpConfig, ctx: &verify::Context) -> IdpEndpoints {
         IdpEndpoints {
-            tokens: (!cfg.token_issuers.is_empty()).then(|| verifier(&cfg.token_issuers)),
+            tokens: (!cfg.token_issuers.is_empty()).then(|| verifier(&cfg.token_issuers, ctx)),
             backchannel: cfg
                 .backchannel
                 .as_ref()
                 .map(|b: &BackchannelConfig| Backchannel {
-                    verifier: verifier(std::slice::from_ref(&b.issuer)),
+                    verifier: verifier(std::slice::from_ref(&b.issuer), ctx),
                     max_age: b.max_age,
                     seen: moka::sync::Cache::builder()
                         .max_capacity(1_000_000)
@@ -80,28 +78,6 @@ impl IdpEndpoints {
     }
 }
 
-fn answer(status: StatusCode, body: Option<Value>) -> Response<ControlBody> {
-    let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    let mut r = Response::new(Either::Left(Full::new(bytes)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status != StatusCode::OK {
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    r
-}
-
-fn invalid(description: impl Into<String>) -> Response<ControlBody> {
-    answer(
-        StatusCode::BAD_REQUEST,
-        Some(json!({ "error": "invalid_request", "error_description": description.into() })),
-    )
-}
-
 /// Parse an `application/x-www-form-urlencoded` body; a repeated parameter is an error
 /// (RFC 6749 §3.2).
 fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
@@ -122,14 +98,12 @@ fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
 }
 
 /// The fields of an `application/x-www-form-urlencoded` request body (at most 64 KiB).
-async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, Response<ControlBody>> {
+async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, ApiError> {
     if !is_form(&req) {
-        return Err(invalid(
-            "the body must be application/x-www-form-urlencoded",
-        ));
+        return Err(ApiError::NotAForm);
     }
     let body = read_body(req).await?;
-    form(&body).map_err(invalid)
+    form(&body).map_err(ApiError::MalformedForm)
 }
 
 fn param<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -171,34 +145,23 @@ fn jose_typ(token: &str) -> Result<Option<String>, String> {
 pub async fn backchannel_logout(
     cp: &ControlPlane,
     req: Request<Incoming>,
-) -> Response<ControlBody> {
-    let Some(bc) = cp.idp.backchannel.as_ref() else {
-        return answer(
-            StatusCode::NOT_FOUND,
-            Some(
-                json!({ "error": "not_found", "error_description": "back-channel logout is not configured" }),
-            ),
-        );
-    };
-    let fields = match read_form(req).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let Some(token) = param(&fields, "logout_token") else {
-        return invalid("logout_token is missing");
-    };
-    let now = now_unix();
-    let (iss, sid, sub, key) = match validate_logout_token(bc, token, now).await {
-        Ok(v) => v,
-        Err(why) => {
-            tracing::info!(reason = %why, "logout token refused");
-            return invalid(format!("logout token refused: {why}"));
-        }
-    };
+) -> Result<Response<ControlBody>, ApiError> {
+    let bc = cp
+        .idp
+        .backchannel
+        .as_ref()
+        .ok_or(ApiError::BackchannelNotConfigured)?;
+    let fields = read_form(req).await?;
+    let token = param(&fields, "logout_token").ok_or(ApiError::MissingParameter("logout_token"))?;
+    let now = cp.clock.unix();
+    let (iss, sid, sub, key) = validate_logout_token(bc, token, now).await.map_err(|why| {
+        tracing::info!(reason = %why, "logout token refused");
+        ApiError::LogoutTokenRefused(why.into())
+    })?;
     // Replay check and mark in one step, so two concurrent copies cannot both pass.
     let entry = bc.seen.entry(key.clone()).or_insert(());
     if !entry.is_fresh() {
-        return invalid("logout token refused: jti already used");
+        return Err(ApiError::LogoutTokenRefused("jti already used".into()));
     }
     let new = match (sid, sub) {
         (Some(sid), _) => NewRevocation {
@@ -217,15 +180,14 @@ pub async fn backchannel_logout(
             issued_before: Some(now),
             reason: Some("oidc back-channel logout".into()),
         },
-        (None, None) => return invalid("logout token refused: neither sid nor sub"),
+        (None, None) => return Err(ApiError::LogoutTokenRefused("neither sid nor sub".into())),
     };
-    let written = record(cp, &new, now).await;
-    if !written.status().is_success() {
+    if let Err(e) = record(cp, &new, now).await {
         // Let the provider's retry through.
         bc.seen.invalidate(&key);
-        return written;
+        return Err(e);
     }
-    answer(StatusCode::OK, None)
+    Ok(empty_ok())
 }
 
 /// BCL §2.6: returns `(iss, sid, sub, replay key)`.
@@ -329,36 +291,21 @@ pub async fn revoke(
     cp: &ControlPlane,
     req: Request<Incoming>,
     api_key_ok: bool,
-) -> Response<ControlBody> {
+) -> Result<Response<ControlBody>, ApiError> {
     if !api_key_ok && !basic_client(&req, &cp.idp.revoke_clients) {
-        let mut r = answer(
-            StatusCode::UNAUTHORIZED,
-            Some(
-                json!({ "error": "invalid_client", "error_description": "client authentication failed" }),
-            ),
-        );
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"jwtgate-control\""),
-        );
-        return r;
+        return Err(ApiError::InvalidClient);
     }
-    let fields = match read_form(req).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let Some(token) = param(&fields, "token") else {
-        return invalid("token is missing");
-    };
+    let fields = read_form(req).await?;
+    let token = param(&fields, "token").ok_or(ApiError::MissingParameter("token"))?;
     // `token_type_hint` (access_token, refresh_token or anything else) only helps a server
     // search; only JWT access tokens are revocable here, and every token is tried as one.
     let Some(verifier) = cp.idp.tokens.as_ref() else {
-        return answer(StatusCode::OK, None);
+        return Ok(empty_ok());
     };
-    let now = now_unix();
+    let now = cp.clock.unix();
     let all: Vec<usize> = (0..verifier.issuers.len()).collect();
     let Ok(v) = verifier.verify_signature(token, &all, now).await else {
-        return answer(StatusCode::OK, None);
+        return Ok(empty_ok());
     };
     let iss = verifier.issuers[v.issuer].cfg.issuer.clone();
     let text = |name: &str| {
@@ -383,10 +330,6 @@ pub async fn revoke(
         issued_before: None,
         reason: Some("rfc 7009 revocation".into()),
     };
-    let written = record(cp, &new, now).await;
-    if written.status().is_success() {
-        answer(StatusCode::OK, None)
-    } else {
-        written
-    }
+    record(cp, &new, now).await?;
+    Ok(empty_ok())
 }

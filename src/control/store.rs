@@ -532,7 +532,7 @@ async fn follow_pg(pg: std::sync::Weak<Pg>, latest: watch::Sender<u64>) {
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, "cannot LISTEN on PostgreSQL; retrying");
-                tokio::time::sleep(crate::verify::keys::backoff(failures)).await;
+                tokio::time::sleep(crate::backoff::backoff(failures)).await;
                 continue;
             }
         };

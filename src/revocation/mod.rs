@@ -1,5 +1,7 @@
-//! Revocation on the gateway: the in-memory set the request path consults
-//! ([`set`]), and the client that keeps it in sync with the control plane ([`sync`]).
+//! Revocation on the gateway: the in-memory set the request path consults ([`set`]), the
+//! client that keeps it in sync with the control plane ([`sync`]), and the one check of a
+//! token against both ([`Revocations::check`]). [`Entry`] and [`Kind`] are the wire types
+//! the control plane shares.
 //!
 //! A revocation entry is one of: `(iss, jti)` — that token is dead; `(iss, sid)` — every
 //! token of that session is dead; `(iss, sub, issued_before)` — every token of that subject
@@ -8,7 +10,77 @@
 pub mod set;
 pub mod sync;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::config::{OnStale, RevocationConfig};
+use crate::error::Reject;
+use set::{RevocationSet, TokenKeys};
+use sync::SyncState;
+
+/// The gateway's view of revocations, shared by every configuration generation.
+#[derive(Clone)]
+pub struct Revocations {
+    /// The entries.
+    pub set: Arc<RevocationSet>,
+    /// How current they are.
+    pub state: Arc<SyncState>,
+    /// How long the set may go without word from its source.
+    pub max_staleness: Duration,
+    /// What a stale set means for requests.
+    pub on_stale: OnStale,
+}
+
+impl Revocations {
+    /// The last snapshot (if any), else an empty set that is not ready until a first sync.
+    pub fn load(rc: &RevocationConfig, state: Arc<SyncState>) -> Revocations {
+        let set = match &rc.snapshot_file {
+            Some(path) if path.exists() => {
+                match RevocationSet::load(path, state.clock().unix()) {
+                    Ok(set) => {
+                        tracing::info!(file = %path.display(), entries = set.len(), cursor = set.cursor(), "revocation snapshot loaded");
+                        state.set_ready();
+                        set
+                    }
+                    Err(e) => {
+                        // Unreadable: start empty and re-sync from the beginning (not ready
+                        // until then).
+                        tracing::error!(error = %e, "ignoring the revocation snapshot; syncing from scratch");
+                        RevocationSet::new()
+                    }
+                }
+            }
+            _ => RevocationSet::new(),
+        };
+        Revocations {
+            set: Arc::new(set),
+            state,
+            max_staleness: rc.max_staleness,
+            on_stale: rc.on_stale,
+        }
+    }
+
+    /// The set has gone without word from its source for longer than `max_staleness`.
+    pub fn stale(&self) -> bool {
+        self.state.lag() > self.max_staleness
+    }
+
+    /// Step 6 of the request path: refuse a revoked token, and any token while the set is
+    /// stale under `on_stale: deny`. `checked` is the token's memo of the set version it was
+    /// last found clean at.
+    pub fn check(&self, keys: &TokenKeys, checked: &AtomicU64) -> Result<(), Reject> {
+        if self.set.is_revoked(keys, checked) {
+            return Err(Reject::Revoked);
+        }
+        if self.on_stale == OnStale::Deny && self.stale() {
+            return Err(Reject::RevocationsStale);
+        }
+        Ok(())
+    }
+}
 
 /// One revocation as the control plane stores and streams it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

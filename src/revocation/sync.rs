@@ -6,33 +6,25 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::set::RevocationSet;
 use super::Entry;
-use crate::control::store::Store;
-use crate::live::LiveRegistry;
-use crate::verify::keys::backoff;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::backoff::backoff;
+use crate::clock::Clock;
+use crate::http_client::{self, HttpsClient, Protocol};
 
 /// How current the set is.
 #[derive(Default)]
 pub struct SyncState {
+    clock: Clock,
     /// Last time the control plane (or the local store) was heard from, Unix ms.
     last_contact_ms: AtomicU64,
     /// A first sync completed, or a snapshot file was loaded.
@@ -40,8 +32,20 @@ pub struct SyncState {
 }
 
 impl SyncState {
+    pub fn new(clock: Clock) -> SyncState {
+        SyncState {
+            clock,
+            ..SyncState::default()
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     pub fn contact(&self) {
-        self.last_contact_ms.store(now_ms(), Ordering::Release);
+        self.last_contact_ms
+            .store(self.clock.unix_ms(), Ordering::Release);
     }
 
     pub fn set_ready(&self) {
@@ -54,23 +58,16 @@ impl SyncState {
 
     /// Time since the control plane was last heard from.
     pub fn lag(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.last_contact_ms.load(Ordering::Acquire)))
+        Duration::from_millis(
+            self.clock
+                .unix_ms()
+                .saturating_sub(self.last_contact_ms.load(Ordering::Acquire)),
+        )
     }
 }
 
 /// Apply one entry to the set (and to anything else that follows revocations).
 pub type Apply = Arc<dyn Fn(&Entry) + Send + Sync>;
-
-pub fn apply_to(set: Arc<RevocationSet>, live: Arc<LiveRegistry>) -> Apply {
-    Arc::new(move |e: &Entry| {
-        if let Some((kind, value)) = e.key() {
-            set.insert(kind, &e.iss, value, e.expires_at, e.issued_before);
-            // Live connections of that token, session or subject end now.
-            live.revoke(kind, set.key(kind, &e.iss, value), e.issued_before);
-        }
-        set.set_cursor(e.cursor);
-    })
-}
 
 #[derive(Deserialize)]
 struct Page {
@@ -83,7 +80,7 @@ struct Page {
 pub struct SyncClient {
     base: String,
     token: Option<HeaderValue>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: HttpsClient<Empty<Bytes>>,
     set: Arc<RevocationSet>,
     apply: Apply,
     state: Arc<SyncState>,
@@ -102,11 +99,6 @@ impl SyncClient {
         state: Arc<SyncState>,
         max_staleness: Duration,
     ) -> SyncClient {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::verify::keys::client_tls_config())
-            .https_or_http()
-            .enable_http1()
-            .build();
         let token = token
             .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
             .map(|mut v| {
@@ -116,7 +108,11 @@ impl SyncClient {
         SyncClient {
             base: url.to_string().trim_end_matches('/').to_owned(),
             token,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: http_client::build(
+                http_client::system_roots(),
+                Protocol::Http1,
+                Duration::from_secs(10),
+            ),
             set,
             apply,
             state,
@@ -273,64 +269,25 @@ impl EventParser {
     }
 }
 
-/// Single-node mode: follow the local store directly.
-pub async fn follow_store(
-    store: Store,
-    apply: Apply,
-    set: Arc<RevocationSet>,
-    state: Arc<SyncState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut latest = store.subscribe();
-    loop {
-        latest.mark_unchanged();
-        loop {
-            match store
-                .list(set.cursor(), 5000, crate::verify::now_unix())
-                .await
-            {
-                Ok((entries, more)) => {
-                    for e in &entries {
-                        apply(e);
-                    }
-                    state.contact();
-                    state.set_ready();
-                    if !more {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the local revocation store failed");
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            r = latest.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
 /// Save the set whenever it changed (checked every second) and once more at shutdown;
 /// drop expired entries every `purge_interval`.
 pub async fn maintain(
     set: Arc<RevocationSet>,
+    clock: Clock,
     file: Option<std::path::PathBuf>,
     purge_interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut saved = 0;
-    let mut last_purge = std::time::Instant::now();
+    let mut last_purge = clock.now();
     loop {
         let stop = tokio::select! {
             _ = tokio::time::sleep(purge_interval.min(Duration::from_secs(1))) => false,
             _ = shutdown.changed() => true,
         };
-        if last_purge.elapsed() >= purge_interval {
-            last_purge = std::time::Instant::now();
-            set.purge(crate::verify::now_unix());
+        if clock.since(last_purge) >= purge_interval {
+            last_purge = clock.now();
+            set.purge(clock.unix());
         }
         if let Some(path) = &file {
             let version = set.version();

@@ -8,18 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::backoff::backoff;
+use crate::clock::Clock;
+use crate::http_client::{self, HttpsClient, Protocol};
+
 use arc_swap::ArcSwap;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
-use crate::config::{IssuerConfig, KeySource};
+use crate::config::{parse_algorithm, IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 
 /// Largest key document accepted: a JWKS is a few KiB; more is an attack or a mistake.
@@ -77,10 +79,10 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    fn empty() -> KeySet {
+    fn empty(clock: &Clock) -> KeySet {
         KeySet {
             keys: Vec::new(),
-            confirmed: Some(Instant::now() - Duration::from_secs(365 * 86_400)),
+            confirmed: Some(clock.now() - Duration::from_secs(365 * 86_400)),
             epoch: 0,
             fingerprint: 0,
         }
@@ -105,6 +107,7 @@ pub struct IssuerKeys {
     refetch: tokio::sync::Mutex<Option<Instant>>,
     fetcher: Fetcher,
     metrics: Metrics,
+    clock: Clock,
     /// Set when a reloaded configuration no longer uses these keys: the refresh task ends.
     retired: tokio::sync::watch::Sender<bool>,
 }
@@ -115,7 +118,7 @@ impl IssuerKeys {
         self.retired.send_replace(true);
     }
 
-    pub fn new(cfg: IssuerConfig, fetcher: Fetcher, metrics: Metrics) -> Arc<IssuerKeys> {
+    pub fn new(cfg: IssuerConfig, ctx: &super::Context) -> Arc<IssuerKeys> {
         let set = match &cfg.keys {
             KeySource::Secret(s) => KeySet {
                 keys: vec![Key {
@@ -127,7 +130,7 @@ impl IssuerKeys {
                 epoch: 1,
                 fingerprint: 1,
             },
-            _ => KeySet::empty(),
+            _ => KeySet::empty(&ctx.clock),
         };
         let loaded = matches!(cfg.keys, KeySource::Secret(_));
         Arc::new(IssuerKeys {
@@ -136,8 +139,9 @@ impl IssuerKeys {
             loaded: loaded.into(),
             attempts: AtomicU64::new(0),
             refetch: tokio::sync::Mutex::new(None),
-            fetcher,
-            metrics,
+            fetcher: ctx.fetcher.clone(),
+            metrics: ctx.metrics.clone(),
+            clock: ctx.clock.clone(),
             retired: tokio::sync::watch::channel(false).0,
         })
     }
@@ -157,7 +161,7 @@ impl IssuerKeys {
 
     pub fn is_stale(&self, set: &KeySet) -> bool {
         set.confirmed
-            .is_some_and(|t| t.elapsed() > self.cfg.jwks_max_stale)
+            .is_some_and(|t| self.clock.since(t) > self.cfg.jwks_max_stale)
     }
 
     /// Find the key for `kid` able to verify `alg`. A token without `kid` is accepted only
@@ -197,10 +201,10 @@ impl IssuerKeys {
         if self.attempts.load(Ordering::Acquire) != seen {
             return true;
         }
-        if last.is_some_and(|t| t.elapsed() < self.cfg.jwks_refetch_interval) {
+        if last.is_some_and(|t| self.clock.since(t) < self.cfg.jwks_refetch_interval) {
             return false;
         }
-        *last = Some(Instant::now());
+        *last = Some(self.clock.now());
         self.refresh().await.is_ok()
     }
 
@@ -227,7 +231,7 @@ impl IssuerKeys {
                 self.metrics.jwks_keys(issuer, keys.len());
                 self.current.store(Arc::new(KeySet {
                     keys,
-                    confirmed: Some(Instant::now()),
+                    confirmed: Some(self.clock.now()),
                     epoch,
                     fingerprint,
                 }));
@@ -342,13 +346,6 @@ impl IssuerKeys {
     }
 }
 
-/// Exponential backoff with jitter: 1 s, 2 s, 4 s … capped at 60 s.
-pub fn backoff(failures: u32) -> Duration {
-    let base =
-        Duration::from_secs(1u64 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
-    base.mul_f64(0.5 + fastrand::f64() / 2.0)
-}
-
 fn fingerprint(doc: &[u8]) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = foldhash::quality::FixedState::default().build_hasher();
@@ -435,9 +432,7 @@ fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static
     let algs = match obj.get("alg") {
         None => family,
         Some(Value::String(a)) => {
-            let bit = crate::config::parse_algorithm(a)
-                .map(alg_bit)
-                .ok_or("unknown alg")?;
+            let bit = parse_algorithm(a).map(alg_bit).ok_or("unknown alg")?;
             if bit & family == 0 {
                 return Err("alg does not fit the key type");
             }
@@ -454,21 +449,13 @@ fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static
 /// Fetches key documents over http(s) with a size limit and a timeout.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        Empty<Bytes>,
-    >,
+    client: HttpsClient<Empty<Bytes>>,
 }
 
 impl Fetcher {
     pub fn new() -> Fetcher {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(client_tls_config())
-            .https_or_http()
-            .enable_http1()
-            .build();
         Fetcher {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: http_client::build(http_client::system_roots(), Protocol::Http1, FETCH_TIMEOUT),
         }
     }
 
@@ -514,25 +501,6 @@ impl Default for Fetcher {
     }
 }
 
-/// TLS client settings for key fetches: the system's CA certificates, TLS 1.2 and 1.3.
-pub fn client_tls_config() -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        tracing::warn!("no system CA certificates found; https key URLs will fail to verify");
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("aws-lc-rs supports TLS 1.2 and 1.3")
-    .with_root_certificates(roots)
-    .with_no_client_auth()
-}
-
 fn parse_max_age(v: &str) -> Option<Duration> {
     v.split(',').find_map(|d| {
         let d = d.trim();
@@ -564,12 +532,5 @@ mod tests {
         );
         assert_eq!(parse_max_age("no-store"), None);
         assert_eq!(parse_max_age("max-age=-1"), None);
-    }
-
-    /// Backoff grows, is capped at a minute, and is jittered.
-    #[test]
-    fn backoff_bounds() {
-        assert!(backoff(1) <= Duration::from_secs(1));
-        assert!(backoff(30) <= Duration::from_secs(60) && backoff(30) >= Duration::from_secs(16));
     }
 }

@@ -7,7 +7,7 @@ pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use http::header::{HeaderName, HeaderValue};
@@ -16,7 +16,8 @@ use jsonwebtoken::Validation;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{IdentityHeader, IssuerConfig, TokenCacheConfig};
+use crate::clock::Clock;
+use crate::config::{parse_algorithm, IdentityHeader, IssuerConfig, TokenCacheConfig};
 use crate::error::Reject;
 use crate::metrics::Metrics;
 use crate::revocation::set::{RevocationSet, TokenKeys};
@@ -68,10 +69,12 @@ impl Verified {
     }
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// What every verifier of a process shares: the key fetcher, the metrics, the clock.
+#[derive(Clone, Default)]
+pub struct Context {
+    pub fetcher: Fetcher,
+    pub metrics: Metrics,
+    pub clock: Clock,
 }
 
 type TokenCache = moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::RandomState>;
@@ -99,34 +102,12 @@ struct JoseHeader<'a> {
 }
 
 impl Verifier {
+    /// Verify tokens of `issuers`, caching up to `cache.max_entries` verifications. Key sets
+    /// of issuers whose configuration equals one in `previous` are kept (with their keys).
     pub fn new(
         issuers: &[IssuerConfig],
         cache: &TokenCacheConfig,
-        identity_headers: &[IdentityHeader],
-        revocations: Option<Arc<RevocationSet>>,
-        fetcher: Fetcher,
-        metrics: Metrics,
-    ) -> Verifier {
-        Verifier::reusing(
-            issuers,
-            cache,
-            identity_headers,
-            revocations,
-            fetcher,
-            metrics,
-            &[],
-        )
-    }
-
-    /// As [`new`](Self::new), keeping the key sets (and their caches) of issuers whose
-    /// configuration is unchanged in `previous`.
-    pub fn reusing(
-        issuers: &[IssuerConfig],
-        cache: &TokenCacheConfig,
-        identity_headers: &[IdentityHeader],
-        revocations: Option<Arc<RevocationSet>>,
-        fetcher: Fetcher,
-        metrics: Metrics,
+        ctx: &Context,
         previous: &[Arc<IssuerKeys>],
     ) -> Verifier {
         let configs = issuers;
@@ -134,7 +115,7 @@ impl Verifier {
             .iter()
             .map(|c| match previous.iter().find(|p| p.cfg == *c) {
                 Some(kept) => kept.clone(),
-                None => IssuerKeys::new(c.clone(), fetcher.clone(), metrics.clone()),
+                None => IssuerKeys::new(c.clone(), ctx),
             })
             .collect();
         let validations = configs
@@ -161,17 +142,22 @@ impl Verifier {
             validations,
             by_iss,
             cache,
-            identity_headers: identity_headers.to_vec(),
-            revocations,
-            metrics,
+            identity_headers: Vec::new(),
+            revocations: None,
+            metrics: ctx.metrics.clone(),
         }
     }
 
-    /// Whether `token` is revoked (always `false` without a revocation set).
-    pub fn is_revoked(&self, token: &Verified) -> bool {
-        self.revocations
-            .as_ref()
-            .is_some_and(|set| set.is_revoked(&token.revocation_keys, &token.revocation_checked))
+    /// Compute the identity headers of each verified token.
+    pub fn with_identity_headers(mut self, headers: &[IdentityHeader]) -> Verifier {
+        self.identity_headers = headers.to_vec();
+        self
+    }
+
+    /// Compute each verified token's keys in `set`, for the revocation check.
+    pub fn with_revocations(mut self, set: Option<Arc<RevocationSet>>) -> Verifier {
+        self.revocations = set;
+        self
     }
 
     /// Whether every issuer has usable keys.
@@ -231,7 +217,7 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(Reject::UnsupportedCrit);
         }
-        let alg = crate::config::parse_algorithm(&header.alg).ok_or(Reject::AlgorithmNotAllowed)?;
+        let alg = parse_algorithm(&header.alg).ok_or(Reject::AlgorithmNotAllowed)?;
 
         let payload = b64.decode(p64).map_err(|_| Reject::Malformed)?;
         let claims: Map<String, Value> =
@@ -380,7 +366,7 @@ pub fn token_ref(token: &str) -> String {
 }
 
 /// Every field set explicitly: the library defaults are too lax for a gateway.
-fn validation(c: &crate::config::IssuerConfig, alg: jsonwebtoken::Algorithm) -> Validation {
+fn validation(c: &IssuerConfig, alg: jsonwebtoken::Algorithm) -> Validation {
     let mut v = Validation::new(alg);
     v.algorithms = vec![alg];
     v.leeway = c.leeway.as_secs();

@@ -1,15 +1,13 @@
 //! WebSockets and streams through the gateway, and their cut-off on revocation and expiry,
 //! with a real WebSocket client and server (tungstenite) and a real control plane.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::ws::{ws_upstream, Seen};
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use support::ws::{ws_upstream, Seen};
-use support::*;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -60,8 +58,8 @@ fn tokio_stream_from<T: Send + 'static>(
 struct World {
     idp: Idp,
     key: Signer,
-    control: jwtgate::control::RunningControl,
-    gw: jwtgate::server::Running,
+    control: jwtgate::app::RunningControl,
+    gw: jwtgate::app::Running,
     seen: Seen,
 }
 

@@ -1,13 +1,11 @@
 //! What an SRE checks before the front door: hot reload under load, graceful shutdown,
 //! limits against slow and oversized clients.
 
-mod support;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 fn config(echo: &Echo, generation: usize) -> String {
     format!(

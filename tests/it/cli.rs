@@ -1,14 +1,12 @@
 //! The real `jwtgate` binary: `check` on the shipped examples and on broken files, `serve`
 //! refusing a bad config, and large bodies streaming through with bounded memory.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jwtgate");
 

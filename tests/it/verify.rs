@@ -1,17 +1,15 @@
 //! Token verification over loopback: a real IdP serving JWKS, the gateway, the echo upstream.
 
-mod support;
-
+use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use support::*;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-hmac";
 
 struct Setup {
     idp: Idp,
     echo: Echo,
-    gw: jwtgate::server::Running,
+    gw: jwtgate::app::Running,
 }
 
 fn signers() -> Vec<Signer> {

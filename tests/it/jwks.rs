@@ -1,14 +1,12 @@
 //! Key handling against a real IdP: rotation, unknown-kid floods, outages, discovery,
 //! files, and documents with unusable or oversized content.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use support::*;
 
 fn yaml(keys: &str, echo: &Echo, extra: &str) -> String {
     format!(

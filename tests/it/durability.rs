@@ -2,17 +2,15 @@
 //! acknowledged writes loses none of them (SQLite and PostgreSQL), and two control replicas
 //! on one PostgreSQL feed a gateway without missing an entry under concurrent writes.
 
-mod support;
-
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use support::*;
 
 struct Child(std::process::Child);
 

@@ -1,18 +1,16 @@
 //! TLS on the listener (rustls client handshakes, ALPN, HTTP/2, mTLS, certificate reload) and
 //! https upstreams with a private CA — all over loopback.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use jsonwebtoken::Algorithm;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::*;
 use tokio::net::TcpStream;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-tls";
@@ -107,7 +105,7 @@ fn cert_dir() -> PathBuf {
 }
 
 /// A gateway with a TLS listener (certificate files in a fresh folder) before an echo upstream.
-async fn tls_gateway(client_ca: bool) -> (jwtgate::server::Running, Echo, PathBuf) {
+async fn tls_gateway(client_ca: bool) -> (jwtgate::app::Running, Echo, PathBuf) {
     let echo = Echo::start().await.expect("echo");
     let dir = cert_dir();
     let gw = start_gateway(&gateway_yaml(

@@ -1,13 +1,11 @@
 //! OIDC Back-Channel Logout 1.0 and RFC 7009 against a real control plane, a real IdP
 //! (JWKS over loopback) and a syncing gateway.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use support::*;
 
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 const CLIENT_SECRET: &str = "s3cret-client";
@@ -15,8 +13,8 @@ const CLIENT_SECRET: &str = "s3cret-client";
 struct World {
     idp: Idp,
     key: Signer,
-    control: jwtgate::control::RunningControl,
-    gw: jwtgate::server::Running,
+    control: jwtgate::app::RunningControl,
+    gw: jwtgate::app::Running,
     _echo: Echo,
 }
 

@@ -1,12 +1,10 @@
 //! One behaviour for both stores: the same suite against SQLite and against the real
 //! PostgreSQL on 127.0.0.1:5432.
 
-mod support;
-
+use crate::support::*;
 use jwtgate::config::StoreUrl;
 use jwtgate::control::store::{NewRevocation, Store};
 use jwtgate::revocation::Kind;
-use support::*;
 
 fn jti(value: &str, expires_at: u64) -> NewRevocation {
     NewRevocation {

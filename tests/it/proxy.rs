@@ -1,18 +1,16 @@
 //! The request path around verification: identity headers, token sources, path
 //! normalization, upstream failures, metrics.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use support::*;
 
 struct Setup {
     idp: Idp,
     echo: Echo,
-    gw: jwtgate::server::Running,
+    gw: jwtgate::app::Running,
     key: Signer,
 }
 

@@ -1,21 +1,19 @@
 //! Revocation end to end over loopback: a real control plane, a syncing gateway, a real IdP
 //! and upstream.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use support::*;
 
 struct World {
     idp: Idp,
     _echo: Echo,
-    control: Option<jwtgate::control::RunningControl>,
+    control: Option<jwtgate::app::RunningControl>,
     control_addr: std::net::SocketAddr,
-    gw: jwtgate::server::Running,
+    gw: jwtgate::app::Running,
     key: Signer,
     dir: std::path::PathBuf,
 }
@@ -582,7 +580,7 @@ async fn jwt_writers_need_the_scope() {
     let config =
         jwtgate::config::ControlConfig::from_yaml(&yaml, std::path::Path::new("."), &|_| None)
             .expect("config");
-    let control = jwtgate::control::start(config).await.expect("start");
+    let control = jwtgate::app::start_control(config).await.expect("start");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let body = json!({ "iss": "i", "jti": "x", "expires_at": now() + 60 });
     let mut c = claims(&idp.url);
@@ -601,6 +599,61 @@ async fn jwt_writers_need_the_scope() {
             .status,
         401
     );
+    // Regression: the writers' key refreshes were counted in a registry nobody exported.
+    let metrics = get(control.addr, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("jwtgate_jwks_refresh_total{issuer=\"corp\",result=\"ok\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("jwtgate_control_revocations_written_total{kind=\"jti\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("jwtgate_live_connections"),
+        "a control plane exports no gateway metrics: {text}"
+    );
+}
+
+/// Regression: single-node `/metrics` never showed the control plane's metrics (they lived
+/// in a registry of their own). One registry now holds both planes'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_metrics_show_both_planes() {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let dir = temp_dir();
+    let rev = format!(
+        "  store: sqlite://{}\n  writers: {{ api_keys: [ {{ name: ops, sha256: {} }} ] }}\n",
+        dir.join("single.db").display(),
+        sha256_hex(WRITER_KEY)
+    );
+    let gw = start_gateway(&gateway_yaml(&idp, &echo, &rev)).await;
+    let admin = gw.admin.expect("admin");
+    let c = claims(&idp.url);
+    let r = revoke(
+        admin,
+        &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] }),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let token = key.mint(&c);
+    let start = Instant::now();
+    while get(gw.addrs[0], "/", &[&bearer(&token)]).await.status != 401 {
+        assert!(start.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let metrics = get(admin, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for series in [
+        "jwtgate_control_revocations_written_total{kind=\"jti\"} 1",
+        "jwtgate_control_stream_clients 0",
+        "jwtgate_requests_total{outcome=\"revoked\",route=\"api\"} 1",
+        "jwtgate_revocations{kind=\"jti\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
 }
 
 /// Single-node mode: the gateway runs the control API on its admin listener.

@@ -23,10 +23,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use jwtgate::app::Running;
 use jwtgate::config::Config;
 #[allow(unused_imports)]
 pub use jwtgate::dev::Echo;
-use jwtgate::server::Running;
 
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -38,7 +38,7 @@ pub fn fixture(name: &str) -> Vec<u8> {
 }
 
 pub fn now() -> u64 {
-    jwtgate::verify::now_unix()
+    jwtgate::clock::now_unix()
 }
 
 pub fn b64(data: &[u8]) -> String {
@@ -239,7 +239,7 @@ pub async fn start_gateway(yaml: &str) -> Running {
         std::env::var(k).ok()
     })
     .unwrap_or_else(|p| panic!("config: {p:?}"));
-    let running = jwtgate::server::start(config).await.expect("start");
+    let running = jwtgate::app::start_gateway(config).await.expect("start");
     for _ in 0..100 {
         if running.gateway.verifier.ready() {
             break;
@@ -440,14 +440,14 @@ pub fn control_yaml(store: &str, listen: &str, extra: &str) -> String {
     )
 }
 
-pub async fn start_control(store: &str, extra: &str) -> jwtgate::control::RunningControl {
+pub async fn start_control(store: &str, extra: &str) -> jwtgate::app::RunningControl {
     let config = jwtgate::config::ControlConfig::from_yaml(
         &control_yaml(store, "127.0.0.1:0", extra),
         Path::new("."),
         &|_| None,
     )
     .unwrap_or_else(|p| panic!("control config: {p:?}"));
-    jwtgate::control::start(config)
+    jwtgate::app::start_control(config)
         .await
         .expect("control start")
 }

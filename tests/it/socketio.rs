@@ -3,16 +3,14 @@
 //! long-polling handshake, polling requests and the upgrade to WebSocket, with the token in
 //! the query or a cookie — and the connection cut when that token is revoked.
 
-mod support;
-
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use support::*;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio")
@@ -55,8 +53,8 @@ fn socketio_server() -> (Node, u16) {
 async fn setup() -> (
     Idp,
     Signer,
-    jwtgate::control::RunningControl,
-    jwtgate::server::Running,
+    jwtgate::app::RunningControl,
+    jwtgate::app::Running,
     Node,
 ) {
     let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");

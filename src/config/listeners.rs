@@ -1,0 +1,255 @@
+//! Sections `listeners`, `admin`, `limits`, `log` and `shutdown_grace`: where the gateway
+//! listens and how much it lets a client hold.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration::Dur;
+use super::Validator;
+
+/// `listeners[]`: one address to accept clients on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `IP:port`, e.g. `0.0.0.0:8443` or `[::]:8080`.
+    pub address: String,
+    /// Serve TLS on this listener (otherwise plain HTTP).
+    pub tls: Option<RawListenerTls>,
+}
+
+/// `listeners[].tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// PEM certificate chain, leaf first; re-read when the file changes.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// PEM bundle of CAs: clients must present a certificate they signed (mTLS).
+    pub client_ca: Option<String>,
+}
+
+/// `admin`: the listener of `/metrics`, `/healthz`, `/readyz` (and, in single-node mode,
+/// the control API).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `IP:port`; keep it on loopback or a private network.
+    pub address: String,
+}
+
+/// `limits`: what one client may hold.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Time a client has to send a request head (default 10s).
+    pub header_timeout: Option<Dur>,
+    /// Largest request head in bytes (default 16384, at least 1024).
+    pub max_header_bytes: Option<usize>,
+    /// Connections served at once; the excess waits in the listen backlog (default 10000).
+    pub max_connections: Option<usize>,
+    /// Time a keep-alive connection may sit idle (default 60s).
+    pub idle_timeout: Option<Dur>,
+}
+
+/// `log`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: Option<LogFormat>,
+    /// `trace`, `debug`, `info` (default), `warn` or `error`; `RUST_LOG` overrides it.
+    pub level: Option<LogLevel>,
+}
+
+/// A validated listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// The address bound.
+    pub address: SocketAddr,
+    /// TLS files, when the listener speaks TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS listener; re-read on SIGHUP and when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CAs that client certificates must chain to (mTLS), if required.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Validated `limits`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a client has to send a request head (and to finish a TLS handshake).
+    pub header_timeout: Duration,
+    /// Largest request head accepted.
+    pub max_header_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time a keep-alive connection may sit idle.
+    pub idle_timeout: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Validated `log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// The default level.
+    pub level: LogLevel,
+}
+
+impl From<&RawLog> for LogConfig {
+    fn from(raw: &RawLog) -> LogConfig {
+        LogConfig {
+            format: raw.format.unwrap_or_default(),
+            level: raw.level.unwrap_or_default(),
+        }
+    }
+}
+
+impl Validator<'_> {
+    pub(super) fn listeners(&mut self, raw: &[RawListener], base: &Path) -> Vec<ListenerConfig> {
+        if raw.is_empty() {
+            self.err("listeners", "at least one listener is required");
+        }
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let address = self.addr(&format!("listeners[{i}].address"), &l.address)?;
+                let tls = l.tls.as_ref().map(|t| TlsFiles {
+                    cert: base.join(&t.cert),
+                    key: base.join(&t.key),
+                    client_ca: t.client_ca.as_ref().map(|c| base.join(c)),
+                });
+                Some(ListenerConfig { address, tls })
+            })
+            .collect()
+    }
+
+    pub(super) fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let limits = Limits {
+            header_timeout: self.positive(
+                "limits.header_timeout",
+                raw.header_timeout,
+                Duration::from_secs(10),
+            ),
+            max_header_bytes: raw.max_header_bytes.unwrap_or(16 * 1024),
+            max_connections: raw.max_connections.unwrap_or(10_000),
+            idle_timeout: self.positive(
+                "limits.idle_timeout",
+                raw.idle_timeout,
+                Duration::from_secs(60),
+            ),
+        };
+        if limits.max_header_bytes < 1024 {
+            self.err("limits.max_header_bytes", "must be at least 1024");
+        }
+        if limits.max_connections == 0 {
+            self.err("limits.max_connections", "must be greater than zero");
+        }
+        limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_problems, gateway_problems, gateway_with};
+    use super::*;
+
+    /// Each mistake is reported at its key, line and column.
+    #[test]
+    fn problem_table() {
+        let cases = [
+            (
+                "listeners: [ { address: nowhere } ]\n",
+                "listeners[0].address",
+                (1, 16),
+            ),
+            ("listeners: []\n", "listeners", (1, 1)),
+            (
+                "listeners: [ { address: \"127.0.0.1:0\" } ]\nlimits: { max_header_bytes: 10 }\n",
+                "limits.max_header_bytes",
+                (2, 11),
+            ),
+            (
+                "listeners: [ { address: \"127.0.0.1:0\" } ]\nlimits: { max_connections: 0 }\n",
+                "limits.max_connections",
+                (2, 11),
+            ),
+            (
+                "listeners: [ { address: \"127.0.0.1:0\" } ]\nlimits: { header_timeout: 0s }\n",
+                "limits.header_timeout",
+                (2, 11),
+            ),
+            (
+                "listeners: [ { address: \"127.0.0.1:0\" } ]\nlog: { format: xml }\n",
+                "log.format",
+                (2, 8),
+            ),
+            (
+                "listeners: [ { address: \"127.0.0.1:0\" } ]\nlog: { level: loud }\n",
+                "log.level",
+                (2, 8),
+            ),
+        ];
+        assert_problems(&cases, gateway_problems);
+    }
+
+    /// Closed sets parse into their enums; TLS paths resolve against the file's folder.
+    #[test]
+    fn typed_values() {
+        let c = gateway_with(
+            "listeners: [ { address: \"127.0.0.1:0\", tls: { cert: c.pem, key: k.pem } } ]\nlog: { format: json, level: debug }\n",
+        );
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, LogLevel::Debug);
+        let tls = c.listeners[0].tls.as_ref().expect("tls");
+        assert!(tls.cert.ends_with("c.pem") && tls.cert.is_absolute());
+        assert_eq!(c.limits.max_connections, 10_000);
+    }
+}

@@ -1,0 +1,167 @@
+//! Steps 8–9 of the request path and the way back: the request the upstream sees, sending
+//! it, and what the client gets — a 101 becomes a relayed tunnel, a streaming response of
+//! an authenticated route is registered so that revocation or expiry can end it.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::admit::Admitted;
+use super::{Body, Gateway, Peer, Trace};
+use crate::config::TokenSource;
+use crate::error::Reject;
+use crate::headers::{self, Forwarding};
+use crate::live::{self, LiveBody, Registration};
+use crate::revocation::set::TokenKeys;
+use crate::token;
+use crate::upstream::RequestBody;
+
+/// Step 8, mutate: the upstream sees the normalized path, the gateway's identity headers
+/// and `X-Forwarded-*`, without the token (unless `forward_token`) and without hop-by-hop
+/// headers. Returns the client's side of a WebSocket upgrade.
+pub fn rewrite(
+    gw: &Gateway,
+    admitted: &Admitted<'_>,
+    parts: &mut Parts,
+    peer: &Peer,
+    trace: &mut Trace,
+) -> Result<Option<OnUpgrade>, Reject> {
+    let route = admitted.route;
+    let query = parts.uri.query();
+    let mut new_query = None;
+    if let (Some(policy), Some((_, source))) = (&route.auth, &admitted.token) {
+        if !policy.forward_token {
+            new_query = token::remove(&policy.sources[*source], &mut parts.headers, query);
+        }
+    }
+    let query = match &new_query {
+        Some(q) => q.as_deref(),
+        None => query,
+    };
+    let upstream = &gw.upstreams[route.upstream];
+    let uri = upstream.uri(admitted.path(parts), query)?;
+    let request_id = headers::prepare_request(
+        &mut parts.headers,
+        &Forwarding {
+            identity_names: &gw.identity_names,
+            identity: admitted.verified().map_or(&[][..], |v| &v.identity),
+            forwarded_for: &peer.forwarded_for,
+            proto: peer.proto,
+            host: admitted.host.clone(),
+        },
+    );
+    parts.uri = uri;
+    // The version spoken is the upstream's, whatever the client spoke.
+    parts.version = upstream.version;
+    trace.request_id = Some(request_id);
+    if !admitted.websocket {
+        return Ok(None);
+    }
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(UPGRADE, HeaderValue::from_static("websocket"));
+    Ok(parts.extensions.remove::<OnUpgrade>())
+}
+
+/// Step 9, forward, within the route's `max_body_bytes`.
+pub async fn send(
+    gw: &Gateway,
+    admitted: &Admitted<'_>,
+    parts: Parts,
+    body: Incoming,
+) -> Result<Response<Incoming>, Reject> {
+    let route = admitted.route;
+    if let Some(max) = route.max_body_bytes {
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(Reject::BodyTooLarge);
+        }
+    }
+    let body = RequestBody::new(body, route.max_body_bytes);
+    let mut resp = gw.upstreams[route.upstream]
+        .forward(Request::from_parts(parts, body))
+        .await?;
+    headers::strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+/// The response the client gets: a WebSocket the upstream accepted is answered 101 and
+/// relayed; a streaming response (no length: SSE, chunked long poll) of an authenticated
+/// route ends when its token is revoked or expires; anything else streams back as is.
+pub fn downstream(
+    gw: &Gateway,
+    admitted: &Admitted<'_>,
+    client_upgrade: Option<OnUpgrade>,
+    mut resp: Response<Incoming>,
+) -> Response<Body> {
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut head, _) = resp.into_parts();
+        head.headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        // A browser that offered only `<marker>, <token>` must hear one of its offers back.
+        if let Some(marker) = subprotocol_marker(admitted) {
+            if !head.headers.contains_key(SEC_WEBSOCKET_PROTOCOL) {
+                if let Ok(v) = HeaderValue::from_str(marker) {
+                    head.headers.insert(SEC_WEBSOCKET_PROTOCOL, v);
+                }
+            }
+        }
+        tokio::spawn(live::tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            register(gw, admitted),
+        ));
+        return Response::from_parts(head, Either::Right(Full::new(Bytes::new())));
+    }
+    // Sized responses carry no registration.
+    let streaming = admitted.route.auth.is_some()
+        && !resp.headers().contains_key(CONTENT_LENGTH)
+        && !matches!(
+            resp.status(),
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::SWITCHING_PROTOCOLS
+        );
+    if streaming {
+        let reg = register(gw, admitted);
+        resp.map(|b| Either::Left(LiveBody::watched(b, reg)))
+    } else {
+        resp.map(|b| Either::Left(LiveBody::plain(b)))
+    }
+}
+
+/// The `Sec-WebSocket-Protocol` marker the token came with, if it came that way.
+fn subprotocol_marker<'a>(admitted: &Admitted<'a>) -> Option<&'a str> {
+    let (policy, (_, source)) = (admitted.route.auth.as_ref()?, admitted.token.as_ref()?);
+    match &policy.sources[*source] {
+        TokenSource::WebSocketProtocol(marker) => Some(marker.as_str()),
+        _ => None,
+    }
+}
+
+/// Register a live connection under its token's revocation keys (and expiry, when the
+/// route closes on expiry).
+fn register(gw: &Gateway, admitted: &Admitted<'_>) -> Registration {
+    match (&admitted.route.auth, admitted.verified()) {
+        (Some(policy), Some(v)) => gw.live.register(
+            v.revocation_keys,
+            policy
+                .close_on_expiry
+                .then(|| v.expires_in(gw.clock.unix())),
+        ),
+        _ => gw.live.register(TokenKeys::default(), None),
+    }
+}

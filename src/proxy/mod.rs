@@ -1,0 +1,215 @@
+//! The request path. [`handle`] observes (step 10) around [`process`], which reads as its
+//! phases: admit (steps 2–7, [`admit`]) → rewrite the request (8) → forward (9) → the
+//! downstream response ([`forward`]).
+
+mod admit;
+mod forward;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Outcome, Reject};
+use crate::headers;
+use crate::live::{LiveBody, LiveRegistry};
+use crate::metrics::{Metrics, RouteSeries, NO_ROUTE};
+use crate::revocation::Revocations;
+use crate::route::Router;
+use crate::upstream::Upstream;
+use crate::verify::{self, keys::IssuerKeys, Verifier};
+
+/// A response: the upstream's streamed body, or a small one of the gateway's own.
+pub type Body = Either<LiveBody, Full<Bytes>>;
+
+/// What every configuration generation shares: metrics, revocations, live connections,
+/// the clock, the key fetcher.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Metrics,
+    pub revocations: Option<Revocations>,
+    pub live: Arc<LiveRegistry>,
+    pub verify: verify::Context,
+}
+
+/// Everything the request path needs, compiled from one configuration.
+pub struct Gateway {
+    pub revocations: Option<Revocations>,
+    /// WebSockets and streams open right now, by token.
+    pub live: Arc<LiveRegistry>,
+    pub clock: Clock,
+    pub config: Config,
+    router: Router,
+    pub verifier: Verifier,
+    upstreams: Vec<Upstream>,
+    route_series: Vec<RouteSeries>,
+    no_route: RouteSeries,
+    identity_names: Vec<HeaderName>,
+    pub metrics: Metrics,
+    shared: Shared,
+}
+
+impl Gateway {
+    /// Compile `config`.
+    pub fn new(config: Config, shared: Shared) -> anyhow::Result<Gateway> {
+        Gateway::build(config, shared, &[])
+    }
+
+    /// The next configuration generation: shares revocations, live connections and metrics
+    /// with this one, and keeps the key sets of unchanged issuers.
+    pub fn next(&self, config: Config) -> anyhow::Result<Gateway> {
+        Gateway::build(config, self.shared.clone(), &self.verifier.issuers)
+    }
+
+    /// Ready to serve: every issuer has keys and the revocation set is loaded or synced.
+    pub fn ready(&self) -> bool {
+        self.verifier.ready() && self.revocations.as_ref().is_none_or(|r| r.state.is_ready())
+    }
+
+    /// Refresh the gauges that are read off state rather than counted.
+    pub fn update_gauges(&self) {
+        if let Some(r) = &self.revocations {
+            for kind in crate::revocation::Kind::ALL {
+                self.metrics
+                    .revocations
+                    .with_label_values(&[kind.as_str()])
+                    .set(r.set.count(kind) as i64);
+            }
+            self.metrics
+                .revocation_sync_lag
+                .set(r.state.lag().as_secs_f64());
+        }
+    }
+
+    /// Compile `config`, keeping the key sets in `previous` whose issuer is unchanged.
+    fn build(
+        config: Config,
+        shared: Shared,
+        previous: &[Arc<IssuerKeys>],
+    ) -> anyhow::Result<Gateway> {
+        let metrics = shared.metrics.clone();
+        let router = Router::new(&config.routes);
+        let verifier = Verifier::new(
+            &config.issuers,
+            &config.token_cache,
+            &shared.verify,
+            previous,
+        )
+        .with_identity_headers(&config.identity_headers)
+        .with_revocations(shared.revocations.as_ref().map(|r| r.set.clone()));
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u, metrics.upstream(&u.name)))
+            .collect::<anyhow::Result<_>>()?;
+        let route_series = config
+            .routes
+            .iter()
+            .map(|r| metrics.route(&r.name))
+            .collect();
+        let identity_names = config
+            .identity_headers
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        Ok(Gateway {
+            live: shared.live.clone(),
+            revocations: shared.revocations.clone(),
+            clock: shared.verify.clock.clone(),
+            router,
+            verifier,
+            upstreams,
+            route_series,
+            no_route: metrics.route(NO_ROUTE),
+            identity_names,
+            metrics,
+            config,
+            shared,
+        })
+    }
+}
+
+/// What the access log and metrics need to know about a finished request.
+pub struct Trace {
+    route: Option<usize>,
+    request_id: Option<http::HeaderValue>,
+}
+
+/// The client end of a connection, computed once per connection.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub forwarded_for: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, proto: &'static str) -> Peer {
+        Peer {
+            addr,
+            forwarded_for: headers::forwarded_for(addr.ip()),
+            proto,
+        }
+    }
+}
+
+/// Serve one request (step 1, accepting, is [`crate::server`]'s) and observe it (step 10).
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let mut trace = Trace {
+        route: None,
+        request_id: None,
+    };
+    let result = process(&gw, req, &peer, &mut trace).await;
+    let (resp, outcome) = match result {
+        Ok(resp) => (resp, Outcome::Allowed),
+        Err(reject) => (
+            reject.respond(&gw.config.realm).map(Either::Right),
+            reject.outcome(),
+        ),
+    };
+
+    // 10. Observe.
+    let series = trace.route.map_or(&gw.no_route, |i| &gw.route_series[i]);
+    series.outcomes[outcome.index()].inc();
+    let elapsed = start.elapsed();
+    series.duration.observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "jwtgate::access",
+        client = %peer.addr.ip(),
+        method = %method,
+        route = trace.route.map_or(NO_ROUTE, |i| gw.config.routes[i].name.as_str()),
+        status = resp.status().as_u16(),
+        outcome = outcome.as_str(),
+        duration_us = elapsed.as_micros() as u64,
+        request_id = trace.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+    );
+    resp
+}
+
+/// The request path in its phases; a refusal at any step is a [`Reject`].
+async fn process(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    peer: &Peer,
+    trace: &mut Trace,
+) -> Result<Response<Body>, Reject> {
+    let (mut parts, body) = req.into_parts();
+    // 2.–7. Admit: normalize, route, token, verify, revocation, authorize.
+    let admitted = admit::admit(gw, &parts, trace).await?;
+    // 8. Mutate: the request the upstream sees.
+    let client_upgrade = forward::rewrite(gw, &admitted, &mut parts, peer, trace)?;
+    // 9. Forward.
+    let resp = forward::send(gw, &admitted, parts, body).await?;
+    // Downstream: a 101 tunnel, a registered stream, or the response as is.
+    Ok(forward::downstream(gw, &admitted, client_upgrade, resp))
+}

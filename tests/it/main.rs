@@ -1,0 +1,20 @@
+//! The integration tests: one binary, one support module. Everything talks to real servers
+//! over loopback — an identity provider (JWKS, discovery), upstreams, the gateway and
+//! control plane as library and as the release binary, PostgreSQL.
+
+mod support;
+
+mod cli;
+mod container;
+mod durability;
+mod idp;
+mod jwks;
+mod layers;
+mod operations;
+mod proxy;
+mod revocation;
+mod socketio;
+mod store;
+mod tls;
+mod verify;
+mod websocket;
