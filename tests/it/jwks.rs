@@ -1,7 +1,7 @@
 //! Key handling against a real IdP: rotation, unknown-kid floods, outages, discovery,
 //! files, and documents with unusable or oversized content.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 use bytes::Bytes;
@@ -62,7 +62,8 @@ async fn rotation_needs_one_refetch() {
     let cached_old = old.mint(&claims(&idp.url));
     assert_eq!(get(a, "/", &[&bearer(&cached_old)]).await.status, 200);
     idp.set_keys(vec![new.jwk.clone()]);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past `jwks_refetch_interval`, so an unknown kid may fetch again.
+    gw.gateway.clock.advance(Duration::from_millis(1100));
     // Unknown kid → refetch brings the new set, which drops "old": even the cached token fails.
     let unknown = Signer::new("rsa2048b.pem", Algorithm::RS256, "nope");
     assert_eq!(
@@ -137,7 +138,8 @@ async fn idp_outage_serves_cached_keys_then_fails_closed() {
     assert_eq!(get(a, "/", &[&bearer(&token)]).await.status, 200);
 
     idp.set_down(true);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let clock = &gw.gateway.clock;
+    clock.advance(Duration::from_millis(1500));
     // Still within max_stale: a fresh (uncached) token verifies with the cached key.
     assert_eq!(
         get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))])
@@ -145,7 +147,7 @@ async fn idp_outage_serves_cached_keys_then_fails_closed() {
             .status,
         200
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    clock.advance(Duration::from_millis(2500));
     let r = get(a, "/", &[&bearer(&key.mint(&claims(&idp.url)))]).await;
     assert_eq!(r.status, 503, "past jwks_max_stale");
     assert_eq!(r.json()["error_description"], "signing keys unavailable");
@@ -156,12 +158,15 @@ async fn idp_outage_serves_cached_keys_then_fails_closed() {
     assert!(metrics.contains("jwtgate_jwks_refresh_total{issuer=\"idp\",result=\"error\"}"));
 
     idp.set_down(false);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(
-        get(a, "/", &[&bearer(&token)]).await.status,
-        200,
-        "recovers once the IdP is back"
-    );
+    // The background refresh (every `jwks_refresh`, 1 s) brings the keys back.
+    let start = Instant::now();
+    while get(a, "/", &[&bearer(&token)]).await.status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "recovers once the IdP is back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Discovery finds the JWKS through `/.well-known/openid-configuration`.
@@ -299,10 +304,14 @@ async fn jwks_file_reloads_on_change() {
         json!({ "keys": [k1.jwk, k2.jwk], "pad": "changed" }).to_string(),
     )
     .expect("write");
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(
-        get(a, "/", &[&bearer(&k2.mint(&claims(iss)))]).await.status,
-        200
-    );
+    // The file's stamp is polled every second.
+    let start = Instant::now();
+    while get(a, "/", &[&bearer(&k2.mint(&claims(iss)))]).await.status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the edit took no effect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

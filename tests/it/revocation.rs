@@ -257,7 +257,17 @@ async fn control_plane_outage() {
     );
     w.until_refused(&revoked, Duration::from_secs(1)).await;
     // Let the snapshot file catch up (it is written within a second of a change).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let snapshot = w.dir.join("gw.snapshot");
+    let start = Instant::now();
+    while jwtgate::revocation::set::RevocationSet::load(&snapshot, now()).map_or(0, |s| s.len())
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "snapshot not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     w.control
         .take()
@@ -270,7 +280,7 @@ async fn control_plane_outage() {
         "known set enforced while control is down"
     );
     assert_eq!(w.status(&good).await, 200, "within max_staleness");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    w.gw.gateway.clock.advance(Duration::from_millis(1600));
     let r = get(w.a(), "/", &[&bearer(&good)]).await;
     assert_eq!(r.status, 503, "on_stale: deny fails closed");
     assert_eq!(
@@ -459,7 +469,20 @@ async fn expired_entries_disappear() {
         assert!(start.elapsed() < Duration::from_secs(2));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // e0 is past its time on both planes' clocks; their purges run every 500 ms.
+    w.gw.gateway.clock.advance(Duration::from_millis(2600));
+    let store = &w.control.as_ref().expect("control").plane.store;
+    w.control
+        .as_ref()
+        .expect("control")
+        .plane
+        .clock
+        .advance(Duration::from_millis(2600));
+    let start = Instant::now();
+    while set.len() > 1 || store.list(0, 100, 0).await.expect("list").0.len() > 1 {
+        assert!(start.elapsed() < Duration::from_secs(3), "not purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(set.len(), 1, "the gateway dropped the expired entry");
     let r = get(
         w.control_addr,
@@ -469,7 +492,6 @@ async fn expired_entries_disappear() {
     .await;
     let entries = r.json()["entries"].as_array().cloned().unwrap_or_default();
     assert_eq!(entries.len(), 1, "{entries:?}");
-    let store = &w.control.as_ref().expect("control").plane.store;
     let (all, _) = store.list(0, 100, 0).await.expect("list");
     assert_eq!(all.len(), 1, "the control plane purged the expired row");
 }

@@ -302,7 +302,9 @@ async fn cached_token_still_expires() {
     );
     let hits = s.gw.gateway.metrics.token_cache_hits.get();
     assert!(hits >= 1, "second request should hit the cache");
-    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    s.gw.gateway
+        .clock
+        .advance(std::time::Duration::from_millis(3100));
     let r = get(s.gw.addrs[0], "/x", &[&bearer(&token)]).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error_description"], "token expired");

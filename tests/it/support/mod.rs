@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use jwtgate::app::Running;
+use jwtgate::clock::Clock;
 use jwtgate::config::Config;
 #[allow(unused_imports)]
 pub use jwtgate::dev::Echo;
@@ -234,12 +235,16 @@ impl Idp {
 }
 
 /// Start the gateway in-process from YAML and wait until it is ready (every issuer has keys).
+/// Its clock is adjustable: a test where time is the subject moves
+/// `running.gateway.clock` forward instead of sleeping.
 pub async fn start_gateway(yaml: &str) -> Running {
     let config = Config::from_yaml(yaml, Path::new(env!("CARGO_MANIFEST_DIR")), &|k| {
         std::env::var(k).ok()
     })
     .unwrap_or_else(|p| panic!("config: {p:?}"));
-    let running = jwtgate::app::start_gateway(config).await.expect("start");
+    let running = jwtgate::app::start_gateway_with(config, Clock::adjustable())
+        .await
+        .expect("start");
     for _ in 0..100 {
         if running.gateway.verifier.ready() {
             break;
@@ -447,7 +452,7 @@ pub async fn start_control(store: &str, extra: &str) -> jwtgate::app::RunningCon
         &|_| None,
     )
     .unwrap_or_else(|p| panic!("control config: {p:?}"));
-    jwtgate::app::start_control(config)
+    jwtgate::app::start_control_with(config, Clock::adjustable())
         .await
         .expect("control start")
 }
