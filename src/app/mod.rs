@@ -86,7 +86,6 @@ pub async fn start_gateway_with(config: Config, clock: Clock) -> anyhow::Result<
     let gateway = Arc::new(Gateway::new(
         config,
         Shared {
-            metrics: ctx.metrics.clone(),
             revocations,
             live,
             verify: ctx,

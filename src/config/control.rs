@@ -104,10 +104,15 @@ pub struct RawApiKey {
 
 /// The access-related keys shared by `control.yaml` and a single-node `revocation` block.
 pub(super) struct RawAccess<'a> {
+    /// `writers`.
     pub writers: Option<&'a RawWriters>,
+    /// `readers`.
     pub readers: Option<&'a RawReaders>,
+    /// `default_retention`.
     pub retention: Option<Dur>,
+    /// `max_token_lifetime`.
     pub lifetime: Option<Dur>,
+    /// `purge_interval`.
     pub purge: Option<Dur>,
 }
 

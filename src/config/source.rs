@@ -11,9 +11,13 @@ use yaml_rust2::scanner::Marker;
 /// One problem in a configuration file, with the key path it concerns and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The key path, e.g. `routes[2].auth.issuers[0]` (empty for the whole file).
     pub path: String,
+    /// 1-based line (0 when the file could not be read).
     pub line: usize,
+    /// 1-based column.
     pub column: usize,
+    /// What is wrong and how to fix it.
     pub message: String,
 }
 
@@ -34,7 +38,9 @@ impl fmt::Display for Problem {
 /// All problems of one configuration file; `Display` prints one per line.
 #[derive(Debug, Clone)]
 pub struct Problems {
+    /// The file, as given on the command line.
     pub file: String,
+    /// Every problem found.
     pub list: Vec<Problem>,
 }
 

@@ -29,11 +29,10 @@ use crate::verify::{self, keys::IssuerKeys, Verifier};
 /// A response: the upstream's streamed body, or a small one of the gateway's own.
 pub type Body = Either<LiveBody, Full<Bytes>>;
 
-/// What every configuration generation shares: metrics, revocations, live connections,
-/// the clock, the key fetcher.
+/// What every configuration generation shares: revocations, live connections, and the
+/// metrics, clock and key fetcher of [`verify::Context`].
 #[derive(Clone)]
 pub struct Shared {
-    pub metrics: Metrics,
     pub revocations: Option<Revocations>,
     pub live: Arc<LiveRegistry>,
     pub verify: verify::Context,
@@ -94,7 +93,7 @@ impl Gateway {
         shared: Shared,
         previous: &[Arc<IssuerKeys>],
     ) -> anyhow::Result<Gateway> {
-        let metrics = shared.metrics.clone();
+        let metrics = shared.verify.metrics.clone();
         let router = Router::new(&config.routes);
         let verifier = Verifier::new(
             &config.issuers,

@@ -638,20 +638,34 @@ async fn jwt_writers_need_the_scope() {
     );
 }
 
+/// A single-node gateway (store on a temporary SQLite file, the test writer key) with its IdP
+/// and echo upstream.
+async fn single_node() -> (Signer, Idp, Echo, jwtgate::app::Running) {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let rev = format!(
+        "  store: sqlite://{}\n  writers: {{ api_keys: [ {{ name: ops, sha256: {} }} ] }}\n",
+        temp_dir().join("single.db").display(),
+        sha256_hex(WRITER_KEY)
+    );
+    let gw = start_gateway(&gateway_yaml(&idp, &echo, &rev)).await;
+    (key, idp, echo, gw)
+}
+
+async fn refused_within_a_second(gateway: std::net::SocketAddr, token: &str) {
+    let start = Instant::now();
+    while get(gateway, "/", &[&bearer(token)]).await.status != 401 {
+        assert!(start.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Regression: single-node `/metrics` never showed the control plane's metrics (they lived
 /// in a registry of their own). One registry now holds both planes'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_metrics_show_both_planes() {
-    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
-    let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let echo = Echo::start().await.expect("echo");
-    let dir = temp_dir();
-    let rev = format!(
-        "  store: sqlite://{}\n  writers: {{ api_keys: [ {{ name: ops, sha256: {} }} ] }}\n",
-        dir.join("single.db").display(),
-        sha256_hex(WRITER_KEY)
-    );
-    let gw = start_gateway(&gateway_yaml(&idp, &echo, &rev)).await;
+    let (key, idp, _echo, gw) = single_node().await;
     let admin = gw.admin.expect("admin");
     let c = claims(&idp.url);
     let r = revoke(
@@ -661,11 +675,7 @@ async fn single_node_metrics_show_both_planes() {
     .await;
     assert_eq!(r.status, 201);
     let token = key.mint(&c);
-    let start = Instant::now();
-    while get(gw.addrs[0], "/", &[&bearer(&token)]).await.status != 401 {
-        assert!(start.elapsed() < Duration::from_secs(1));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    refused_within_a_second(gw.addrs[0], &token).await;
     let metrics = get(admin, "/metrics", &[]).await;
     let text = String::from_utf8_lossy(&metrics.body);
     for series in [
@@ -681,16 +691,7 @@ async fn single_node_metrics_show_both_planes() {
 /// Single-node mode: the gateway runs the control API on its admin listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_mode() {
-    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
-    let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let echo = Echo::start().await.expect("echo");
-    let dir = temp_dir();
-    let rev = format!(
-        "  store: sqlite://{}\n  writers: {{ api_keys: [ {{ name: ops, sha256: {} }} ] }}\n",
-        dir.join("single.db").display(),
-        sha256_hex(WRITER_KEY)
-    );
-    let gw = start_gateway(&gateway_yaml(&idp, &echo, &rev)).await;
+    let (key, idp, _echo, gw) = single_node().await;
     let admin = gw.admin.expect("admin");
     let c = claims(&idp.url);
     let token = key.mint(&c);
@@ -701,11 +702,7 @@ async fn single_node_mode() {
     )
     .await;
     assert_eq!(r.status, 201);
-    let start = Instant::now();
-    while get(gw.addrs[0], "/", &[&bearer(&token)]).await.status != 401 {
-        assert!(start.elapsed() < Duration::from_secs(1));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    refused_within_a_second(gw.addrs[0], &token).await;
     assert_eq!(get(admin, "/readyz", &[]).await.status, 200);
 }
 
