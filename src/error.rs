@@ -17,6 +17,10 @@ pub enum Reject {
     BadHost,
     /// A body larger than the route's `max_body_bytes`.
     BodyTooLarge,
+    /// A standard method in another case, or a `_method` override in the query.
+    BadMethod,
+    /// A header name with `_` under `underscore_headers: reject`.
+    UnderscoreHeader,
     /// Tokens presented through more than one source (RFC 6750 §2), or the same source twice.
     MultipleTokens,
     NoRoute,
@@ -44,6 +48,8 @@ pub enum Reject {
     KeysUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// The upstream answered 101 without really switching to WebSocket.
+    UpstreamBadUpgrade,
 }
 
 /// The `outcome` label of `jwtgate_requests_total`.
@@ -128,6 +134,20 @@ impl Reject {
                 Some("invalid_request"),
                 "invalid_request",
                 "more than one token presented",
+                Outcome::BadRequest,
+            ),
+            BadMethod => (
+                StatusCode::BAD_REQUEST,
+                None,
+                "invalid_request",
+                "method not accepted",
+                Outcome::BadRequest,
+            ),
+            UnderscoreHeader => (
+                StatusCode::BAD_REQUEST,
+                None,
+                "invalid_request",
+                "header names with underscores are not accepted",
                 Outcome::BadRequest,
             ),
             BodyTooLarge => (
@@ -270,6 +290,13 @@ impl Reject {
                 "upstream unavailable",
                 Outcome::UpstreamError,
             ),
+            UpstreamBadUpgrade => (
+                StatusCode::BAD_GATEWAY,
+                None,
+                "bad_gateway",
+                "upstream did not accept the upgrade",
+                Outcome::UpstreamError,
+            ),
             UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 None,
@@ -339,5 +366,6 @@ fn path_description(e: PathError) -> &'static str {
         PathError::Backslash => "backslash in path",
         PathError::Semicolon => "path parameters are not accepted",
         PathError::AboveRoot => "path climbs above the root",
+        PathError::NotUtf8 => "percent-encoded bytes in path are not UTF-8",
     }
 }

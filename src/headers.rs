@@ -1,16 +1,72 @@
 //! Header surgery between client and upstream: hop-by-hop headers (and whatever a
 //! `Connection` header names) are dropped, identity headers belong to the gateway alone —
-//! any client copy is stripped on every route before the gateway sets its own — and
-//! `X-Forwarded-*` / `X-Request-Id` are set from what the gateway itself saw.
+//! any client copy is stripped on every route before the gateway sets its own, and so is
+//! any header a CGI/WSGI/Rack upstream would read as one of them (`X_User_Id`) — headers
+//! that make frameworks re-route or change the method after the gateway decided are
+//! dropped, and `X-Forwarded-*` / `X-Real-IP` / `X-Request-Id` are set from what the
+//! gateway itself saw.
 
 use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST};
 
+pub use crate::config::UnderscoreHeaders as Underscores;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers some frameworks obey to pick another path or method than the one the gateway
+/// authorized (Symfony, Laravel, Spring, IIS, Express method-override, …), and
+/// client-address headers whose only trustworthy source is the gateway. Dropped from every
+/// request.
+const UNTRUSTED: [HeaderName; 19] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-override-url"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("front-end-https"),
+];
+
+/// Headers the gateway sets itself.
+const OWNED: [HeaderName; 6] = [
+    FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_REAL_IP,
+    X_REQUEST_ID,
+];
+
+/// Whether any request header name holds `_`.
+pub fn has_underscore_header(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| k.as_str().contains('_'))
+}
+
+/// `name` read as an upstream that folds `_` into `-` reads it.
+fn folds_into(name: &HeaderName, owned: &HeaderName) -> bool {
+    let (a, b) = (name.as_str().as_bytes(), owned.as_str().as_bytes());
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
+}
 
 /// RFC 9110 §7.6.1 plus the de-facto ones.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -65,12 +121,13 @@ pub fn new_request_id() -> HeaderValue {
 
 /// Everything the request carries to the upstream besides the client's own headers.
 pub struct Forwarding<'a> {
+    pub underscores: Underscores,
     pub identity_names: &'a [HeaderName],
     pub identity: &'a [(HeaderName, HeaderValue)],
     /// `X-Forwarded-For`: the client's address, rendered once per connection.
     pub forwarded_for: &'a HeaderValue,
     pub proto: &'static str,
-    /// The host the client addressed (`Host` or `:authority`).
+    /// The host the client addressed (`Host` or `:authority`), in canonical form.
     pub host: Option<HeaderValue>,
 }
 
@@ -80,6 +137,24 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
     for name in f.identity_names {
         headers.remove(name);
     }
+    for name in &UNTRUSTED {
+        headers.remove(name);
+    }
+    if has_underscore_header(headers) {
+        let folded: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .filter(|k| {
+                f.underscores != Underscores::Allow
+                    || f.identity_names.iter().any(|o| folds_into(k, o))
+                    || OWNED.iter().chain(&UNTRUSTED).any(|o| folds_into(k, o))
+            })
+            .cloned()
+            .collect();
+        for name in folded {
+            headers.remove(name);
+        }
+    }
     // The client's view of the chain is not trusted: the gateway is the edge.
     headers.remove(FORWARDED);
     headers.remove(X_FORWARDED_HOST);
@@ -88,11 +163,11 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
         headers.insert(name.clone(), value.clone());
     }
     headers.insert(X_FORWARDED_FOR, f.forwarded_for.clone());
+    headers.insert(X_REAL_IP, f.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     if let Some(host) = f.host.clone() {
-        if !headers.contains_key(HOST) {
-            headers.insert(HOST, host.clone());
-        }
+        // The canonical host: what the gateway routed on is what the upstream sees.
+        headers.insert(HOST, host.clone());
         headers.insert(X_FORWARDED_HOST, host);
     }
     let id = match headers.get(X_REQUEST_ID) {
@@ -142,6 +217,7 @@ mod tests {
         prepare_request(
             &mut h,
             &Forwarding {
+                underscores: Underscores::Drop,
                 identity_names: &names,
                 identity: &identity,
                 forwarded_for: &forwarded_for("127.0.0.1".parse().expect("ip")),
@@ -158,5 +234,54 @@ mod tests {
             h.get("x-forwarded-for").map(|v| v.as_bytes()),
             Some(&b"127.0.0.1"[..])
         );
+    }
+
+    /// Look-alikes of gateway-owned headers never pass, whatever the underscore policy;
+    /// rewrite and method-override headers never pass at all.
+    #[test]
+    fn look_alikes_and_rewrites_are_stripped() {
+        for policy in [Underscores::Allow, Underscores::Drop] {
+            let mut h = HeaderMap::new();
+            for (k, v) in [
+                ("x_user_id", "root"),
+                ("x-user_id", "root"),
+                ("x_forwarded_for", "10.0.0.1"),
+                ("x_real_ip", "10.0.0.1"),
+                ("x-original-url", "/admin"),
+                ("x-http-method-override", "DELETE"),
+                ("x-real-ip", "10.0.0.1"),
+                ("x_app_flag", "1"),
+            ] {
+                h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            let names = [HeaderName::from_static("x-user-id")];
+            prepare_request(
+                &mut h,
+                &Forwarding {
+                    underscores: policy,
+                    identity_names: &names,
+                    identity: &[],
+                    forwarded_for: &forwarded_for("127.0.0.1".parse().expect("ip")),
+                    proto: "http",
+                    host: None,
+                },
+            );
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            for gone in [
+                "x_user_id",
+                "x-user_id",
+                "x_forwarded_for",
+                "x_real_ip",
+                "x-original-url",
+                "x-http-method-override",
+            ] {
+                assert!(!left.contains(&gone), "{policy:?}: {gone} passed");
+            }
+            assert_eq!(
+                h.get("x-real-ip").map(HeaderValue::as_bytes),
+                Some(&b"127.0.0.1"[..])
+            );
+            assert_eq!(left.contains(&"x_app_flag"), policy == Underscores::Allow);
+        }
     }
 }

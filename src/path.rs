@@ -26,6 +26,8 @@ pub enum PathError {
     Semicolon,
     #[error("`..` climbs above the root")]
     AboveRoot,
+    #[error("percent-encoded bytes that are not UTF-8")]
+    NotUtf8,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -79,6 +81,9 @@ pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
 
     // Decode, segment by segment.
     let mut segments: Vec<String> = Vec::new();
+    // Every byte as an upstream that decodes all escapes would see it: it must be UTF-8
+    // (no overlong forms, no surrogates), or some upstream may decode it to `/` or `.`.
+    let mut decoded: Vec<u8> = Vec::with_capacity(raw.len());
     let mut trailing_slash = false;
     for seg in raw[1..].split(|&c| c == b'/') {
         let mut out = String::with_capacity(seg.len());
@@ -95,6 +100,7 @@ pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
                     _ => return Err(PathError::BadEncoding),
                 };
                 let v = h << 4 | l;
+                decoded.push(v);
                 if v == b'/' || v == b'\\' {
                     return Err(PathError::EncodedSeparator);
                 }
@@ -113,6 +119,7 @@ pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
                 i += 3;
             } else {
                 out.push(b as char);
+                decoded.push(b);
                 i += 1;
             }
         }
@@ -132,6 +139,9 @@ pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
             }
         }
     }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(PathError::NotUtf8);
+    }
     let mut path = String::with_capacity(raw.len());
     for s in &segments {
         path.push('/');
@@ -150,6 +160,69 @@ pub fn host_without_port(host: &str) -> &str {
         return host.find(']').map_or(host, |i| &host[..=i]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// A `Host` / `:authority` value in canonical form: lower case, no trailing dot, the port
+/// (if any) as digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    /// A DNS name, an IPv4 address, or an `[IPv6]` literal (with its brackets).
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl Authority {
+    /// `host[:port]`.
+    pub fn render(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
+/// Parse a `Host` / `:authority` value strictly (RFC 9110 §7.2, RFC 3986 §3.2.2): a
+/// reg-name of letters, digits, `-`, `.` and `_` in non-empty labels, an IPv4 address, or
+/// an `[IPv6]` literal; then an optional all-digit port. Everything else — userinfo, a
+/// path, several colons, percent-escapes, an empty host or label — is refused, because
+/// another parser downstream (nginx takes everything up to the first colon) would read it
+/// as a different host.
+pub fn parse_authority(value: &[u8]) -> Option<Authority> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (literal, after) = rest.split_once(']')?;
+        let ip: std::net::Ipv6Addr = literal.parse().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (format!("[{ip}]"), port)
+    } else {
+        let (host, port) = match text.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        };
+        // One trailing dot names the same host (`example.com.`); the canonical form has none.
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return None;
+        }
+        (host.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some(Authority { host, port })
 }
 
 pub fn percent_decode(s: &str) -> Cow<'_, str> {
@@ -219,6 +292,20 @@ mod tests {
         assert_eq!(n("/admin;x"), Err(PathError::Semicolon));
         assert_eq!(n("/a\\b"), Err(PathError::Backslash));
         assert_eq!(n("a"), Err(PathError::NotAbsolute));
+        // Decoded bytes must be UTF-8: overlong `/` and `.`, lone continuation bytes,
+        // surrogates, truncated sequences.
+        assert_eq!(n("/a%C3%A9%E2%82%AC").as_deref(), Ok("/a%C3%A9%E2%82%AC"));
+        for bad in [
+            "/%C0%AF",
+            "/%C0%AE%C0%AE/x",
+            "/%E0%80%AF",
+            "/a%80",
+            "/%ED%A0%80",
+            "/%C3",
+            "/%F8%88%80%80%80",
+        ] {
+            assert_eq!(n(bad), Err(PathError::NotUtf8), "{bad}");
+        }
     }
 
     /// Hosts lose their port, IPv6 literals keep their brackets.
@@ -226,6 +313,33 @@ mod tests {
     fn host_without_port_keeps_ipv6_brackets() {
         assert_eq!(host_without_port("Api.Example.com:8080"), "Api.Example.com");
         assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+    }
+
+    /// Hosts are parsed strictly and canonicalized; anything another parser could read
+    /// as a different host is refused.
+    #[test]
+    fn authority_table() {
+        let ok = [
+            ("api.example.com", "api.example.com"),
+            ("API.Example.COM:8080", "api.example.com:8080"),
+            ("api.example.com.", "api.example.com"),
+            ("api.example.com.:443", "api.example.com:443"),
+            ("127.0.0.1:80", "127.0.0.1:80"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("[0:0::1]", "[::1]"),
+            ("internal_svc", "internal_svc"),
+        ];
+        for (raw, want) in ok {
+            let a = parse_authority(raw.as_bytes()).unwrap_or_else(|| panic!("{raw}"));
+            assert_eq!(a.render(), want, "{raw}");
+        }
+        for bad in [
+            "", ":80", "a:b:c", "a:80:80", "user@a", "a/b", "a b", "a..b", ".a", "a.:80.", "a:",
+            "a:65536", "a:-1", "a%2eb", "[::1", "[::1]x", "[nope]", "a\\b", "é.com", "a?b", "a#b",
+            "..", "[::1]:", "a,b",
+        ] {
+            assert_eq!(parse_authority(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     /// Form decoding turns `+` into a space and leaves a broken escape as it was.

@@ -10,10 +10,19 @@ use crate::config::{PathMatch, RouteConfig};
 struct CompiledRoute {
     host: Option<Box<str>>,
     path: PathMatch,
-    /// Bit per well-known method; `u16::MAX` for any. Other methods use `extra`.
+    /// Bit per well-known method. A route without `methods` takes every method but
+    /// `CONNECT` and `TRACE`, which only a route naming them takes. A route taking `GET`
+    /// takes `HEAD` too: `HEAD` is judged by the `GET` policy, never falls through to a
+    /// weaker route.
     methods: u16,
+    /// Other methods: every one when `any`, else those listed.
+    any: bool,
     extra: Vec<Method>,
 }
+
+const GET_BIT: u16 = 1;
+const HEAD_BIT: u16 = 1 << 1;
+const CONNECT_TRACE: u16 = (1 << 7) | (1 << 8);
 
 fn method_bit(m: &Method) -> Option<u16> {
     Some(match *m {
@@ -51,7 +60,7 @@ impl Router {
             .iter()
             .map(|r| {
                 let (methods, extra) = match &r.methods {
-                    None => (u16::MAX, Vec::new()),
+                    None => (!CONNECT_TRACE, Vec::new()),
                     Some(ms) => {
                         let mut bits = 0;
                         let mut extra = Vec::new();
@@ -64,10 +73,16 @@ impl Router {
                         (bits, extra)
                     }
                 };
+                let methods = if methods & GET_BIT != 0 {
+                    methods | HEAD_BIT
+                } else {
+                    methods
+                };
                 CompiledRoute {
                     host: r.host.as_deref().map(Into::into),
                     path: r.path.clone(),
                     methods,
+                    any: r.methods.is_none(),
                     extra,
                 }
             })
@@ -108,7 +123,7 @@ impl Router {
             let r = &self.routes[i];
             let method_ok = match bit {
                 Some(b) => r.methods & b != 0,
-                None => r.methods == u16::MAX || r.extra.contains(method),
+                None => r.any || r.extra.contains(method),
             };
             method_ok
                 && match &r.host {
@@ -181,6 +196,28 @@ mod tests {
         assert_eq!(r.find(None, "/api", &Method::GET), Some(4));
         assert_eq!(r.find(None, "/", &Method::GET), Some(3));
         assert_eq!(r.find(None, "/apix", &Method::GET), Some(4));
+        // HEAD follows GET; CONNECT and TRACE need a route that names them.
+        let strict = vec![
+            route(
+                "get",
+                PathMatch::Prefix("/p".into()),
+                Some(vec![Method::GET]),
+            ),
+            route("open", PathMatch::Prefix("/".into()), None),
+            route(
+                "trace",
+                PathMatch::Prefix("/t".into()),
+                Some(vec![Method::TRACE]),
+            ),
+        ];
+        let r = Router::new(&strict);
+        assert_eq!(r.find(None, "/p/x", &Method::HEAD), Some(0));
+        assert_eq!(r.find(None, "/p/x", &Method::OPTIONS), Some(1));
+        assert_eq!(r.find(None, "/p/x", &Method::TRACE), None);
+        assert_eq!(r.find(None, "/x", &Method::CONNECT), None);
+        assert_eq!(r.find(None, "/t", &Method::TRACE), Some(2));
+        let ext = Method::from_bytes(b"PROPFIND").expect("method");
+        assert_eq!(r.find(None, "/x", &ext), Some(1));
         let only = Router::new(&routes[..1]);
         assert_eq!(only.find(None, "/nothing", &Method::POST), None);
     }

@@ -28,7 +28,8 @@ pub struct RawIssuer {
     pub jwks_uri: Option<String>,
     /// A local JWKS file, re-read when it changes.
     pub jwks_file: Option<String>,
-    /// A shared HMAC secret (at least 32 bytes): the issuer then accepts HS* only.
+    /// A shared HMAC secret, at least as long as the hash (32, 48 or 64 bytes for HS256,
+    /// HS384, HS512): the issuer then accepts HS* only.
     pub secret: Option<String>,
     /// Accepted `aud` values; a token must name at least one.
     #[serde(default)]
@@ -185,10 +186,21 @@ impl Validator<'_> {
                 self.err(&p, "exactly one key source is required: `discovery: true`, `jwks_uri`, `jwks_file` or `secret`");
             }
             let keys = if let Some(s) = &r.secret {
-                if s.len() < 32 {
+                // RFC 7518 §3.2: a key at least as long as the hash output.
+                let need = r
+                    .algorithms
+                    .iter()
+                    .map(|a| match a.as_str() {
+                        "HS384" => 48,
+                        "HS512" => 64,
+                        _ => 32,
+                    })
+                    .max()
+                    .unwrap_or(32);
+                if s.len() < need {
                     self.err(
                         &format!("{p}.secret"),
-                        "an HMAC secret must be at least 32 bytes",
+                        format!("an HMAC secret for these algorithms must be at least {need} bytes (as long as the hash)"),
                     );
                 }
                 KeySource::Secret(s.as_bytes().to_vec())

@@ -98,6 +98,20 @@ pub struct Limits {
     pub idle_timeout: Duration,
 }
 
+/// What happens to a request header whose name holds `_`. CGI, WSGI, PHP and Rack fold
+/// `_` and `-` into one variable name, so `X_User_Id` would read as `X-User-Id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    /// Drop such headers (nginx's default).
+    #[default]
+    Drop,
+    /// Refuse the request with 400.
+    Reject,
+    /// Forward them, except those that fold into a header the gateway sets.
+    Allow,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]

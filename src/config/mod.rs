@@ -33,7 +33,9 @@ pub use control::{AccessConfig, ApiKey, BackchannelConfig, ControlConfig, IdpCon
 pub use duration::Dur;
 pub use identity::IdentityHeader;
 pub use issuers::{parse_algorithm, IssuerConfig, KeySource, TokenCacheConfig};
-pub use listeners::{Limits, ListenerConfig, LogConfig, LogFormat, LogLevel, TlsFiles};
+pub use listeners::{
+    Limits, ListenerConfig, LogConfig, LogFormat, LogLevel, TlsFiles, UnderscoreHeaders,
+};
 pub use revocation::{OnStale, RevocationConfig, RevocationSource};
 pub use routes::{PathMatch, RouteConfig};
 pub use source::{Problem, Problems};
@@ -70,6 +72,10 @@ pub struct RawGateway {
     /// Header name → claim path.
     #[serde(default)]
     pub identity_headers: BTreeMap<String, String>,
+    /// Request headers whose name holds `_`: `drop` (default), `reject` (400) or `allow`
+    /// (look-alikes of identity and forwarding headers are dropped even then).
+    #[serde(default)]
+    pub underscore_headers: UnderscoreHeaders,
     /// Routes, first match wins.
     pub routes: Vec<routes::RawRoute>,
     /// Where revocations come from.
@@ -100,6 +106,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Identity headers.
     pub identity_headers: Vec<IdentityHeader>,
+    /// Request headers whose name holds `_`.
+    pub underscore_headers: UnderscoreHeaders,
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
     /// Revocation settings.
@@ -249,6 +257,7 @@ impl<'a> Validator<'a> {
             issuers,
             upstreams,
             identity_headers,
+            underscore_headers: raw.underscore_headers,
             routes,
             revocation,
             shutdown_grace: self.positive(

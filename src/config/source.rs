@@ -62,6 +62,9 @@ impl std::error::Error for Problems {}
 #[derive(Debug, Default)]
 pub struct Positions {
     by_path: HashMap<String, (usize, usize)>,
+    /// Values that came from `${VAR}` and the reference they came from: a message never
+    /// prints a secret it was given through the environment.
+    expanded: Vec<(String, String)>,
 }
 
 impl Positions {
@@ -81,11 +84,17 @@ impl Positions {
 
     pub fn problem(&self, path: &str, message: impl Into<String>) -> Problem {
         let (line, column) = self.locate(path);
+        let mut message = message.into();
+        for (value, reference) in &self.expanded {
+            if message.contains(value.as_str()) {
+                message = message.replace(value.as_str(), reference);
+            }
+        }
         Problem {
             path: path.to_owned(),
             line,
             column,
-            message: message.into(),
+            message,
         }
     }
 }
@@ -95,9 +104,24 @@ enum Frame {
     Seq { path: String, index: usize },
 }
 
+/// Bounds on what a configuration file may make the parser build: a file past them is
+/// refused before it is turned into a tree (deep nesting would exhaust the stack, aliases
+/// can expand a few lines into gigabytes).
+pub const MAX_BYTES: usize = 1024 * 1024;
+pub const MAX_DEPTH: usize = 64;
+pub const MAX_NODES: u64 = 100_000;
+
 struct Recorder {
     stack: Vec<Frame>,
     positions: Positions,
+    /// Nodes the tree will hold once every alias is expanded.
+    nodes: u64,
+    /// Expanded node count of each anchor.
+    anchors: HashMap<usize, u64>,
+    /// The anchor and node count at the start of each open collection.
+    open: Vec<(usize, u64)>,
+    /// The first bound exceeded.
+    over: Option<Problem>,
 }
 
 impl Recorder {
@@ -125,9 +149,57 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Count nodes (aliases as what they expand to) and depth; note the first bound passed.
+    fn bound(&mut self, ev: &Event, pos: (usize, usize)) {
+        match ev {
+            Event::Scalar(_, _, anchor, _) => {
+                self.nodes += 1;
+                if *anchor > 0 {
+                    self.anchors.insert(*anchor, 1);
+                }
+            }
+            Event::Alias(id) => {
+                self.nodes = self
+                    .nodes
+                    .saturating_add(self.anchors.get(id).copied().unwrap_or(1));
+            }
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                self.nodes += 1;
+                self.open.push((*anchor, self.nodes));
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some((anchor, start)) = self.open.pop() {
+                    if anchor > 0 {
+                        self.anchors.insert(anchor, self.nodes - start + 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let message = if self.open.len() > MAX_DEPTH {
+            format!("nested deeper than {MAX_DEPTH} levels: a configuration is never that deep")
+        } else if self.nodes > MAX_NODES {
+            format!("more than {MAX_NODES} values once aliases are expanded (an alias bomb?)")
+        } else {
+            return;
+        };
+        self.over = Some(Problem {
+            path: String::new(),
+            line: pos.0,
+            column: pos.1,
+            message,
+        });
+    }
+}
+
 impl MarkedEventReceiver for Recorder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = (mark.line(), mark.col() + 1);
+        if self.over.is_some() {
+            return;
+        }
+        self.bound(&ev, pos);
         match ev {
             Event::Scalar(value, ..) => {
                 if self.is_key_position() {
@@ -171,12 +243,28 @@ pub fn load(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Value, Positions), Vec<Problem>> {
+    if text.len() > MAX_BYTES {
+        return Err(vec![Problem {
+            path: String::new(),
+            line: 1,
+            column: 1,
+            message: format!("the file is larger than {MAX_BYTES} bytes"),
+        }]);
+    }
     let mut recorder = Recorder {
         stack: Vec::new(),
         positions: Positions::default(),
+        nodes: 0,
+        anchors: HashMap::new(),
+        open: Vec::new(),
+        over: None,
     };
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut recorder, false) {
+    let parsed = parser.load(&mut recorder, false);
+    if let Some(problem) = recorder.over {
+        return Err(vec![problem]);
+    }
+    if let Err(e) = parsed {
         let m = e.marker();
         return Err(vec![Problem {
             path: String::new(),
@@ -185,7 +273,7 @@ pub fn load(
             message: format!("invalid YAML: {}", e.info()),
         }]);
     }
-    let positions = recorder.positions;
+    let mut positions = recorder.positions;
     let mut value: Value = match serde_norway::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -202,7 +290,17 @@ pub fn load(
         }
     };
     let mut problems = Vec::new();
-    expand(&mut value, String::new(), env, &positions, &mut problems);
+    let mut expanded = Vec::new();
+    expand(
+        &mut value,
+        String::new(),
+        env,
+        &positions,
+        &mut problems,
+        &mut expanded,
+    );
+    // Short values (`1`, `on`) would redact more than they protect.
+    positions.expanded = expanded.into_iter().filter(|(v, _)| v.len() >= 4).collect();
     if problems.is_empty() {
         Ok((value, positions))
     } else {
@@ -216,15 +314,23 @@ fn expand(
     env: &dyn Fn(&str) -> Option<String>,
     positions: &Positions,
     problems: &mut Vec<Problem>,
+    expanded: &mut Vec<(String, String)>,
 ) {
     match value {
-        Value::String(s) if s.contains("${") => match expand_str(s, env) {
-            Ok(expanded) => *s = expanded,
+        Value::String(s) if s.contains("${") => match expand_str(s, env, expanded) {
+            Ok(result) => *s = result,
             Err(msg) => problems.push(positions.problem(&path, msg)),
         },
         Value::Sequence(seq) => {
             for (i, v) in seq.iter_mut().enumerate() {
-                expand(v, format!("{path}[{i}]"), env, positions, problems);
+                expand(
+                    v,
+                    format!("{path}[{i}]"),
+                    env,
+                    positions,
+                    problems,
+                    expanded,
+                );
             }
         }
         Value::Mapping(map) => {
@@ -241,17 +347,21 @@ fn expand(
                 } else {
                     format!("{path}.{key}")
                 };
-                expand(v, child, env, positions, problems);
+                expand(v, child, env, positions, problems, expanded);
             }
         }
-        Value::Tagged(t) => expand(&mut t.value, path, env, positions, problems),
+        Value::Tagged(t) => expand(&mut t.value, path, env, positions, problems, expanded),
         _ => {}
     }
 }
 
 /// `${NAME}` → the variable's value; `$${` stays a literal `${`. An unset variable is an
 /// error rather than an empty string: an empty secret must never pass silently.
-fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+fn expand_str(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    expanded: &mut Vec<(String, String)>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -269,7 +379,10 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
                 return Err(format!("invalid environment variable name `{name}`"));
             }
             match env(name) {
-                Some(v) => out.push_str(&v),
+                Some(v) => {
+                    out.push_str(&v);
+                    expanded.push((v, format!("${{{name}}}")));
+                }
                 None => return Err(format!("environment variable `{name}` is not set")),
             }
             rest = &tail[end + 1..];
@@ -298,6 +411,42 @@ mod tests {
         assert_eq!(pos.locate("a.b"), (2, 3));
         assert_eq!(pos.locate("list[1].y"), (5, 5));
         assert_eq!(pos.locate("list[1].y.missing"), (5, 5));
+    }
+
+    /// Deep nesting, alias bombs and huge files are refused before a tree is built.
+    #[test]
+    fn bounds() {
+        // 12 KB of nesting once aborted the process on reload (stack overflow).
+        let deep = format!("a: {}1{}\n", "[".repeat(6000), "]".repeat(6000));
+        let e = load(&deep, &env).expect_err("deep");
+        assert!(
+            e[0].message.contains("nested deeper") || e[0].message.contains("recursion limit"),
+            "{e:?}"
+        );
+        let deep_block: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
+            .collect();
+        let e = load(&deep_block, &env).expect_err("deep");
+        assert!(e[0].message.contains("nested deeper"), "{e:?}");
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let e = load(&bomb, &env).expect_err("bomb");
+        assert!(e[0].message.contains("aliases"), "{e:?}");
+        let big = format!("k: \"{}\"\n", "x".repeat(MAX_BYTES));
+        assert!(load(&big, &env).is_err());
+        // A few aliases are fine.
+        assert!(load("a: &x [1, 2]\nb: *x\nc: *x\n", &env).is_ok());
+    }
+
+    /// A problem about an expanded value names the variable, never its value.
+    #[test]
+    fn expanded_values_are_redacted() {
+        let (_, pos) = load("k: \"${SECRET}\"\n", &env).expect("valid");
+        let p = pos.problem("k", "`s3cr:et\nx` is not an address");
+        assert_eq!(p.message, "`${SECRET}` is not an address");
     }
 
     /// `${VAR}` expands inside string values only, so a secret cannot inject YAML.

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use http::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::header::{HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_KEY, UPGRADE};
 use http::request::Parts;
+use http::Method;
 
 use super::{Gateway, Trace};
-use crate::config::RouteConfig;
+use crate::config::{RouteConfig, UnderscoreHeaders};
 use crate::error::Reject;
-use crate::path::{host_without_port, normalize_path};
+use crate::path::{normalize_path, parse_authority, percent_decode, Authority};
 use crate::token;
 use crate::verify::{policy, Verified};
 
@@ -20,10 +21,11 @@ pub struct Admitted<'g> {
     pub route: &'g RouteConfig,
     /// The normalized path when it differs from the one sent (see [`Admitted::path`]).
     normalized: Option<String>,
-    /// The host the client addressed.
+    /// The host the client addressed, canonical (`host[:port]`).
     pub host: Option<HeaderValue>,
-    /// An HTTP/1.1 WebSocket handshake (read before hop-by-hop headers go).
-    pub websocket: bool,
+    /// An HTTP/1.1 WebSocket handshake: its `Sec-WebSocket-Key` (read before hop-by-hop
+    /// headers go), against which the upstream's acceptance is checked.
+    pub websocket: Option<HeaderValue>,
     /// The verified token and the index of the source it came from (`None` on `auth: none`).
     pub token: Option<(Arc<Verified>, usize)>,
 }
@@ -49,17 +51,17 @@ pub async fn admit<'g>(
     // 2. Normalize the target once: what is matched is what is forwarded.
     let host = request_host(parts)?;
     let path = normalize_path(parts.uri.path().as_bytes()).map_err(Reject::BadPath)?;
+    check_method(parts)?;
+    if gw.config.underscore_headers == UnderscoreHeaders::Reject
+        && crate::headers::has_underscore_header(&parts.headers)
+    {
+        return Err(Reject::UnderscoreHeader);
+    }
 
     // 3. Route.
     let idx = gw
         .router
-        .find(
-            host.as_ref()
-                .and_then(|h| h.to_str().ok())
-                .map(host_without_port),
-            &path,
-            &parts.method,
-        )
+        .find(host.as_ref().map(|a| a.host.as_str()), &path, &parts.method)
         .ok_or(Reject::NoRoute)?;
     trace.route = Some(idx);
     let route = &gw.config.routes[idx];
@@ -90,15 +92,41 @@ pub async fn admit<'g>(
             std::borrow::Cow::Owned(p) => Some(p),
             std::borrow::Cow::Borrowed(_) => None,
         },
-        host,
-        websocket: is_websocket_upgrade(parts),
+        host: host.and_then(|a| HeaderValue::from_str(&a.render()).ok()),
+        websocket: websocket_key(parts),
         token,
     })
 }
 
-/// An HTTP/1.1 WebSocket handshake: `GET` with `Connection: upgrade` and `Upgrade: websocket`.
-/// (`Upgrade: h2c` and anything else is dropped with the hop-by-hop headers.)
-fn is_websocket_upgrade(parts: &Parts) -> bool {
+/// A method the route table can judge. A standard method in another case (`get`,
+/// `Delete`) is refused rather than routed as an unknown method that some upstream treats
+/// as the standard one; so is a `_method` query parameter, which Symfony, Laravel and
+/// Express's method-override read as the method. (Override headers are dropped in
+/// [`crate::headers`].)
+fn check_method(parts: &Parts) -> Result<(), Reject> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let m = parts.method.as_str();
+    if !STANDARD.contains(&m) && STANDARD.iter().any(|s| s.eq_ignore_ascii_case(m)) {
+        return Err(Reject::BadMethod);
+    }
+    if let Some(q) = parts.uri.query() {
+        let overrides = q.split('&').any(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+            percent_decode(name).eq_ignore_ascii_case("_method")
+        });
+        if overrides {
+            return Err(Reject::BadMethod);
+        }
+    }
+    Ok(())
+}
+
+/// The `Sec-WebSocket-Key` of an HTTP/1.1 WebSocket handshake: `GET` with
+/// `Connection: upgrade`, `Upgrade: websocket` and one key. (`Upgrade: h2c` and anything
+/// else is dropped with the hop-by-hop headers.)
+fn websocket_key(parts: &Parts) -> Option<HeaderValue> {
     let has_token = |name: http::header::HeaderName, token: &str| {
         parts
             .headers
@@ -108,29 +136,35 @@ fn is_websocket_upgrade(parts: &Parts) -> bool {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
-    parts.method == http::Method::GET
+    let upgrade = parts.method == Method::GET
         && parts.version == http::Version::HTTP_11
         && has_token(CONNECTION, "upgrade")
-        && has_token(UPGRADE, "websocket")
+        && has_token(UPGRADE, "websocket");
+    let mut keys = parts.headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    match (upgrade, keys.next(), keys.next()) {
+        (true, Some(key), None) => Some(key.clone()),
+        _ => None,
+    }
 }
 
-/// The host the client addressed. An absolute-form target must agree with `Host`;
-/// several `Host` headers are refused.
-fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, Reject> {
+/// The host the client addressed, parsed strictly ([`parse_authority`]). An absolute-form
+/// target or `:authority` must name the same host as `Host`; several `Host` headers, or
+/// none on HTTP/1.1, are refused.
+fn request_host(parts: &Parts) -> Result<Option<Authority>, Reject> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
-        (Some(h), None) => Some(h),
+        (Some(h), None) => Some(parse_authority(h.as_bytes()).ok_or(Reject::BadHost)?),
         (None, _) => None,
         (Some(_), Some(_)) => return Err(Reject::BadHost),
     };
-    match (parts.uri.authority(), header) {
-        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
-            Err(Reject::BadHost)
-        }
-        (_, Some(h)) => Ok(Some(h.clone())),
-        (Some(a), None) => HeaderValue::from_str(a.as_str())
-            .map(Some)
-            .map_err(|_| Reject::BadHost),
+    let target = match parts.uri.authority() {
+        Some(a) => Some(parse_authority(a.as_str().as_bytes()).ok_or(Reject::BadHost)?),
+        None => None,
+    };
+    match (target, header) {
+        (Some(t), Some(h)) if t != h => Err(Reject::BadHost),
+        (Some(a), _) | (None, Some(a)) => Ok(Some(a)),
+        (None, None) if parts.version == http::Version::HTTP_11 => Err(Reject::BadHost),
         (None, None) => Ok(None),
     }
 }

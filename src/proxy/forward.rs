@@ -2,6 +2,7 @@
 //! it, and what the client gets — a 101 becomes a relayed tunnel, a streaming response of
 //! an authenticated route is registered so that revocation or expiry can end it.
 
+use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
 use http::request::Parts;
@@ -47,6 +48,7 @@ pub fn rewrite(
     let request_id = headers::prepare_request(
         &mut parts.headers,
         &Forwarding {
+            underscores: gw.config.underscore_headers,
             identity_names: &gw.identity_names,
             identity: admitted.verified().map_or(&[][..], |v| &v.identity),
             forwarded_for: &peer.forwarded_for,
@@ -58,7 +60,7 @@ pub fn rewrite(
     // The version spoken is the upstream's, whatever the client spoke.
     parts.version = upstream.version;
     trace.request_id = Some(request_id);
-    if !admitted.websocket {
+    if admitted.websocket.is_none() {
         return Ok(None);
     }
     parts
@@ -89,26 +91,33 @@ pub async fn send(
         }
     }
     let body = RequestBody::new(body, route.max_body_bytes);
-    let mut resp = gw.upstreams[route.upstream]
+    gw.upstreams[route.upstream]
         .forward(Request::from_parts(parts, body))
-        .await?;
-    headers::strip_hop_by_hop(resp.headers_mut());
-    Ok(resp)
+        .await
 }
 
-/// The response the client gets: a WebSocket the upstream accepted is answered 101 and
-/// relayed; a streaming response (no length: SSE, chunked long poll) of an authenticated
-/// route ends when its token is revoked or expires; anything else streams back as is.
+/// The response the client gets: a WebSocket the upstream really accepted is answered 101
+/// and relayed; any other 101 is refused (502), since a tunnel to an upstream that did not
+/// switch to WebSocket would let the client talk HTTP to it unchecked; a streaming response
+/// (no length: SSE, chunked long poll) of an authenticated route ends when its token is
+/// revoked or expires; anything else streams back as is.
 pub fn downstream(
     gw: &Gateway,
     admitted: &Admitted<'_>,
     client_upgrade: Option<OnUpgrade>,
     mut resp: Response<Incoming>,
-) -> Response<Body> {
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
-    {
+) -> Result<Response<Body>, Reject> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(client_upgrade), Some(key)) = (client_upgrade, admitted.websocket.as_ref())
+        else {
+            return Err(Reject::UpstreamBadUpgrade);
+        };
+        if !accepts_websocket(resp.headers(), key) {
+            return Err(Reject::UpstreamBadUpgrade);
+        }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut head, _) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut head.headers);
         head.headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         head.headers
@@ -126,8 +135,12 @@ pub fn downstream(
             upstream_upgrade,
             register(gw, admitted),
         ));
-        return Response::from_parts(head, Either::Right(Full::new(Bytes::new())));
+        return Ok(Response::from_parts(
+            head,
+            Either::Right(Full::new(Bytes::new())),
+        ));
     }
+    headers::strip_hop_by_hop(resp.headers_mut());
     // Sized responses carry no registration.
     let streaming = admitted.route.auth.is_some()
         && !resp.headers().contains_key(CONTENT_LENGTH)
@@ -135,12 +148,35 @@ pub fn downstream(
             resp.status(),
             StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::SWITCHING_PROTOCOLS
         );
-    if streaming {
+    Ok(if streaming {
         let reg = register(gw, admitted);
         resp.map(|b| Either::Left(LiveBody::watched(b, reg)))
     } else {
         resp.map(|b| Either::Left(LiveBody::plain(b)))
-    }
+    })
+}
+
+/// RFC 6455 §4.2.2: the upstream switched to WebSocket — `Upgrade: websocket`,
+/// `Connection: upgrade`, and `Sec-WebSocket-Accept` computed from the client's key.
+fn accepts_websocket(h: &http::HeaderMap, key: &HeaderValue) -> bool {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let has_token = |name: http::header::HeaderName, token: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(GUID);
+    let expected = base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+    let mut accepts = h.get_all(http::header::SEC_WEBSOCKET_ACCEPT).iter();
+    let accept_ok = match (accepts.next(), accepts.next()) {
+        (Some(a), None) => a.as_bytes() == expected.as_bytes(),
+        _ => false,
+    };
+    has_token(UPGRADE, "websocket") && has_token(CONNECTION, "upgrade") && accept_ok
 }
 
 /// The `Sec-WebSocket-Protocol` marker the token came with, if it came that way.

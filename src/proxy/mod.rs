@@ -210,5 +210,5 @@ async fn process(
     // 9. Forward.
     let resp = forward::send(gw, &admitted, parts, body).await?;
     // Downstream: a 101 tunnel, a registered stream, or the response as is.
-    Ok(forward::downstream(gw, &admitted, client_upgrade, resp))
+    forward::downstream(gw, &admitted, client_upgrade, resp)
 }

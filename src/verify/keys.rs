@@ -401,6 +401,15 @@ fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static
     if obj.get("use").is_some_and(|u| u != "sig") {
         return Err("use is not `sig`");
     }
+    // RFC 7517 §4.3: a key whose `key_ops` do not include `verify` is not for verifying.
+    if let Some(ops) = obj.get("key_ops") {
+        let verifies = ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|o| o == "verify"));
+        if !verifies {
+            return Err("key_ops does not include `verify`");
+        }
+    }
     let kty = obj.get("kty").and_then(Value::as_str).ok_or("no kty")?;
     let family: u16 = match kty {
         "RSA" => {

@@ -355,10 +355,13 @@ impl Verifier {
     }
 }
 
-/// The revocation key of a token without `jti`: `#` and the base64url SHA-256 of the
-/// whole compact token. `POST /v1/revoke` records the same value.
+/// The revocation key of a token without `jti`: `#` and the base64url SHA-256 of its
+/// signing input (header and payload, without the signature). `POST /v1/revoke` records
+/// the same value. The signature is left out because it is malleable (an ECDSA `s` can be
+/// replaced by `n − s`): a revoked token must stay revoked under any valid signature.
 pub fn token_ref(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let signing_input = token.rsplit_once('.').map_or(token, |(input, _)| input);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signing_input.as_bytes());
     format!(
         "#{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())

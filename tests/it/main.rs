@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod container;
 mod durability;
+mod hardening;
 mod idp;
 mod jwks;
 mod layers;

@@ -4,7 +4,8 @@ use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef-hmac";
+/// 64 bytes: long enough for HS512 (RFC 7518 §3.2).
+const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 struct Setup {
     idp: Idp,
