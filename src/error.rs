@@ -40,6 +40,9 @@ pub enum Reject {
     WrongAudience,
     InsufficientScope,
     ClaimMismatch,
+    /// `sub`, `sid` or `jti` not a string, `sub` missing, or an identity claim that cannot be
+    /// forwarded faithfully.
+    UnusableClaim,
     /// `(iss, jti)`, `(iss, sid)` or a `(iss, sub)` cutoff revokes the token.
     Revoked,
     /// The revocation set is older than `max_staleness` and `on_stale: deny`: fail closed.
@@ -246,6 +249,13 @@ impl Reject {
                 Some("invalid_token"),
                 "invalid_token",
                 "audience not allowed",
+                Outcome::InvalidToken,
+            ),
+            UnusableClaim => (
+                StatusCode::UNAUTHORIZED,
+                Some("invalid_token"),
+                "invalid_token",
+                "identity claims not usable",
                 Outcome::InvalidToken,
             ),
             InsufficientScope => (

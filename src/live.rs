@@ -283,19 +283,18 @@ impl Body for LiveBody {
 
 /// Tracks WebSocket frame boundaries in one direction of the byte stream.
 #[derive(Default)]
-struct Frames {
+pub struct Frames {
     header: Vec<u8>,
     remaining: u64,
 }
 
 impl Frames {
-    fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         self.remaining == 0 && self.header.is_empty()
     }
 
-    /// Consume `chunk`; returns the offset of the first frame boundary at or after `from`
-    /// (the end of a frame), if there is one in the chunk.
-    fn feed(&mut self, chunk: &[u8]) -> Vec<usize> {
+    /// Consume `chunk`; returns the offsets in it at which a frame ends.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<usize> {
         let mut boundaries = Vec::new();
         let mut pos = 0;
         while pos < chunk.len() {

@@ -278,6 +278,8 @@ impl Validator<'_> {
             }
             let mut issuer = issuer.clone();
             issuer.audiences = b.client_ids.clone();
+            // A logout token may name only a session (`sid`).
+            issuer.require_sub = false;
             Some(BackchannelConfig {
                 issuer,
                 max_age: self.positive(

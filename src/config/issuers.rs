@@ -45,6 +45,8 @@ pub struct RawIssuer {
     pub jwks_max_stale: Option<Dur>,
     /// Minimum time between refetches caused by an unknown `kid` (default 10s).
     pub jwks_refetch_interval: Option<Dur>,
+    /// Refuse tokens without a string `sub` (default true, as RFC 9068 requires).
+    pub require_sub: Option<bool>,
 }
 
 /// `token_cache`: verified tokens skip the signature check on a repeat.
@@ -102,6 +104,8 @@ pub struct IssuerConfig {
     pub jwks_max_stale: Duration,
     /// Minimum time between refetches caused by an unknown `kid`.
     pub jwks_refetch_interval: Duration,
+    /// Tokens must carry a string `sub`.
+    pub require_sub: bool,
 }
 
 /// Validated `token_cache`.
@@ -279,6 +283,7 @@ impl Validator<'_> {
                     r.jwks_refetch_interval,
                     Duration::from_secs(10),
                 ),
+                require_sub: r.require_sub.unwrap_or(true),
             });
         }
         out

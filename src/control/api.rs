@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::error::{json_response, ApiError};
 use super::store::NewRevocation;
 use super::ControlPlane;
+use crate::config::AccessConfig;
 use crate::revocation::Kind;
 
 /// Largest accepted request body.
@@ -181,7 +182,7 @@ pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
 }
 
 /// Validate a revocation request into what the store records.
-fn validate(body: RevokeBody, cp: &ControlPlane, now: u64) -> Result<NewRevocation, ApiError> {
+fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevocation, ApiError> {
     use ApiError::InvalidRevocation as Invalid;
     let long = |s: &Option<String>| s.as_ref().is_some_and(|v| v.len() > MAX_FIELD);
     if body.iss.is_empty() || body.iss.len() > MAX_FIELD {
@@ -199,8 +200,8 @@ fn validate(body: RevokeBody, cp: &ControlPlane, now: u64) -> Result<NewRevocati
     if value.is_empty() {
         return Err(ApiError::EmptyValue(kind));
     }
-    let retention = cp.access.default_retention.as_secs();
-    let lifetime = cp.access.max_token_lifetime.as_secs();
+    let retention = access.default_retention.as_secs();
+    let lifetime = access.max_token_lifetime.as_secs();
     let (expires_at, issued_before) = match kind {
         Kind::Jti => {
             if body.issued_before.is_some() {
@@ -245,11 +246,20 @@ async fn post_revocation(
     req: Request<Incoming>,
 ) -> Result<Response<ControlBody>, ApiError> {
     let body = read_body(req).await?;
-    let parsed: RevokeBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedRevocation(e.to_string()))?;
     let now = cp.clock.unix();
-    let new = validate(parsed, cp, now)?;
+    let new = parse_revocation(&body, &cp.access, now)?;
     record(cp, &new, now).await
+}
+
+/// A `POST /v1/revocations` body, parsed and validated into what the store records.
+pub fn parse_revocation(
+    body: &[u8],
+    access: &AccessConfig,
+    now: u64,
+) -> Result<NewRevocation, ApiError> {
+    let parsed: RevokeBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedRevocation(e.to_string()))?;
+    validate(parsed, access, now)
 }
 
 /// Write and answer `201 {"id","cursor"}` once durable (`200` for a repeat that changed nothing).

@@ -80,7 +80,7 @@ impl IdpEndpoints {
 
 /// Parse an `application/x-www-form-urlencoded` body; a repeated parameter is an error
 /// (RFC 6749 §3.2).
-fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+pub fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the form is not UTF-8".to_owned())?;
     let mut out: Vec<(String, String)> = Vec::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {

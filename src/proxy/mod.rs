@@ -102,6 +102,7 @@ impl Gateway {
             previous,
         )
         .with_identity_headers(&config.identity_headers)
+        .strict_identity()
         .with_revocations(shared.revocations.as_ref().map(|r| r.set.clone()));
         let upstreams = config
             .upstreams

@@ -87,6 +87,7 @@ pub struct Verifier {
     by_iss: HashMap<String, usize, foldhash::fast::RandomState>,
     cache: TokenCache,
     identity_headers: Vec<IdentityHeader>,
+    strict_identity: bool,
     revocations: Option<Arc<RevocationSet>>,
     metrics: Metrics,
 }
@@ -143,6 +144,7 @@ impl Verifier {
             by_iss,
             cache,
             identity_headers: Vec::new(),
+            strict_identity: false,
             revocations: None,
             metrics: ctx.metrics.clone(),
         }
@@ -151,6 +153,14 @@ impl Verifier {
     /// Compute the identity headers of each verified token.
     pub fn with_identity_headers(mut self, headers: &[IdentityHeader]) -> Verifier {
         self.identity_headers = headers.to_vec();
+        self
+    }
+
+    /// Refuse tokens whose `sub`, `sid` or `jti` is not a string, and tokens without `sub`
+    /// when their issuer requires one: what the gateway forwards and revokes by must be
+    /// unambiguous. (The control plane checks logout tokens' claims itself.)
+    pub fn strict_identity(mut self) -> Verifier {
+        self.strict_identity = true;
         self
     }
 
@@ -293,38 +303,40 @@ impl Verifier {
         if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
             return Err(Reject::IssuedInFuture);
         }
+        // `sub`, `sid` and `jti` identify the token for revocation and often for the
+        // upstream: a non-string would forward like a string (`42` as "42") and key
+        // revocation ambiguously. `sub` is required unless the issuer says otherwise (RFC 9068).
+        let text = |name: &str| -> Result<Option<&str>, Reject> {
+            match claims.get(name) {
+                Some(Value::String(s)) => Ok(Some(s.as_str())),
+                Some(_) if self.strict_identity => Err(Reject::UnusableClaim),
+                _ => Ok(None),
+            }
+        };
+        let (jti, sid, sub) = (text("jti")?, text("sid")?, text("sub")?);
+        if self.strict_identity && sub.is_none() && self.issuers[issuer].cfg.require_sub {
+            return Err(Reject::UnusableClaim);
+        }
         let scopes = policy::scopes(&claims);
+        // An identity claim that cannot be forwarded faithfully refuses the request: an
+        // authenticated request never reaches the upstream with part of its identity missing.
         let identity = self
             .identity_headers
             .iter()
             .filter_map(|h| {
                 let v = policy::lookup(&claims, &h.claim)?;
-                match identity_value(v) {
-                    Some(value) => Some((h.name.clone(), value)),
-                    None => {
-                        tracing::warn!(header = %h.name, "identity claim refused: not a string, number, boolean or array of them, or holds non-visible characters; header not forwarded");
-                        None
-                    }
-                }
+                Some(identity_value(v).map(|value| (h.name.clone(), value)).ok_or_else(|| {
+                    tracing::info!(header = %h.name, "token refused: its identity claim is not a string, number, boolean or array of them without `,`, or holds characters a header cannot carry faithfully");
+                    Reject::UnusableClaim
+                }))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let revocation_keys = match &self.revocations {
             Some(set) => {
-                let text = |name: &str| match claims.get(name) {
-                    Some(Value::String(s)) => Some(std::borrow::Cow::Borrowed(s.as_str())),
-                    Some(Value::Number(n)) => Some(std::borrow::Cow::Owned(n.to_string())),
-                    _ => None,
-                };
                 let iss = self.issuers[issuer].cfg.issuer.as_str();
                 // A token without `jti` is still revocable by itself: by its digest.
-                let jti = text("jti").or_else(|| Some(std::borrow::Cow::Owned(token_ref(token))));
-                set.token_keys(
-                    iss,
-                    jti.as_deref(),
-                    text("sid").as_deref(),
-                    text("sub").as_deref(),
-                    iat,
-                )
+                let jti = jti.map_or_else(|| token_ref(token), str::to_owned);
+                set.token_keys(iss, Some(&jti), sid, sub, iat)
             }
             None => TokenKeys::default(),
         };
@@ -400,10 +412,14 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> Reject {
 }
 
 /// A claim as a header value: strings, numbers and booleans as text, arrays of those
-/// joined with `,`. Anything else, or any byte outside visible ASCII and space, is refused.
+/// joined with `,` (an element holding `,` is refused, so the join stays unambiguous).
+/// Anything else, a string with spaces at either end, or any byte outside visible ASCII
+/// and space, is refused.
 fn identity_value(v: &Value) -> Option<HeaderValue> {
     fn scalar(v: &Value, out: &mut String) -> Option<()> {
         match v {
+            // Spaces at either end vanish in transit; `,` would read as two elements.
+            Value::String(s) if s.trim() != s || s.contains(',') => return None,
             Value::String(s) => out.push_str(s),
             Value::Number(n) => out.push_str(&n.to_string()),
             Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -421,6 +437,7 @@ fn identity_value(v: &Value) -> Option<HeaderValue> {
                 scalar(item, &mut s)?;
             }
         }
+        Value::String(text) if text.trim() == text => s.push_str(text),
         other => scalar(other, &mut s)?,
     }
     if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {

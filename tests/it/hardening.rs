@@ -516,3 +516,73 @@ async fn revoked_ecdsa_token_stays_revoked_under_another_signature() {
     assert_eq!(r.status, 401, "the twin signature revives a revoked token");
     assert_eq!(r.json()["error_description"], "token revoked");
 }
+
+/// Identity claims are unambiguous or refused: `sub`, `sid`, `jti` must be strings, `sub`
+/// is required (unless the issuer says `require_sub: false`), array elements must not hold
+/// the `,` separator, and nested values are refused — never forwarded partially.
+#[tokio::test]
+async fn identity_claims_are_unambiguous() {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let yaml = gateway_yaml(&idp, echo.addr, "").replace(
+        "identity_headers: { X-User-Id: sub }",
+        "identity_headers: { X-User-Id: sub, X-Roles: roles }",
+    );
+    let gw = start_gateway(&yaml).await;
+    let a = gw.addrs[0];
+    let with = |extra: serde_json::Value, drop: &[&str]| {
+        let mut c = claims(&idp.url);
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        for d in drop {
+            c.as_object_mut().expect("object").remove(*d);
+        }
+        key.mint(&c)
+    };
+    let refused = [
+        with(json!({ "sub": 42 }), &[]),
+        with(json!({ "sub": ["42"] }), &[]),
+        with(json!({ "sid": 7 }), &[]),
+        with(json!({ "jti": { "a": 1 } }), &[]),
+        with(json!({}), &["sub"]),
+        with(json!({ "roles": ["admin,root"] }), &[]),
+        with(json!({ "roles": [["admin"]] }), &[]),
+        with(json!({ "roles": { "admin": true } }), &[]),
+        with(json!({ "roles": [" admin"] }), &[]),
+    ];
+    for (i, t) in refused.iter().enumerate() {
+        let r = get(a, "/reports/x", &[&bearer(t)]).await;
+        assert_eq!(r.status, 401, "case {i}");
+        // (jsonwebtoken itself refuses a non-string `sub` as malformed.)
+        let d = r.json()["error_description"].clone();
+        assert!(
+            d == "identity claims not usable" || d == "token malformed",
+            "case {i}: {d}"
+        );
+    }
+    let r = get(
+        a,
+        "/reports/x",
+        &[&bearer(&with(json!({ "roles": ["admin", "ops"] }), &[]))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-roles"), vec!["admin,ops"]);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42"]);
+    // An issuer whose tokens carry no subject can say so.
+    let gw = start_gateway(&yaml.replace(
+        "algorithms: [ES256] }",
+        "algorithms: [ES256], require_sub: false }",
+    ))
+    .await;
+    let r = get(
+        gw.addrs[0],
+        "/reports/x",
+        &[&bearer(&with(json!({}), &["sub"]))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.upstream_header("x-user-id").is_empty());
+}

@@ -169,12 +169,14 @@ async fn spoofed_identity_headers_never_reach_upstream() {
     );
 }
 
-/// Identity values: dotted paths, arrays joined with `,`, unsafe values not forwarded.
+/// Identity values: dotted paths, arrays joined with `,`. A value that cannot be forwarded
+/// faithfully refuses the request (it was once forwarded without the header: an
+/// authenticated request with part of its identity missing).
 #[tokio::test]
 async fn identity_header_values() {
     let s = setup().await;
     let t = s.token(
-        json!({ "realm_access": { "roles": ["admin", "ops"] }, "email": "bad\r\nX-Evil: 1" }),
+        json!({ "realm_access": { "roles": ["admin", "ops"] }, "email": "ada@example.com" }),
     );
     let r = get(s.a(), "/admin/panel", &[&bearer(&t)]).await;
     assert_eq!(r.status, 200);
@@ -182,18 +184,19 @@ async fn identity_header_values() {
         r.upstream_header("x-user-roles"),
         vec!["admin,ops".to_owned()]
     );
-    assert!(
-        r.upstream_header("x-user-email").is_empty(),
-        "CR/LF value must not be forwarded"
-    );
-    assert!(r.upstream_header("x-evil").is_empty());
-    let t = s.token(json!({ "email": "jos\u{e9}@example.com" }));
-    let r = get(s.a(), "/other", &[&bearer(&t)]).await;
-    assert!(
-        r.upstream_header("x-user-email").is_empty(),
-        "non-ASCII value must not be forwarded"
-    );
     assert_eq!(r.upstream_header("x-auth-issuer"), vec![s.idp.url.clone()]);
+    for email in [
+        "bad\r\nX-Evil: 1",
+        "jos\u{e9}@example.com",
+        " ada@example.com",
+        "tab\there",
+    ] {
+        let t = s.token(json!({ "email": email }));
+        let r = get(s.a(), "/other", &[&bearer(&t)]).await;
+        assert_eq!(r.status, 401, "{email:?}");
+        assert_eq!(r.json()["error_description"], "identity claims not usable");
+        assert!(r.upstream_header("x-evil").is_empty());
+    }
 }
 
 /// Scopes (all-of, `scope` or `scp`) and claim matchers; failure is 403 insufficient_scope.
