@@ -43,6 +43,8 @@ pub enum Reject {
     /// `sub`, `sid` or `jti` not a string, `sub` missing, or an identity claim that cannot be
     /// forwarded faithfully.
     UnusableClaim,
+    /// A cross-site WebSocket upgrade or state-changing request on ambient credentials.
+    CrossOrigin,
     /// `(iss, jti)`, `(iss, sid)` or a `(iss, sub)` cutoff revokes the token.
     Revoked,
     /// The revocation set is older than `max_staleness` and `on_stale: deny`: fail closed.
@@ -250,6 +252,13 @@ impl Reject {
                 "invalid_token",
                 "audience not allowed",
                 Outcome::InvalidToken,
+            ),
+            CrossOrigin => (
+                StatusCode::FORBIDDEN,
+                None,
+                "invalid_request",
+                "cross-origin request refused",
+                Outcome::Forbidden,
             ),
             UnusableClaim => (
                 StatusCode::UNAUTHORIZED,

@@ -124,8 +124,11 @@ pub struct Forwarding<'a> {
     pub underscores: Underscores,
     pub identity_names: &'a [HeaderName],
     pub identity: &'a [(HeaderName, HeaderValue)],
-    /// `X-Forwarded-For`: the client's address, rendered once per connection.
+    /// `X-Forwarded-For`: the client's address (rendered once per connection), or the
+    /// chain of a trusted proxy with the peer appended ([`forwarding_chain`]).
     pub forwarded_for: &'a HeaderValue,
+    /// `X-Real-IP`: the client's address as the gateway determined it.
+    pub client: &'a HeaderValue,
     pub proto: &'static str,
     /// The host the client addressed (`Host` or `:authority`), in canonical form.
     pub host: Option<HeaderValue>,
@@ -163,7 +166,7 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
         headers.insert(name.clone(), value.clone());
     }
     headers.insert(X_FORWARDED_FOR, f.forwarded_for.clone());
-    headers.insert(X_REAL_IP, f.forwarded_for.clone());
+    headers.insert(X_REAL_IP, f.client.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     if let Some(host) = f.host.clone() {
         // The canonical host: what the gateway routed on is what the upstream sees.
@@ -183,6 +186,51 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
         }
     };
     id
+}
+
+/// `X-Forwarded-For` and the client address for a request from `peer` (whose own
+/// rendering is `rendered`). Only when the peer is a trusted proxy is its incoming
+/// `X-Forwarded-For` believed — and only when every element is an address: the chain is
+/// kept with the peer appended, and the client is the nearest address, from the right,
+/// that is not itself a trusted proxy. Otherwise the peer alone.
+pub fn forwarding_chain(
+    trusted: &[crate::config::Cidr],
+    peer: IpAddr,
+    rendered: &HeaderValue,
+    headers: &HeaderMap,
+) -> (HeaderValue, HeaderValue) {
+    let alone = || (rendered.clone(), rendered.clone());
+    if !trusted.iter().any(|c| c.contains(peer)) || !headers.contains_key(X_FORWARDED_FOR) {
+        return alone();
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        let Ok(text) = value.to_str() else {
+            return alone();
+        };
+        for item in text.split(',') {
+            match item.trim().parse::<IpAddr>() {
+                Ok(ip) => chain.push(ip),
+                Err(_) => return alone(),
+            }
+        }
+    }
+    chain.push(peer);
+    let client = chain
+        .iter()
+        .rev()
+        .find(|ip| !trusted.iter().any(|c| c.contains(**ip)))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer);
+    let text: Vec<String> = chain
+        .iter()
+        .map(|ip| String::from_utf8_lossy(forwarded_for(*ip).as_bytes()).into_owned())
+        .collect();
+    match HeaderValue::from_str(&text.join(", ")) {
+        Ok(v) => (v, forwarded_for(client)),
+        Err(_) => alone(),
+    }
 }
 
 /// The `X-Forwarded-For` value for a peer (IPv4-mapped IPv6 shown as IPv4).
@@ -221,6 +269,7 @@ mod tests {
                 identity_names: &names,
                 identity: &identity,
                 forwarded_for: &forwarded_for("127.0.0.1".parse().expect("ip")),
+                client: &forwarded_for("127.0.0.1".parse().expect("ip")),
                 proto: "http",
                 host: Some(HeaderValue::from_static("a")),
             },
@@ -262,6 +311,7 @@ mod tests {
                     identity_names: &names,
                     identity: &[],
                     forwarded_for: &forwarded_for("127.0.0.1".parse().expect("ip")),
+                    client: &forwarded_for("127.0.0.1".parse().expect("ip")),
                     proto: "http",
                     host: None,
                 },

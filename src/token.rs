@@ -215,6 +215,45 @@ pub fn remove(
     }
 }
 
+/// The parameter RFC 6750 §2.3 names for a token in the query.
+const ACCESS_TOKEN: &str = "access_token";
+
+/// Whether the request carries a bearer credential through a well-known carrier
+/// (`Authorization: Bearer`, the `access_token` query parameter) that `sources` do not
+/// name: with the token of a named source, that is two credentials (RFC 6750 §2).
+pub fn stray_credentials(
+    sources: &[TokenSource],
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> bool {
+    let bearer_named = sources.contains(&TokenSource::Bearer);
+    let query_named = sources
+        .iter()
+        .any(|s| matches!(s, TokenSource::Query(n) if n == ACCESS_TOKEN));
+    let stray_bearer = !bearer_named && !matches!(bearer(headers), Ok(None));
+    let stray_query =
+        !query_named && query.is_some_and(|q| !matches!(query_param(q, ACCESS_TOKEN), Ok(None)));
+    stray_bearer || stray_query
+}
+
+/// Drop the well-known credential carriers — `Authorization: Bearer` and the
+/// `access_token` query parameter — so a token the route did not read never reaches the
+/// upstream or its logs. Returns the new query as [`remove`] does.
+pub fn strip_carriers(headers: &mut HeaderMap, query: Option<&str>) -> Option<Option<String>> {
+    if !matches!(bearer(headers), Ok(None)) {
+        headers.remove(AUTHORIZATION);
+    }
+    let q = query?;
+    if matches!(query_param(q, ACCESS_TOKEN), Ok(None)) {
+        return None;
+    }
+    remove(
+        &TokenSource::Query(ACCESS_TOKEN.to_owned()),
+        headers,
+        Some(q),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,9 @@ pub struct RawPolicy {
     pub forward_token: bool,
     /// End WebSockets and streams of this route when the token expires (default true).
     pub close_on_expiry: Option<bool>,
+    /// Origins (`https://app.example.com`) whose pages may open WebSockets here and send
+    /// state-changing requests with a cookie token; without it, only the same origin may.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// `routes[].auth.require`.
@@ -67,6 +70,8 @@ pub struct AuthPolicy {
     pub forward_token: bool,
     /// End live connections (WebSocket, streams) at the token's `exp` (+ leeway).
     pub close_on_expiry: bool,
+    /// Origins allowed to use this route's ambient credentials cross-site.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Where a token may be presented.
@@ -210,6 +215,27 @@ impl Validator<'_> {
             sources,
             forward_token: policy.forward_token,
             close_on_expiry: policy.close_on_expiry.unwrap_or(true),
+            allowed_origins: policy.allowed_origins.as_ref().map(|list| {
+                list.iter()
+                    .enumerate()
+                    .filter_map(|(j, o)| {
+                        let o = o.trim_end_matches('/');
+                        let ok = o.split_once("://").is_some_and(|(scheme, rest)| {
+                            matches!(scheme, "http" | "https")
+                                && crate::path::parse_authority(rest.as_bytes()).is_some()
+                        });
+                        if !ok {
+                            self.err(
+                                &format!("{path}.allowed_origins[{j}]"),
+                                format!(
+                                    "`{o}` is not an origin: write https://app.example.com[:port]"
+                                ),
+                            );
+                        }
+                        ok.then(|| o.to_ascii_lowercase())
+                    })
+                    .collect()
+            }),
         })
     }
 }

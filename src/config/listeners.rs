@@ -112,6 +112,54 @@ pub enum UnderscoreHeaders {
     Allow,
 }
 
+/// An address range (`10.0.0.0/8`, `fd00::/8`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `ADDR/PREFIX` or a single address.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = addr.parse().ok()?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { net, prefix })
+    }
+
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v) => u128::from(u32::from(v)),
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        if self.net.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        let shift = width - u32::from(self.prefix);
+        let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
+        let mask = if width == 32 {
+            mask & u128::from(u32::MAX)
+        } else {
+            mask
+        };
+        bits(ip) & mask == bits(self.net) & mask
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +233,22 @@ impl Validator<'_> {
             .collect()
     }
 
+    pub(super) fn trusted_proxies(&mut self, raw: &[String]) -> Vec<Cidr> {
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let c = Cidr::parse(s.trim());
+                if c.is_none() {
+                    self.err(
+                        &format!("trusted_proxies[{i}]"),
+                        format!("`{s}` is not an address range: write 10.0.0.0/8, fd00::/8 or 192.0.2.7"),
+                    );
+                }
+                c
+            })
+            .collect()
+    }
+
     pub(super) fn limits(&mut self, raw: &RawLimits) -> Limits {
         let limits = Limits {
             header_timeout: self.positive(
@@ -252,6 +316,24 @@ mod tests {
             ),
         ];
         assert_problems(&cases, gateway_problems);
+    }
+
+    /// Address ranges match by prefix, IPv4-mapped IPv6 as IPv4.
+    #[test]
+    fn cidr() {
+        let c = Cidr::parse("10.0.0.0/8").expect("cidr");
+        assert!(c.contains("10.255.1.2".parse().expect("ip")));
+        assert!(!c.contains("11.0.0.1".parse().expect("ip")));
+        assert!(c.contains("::ffff:10.1.1.1".parse().expect("ip")));
+        let one = Cidr::parse("::1").expect("cidr");
+        assert!(one.contains("::1".parse().expect("ip")));
+        assert!(!one.contains("::2".parse().expect("ip")));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .expect("all")
+            .contains("8.8.8.8".parse().expect("ip")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(Cidr::parse(bad).is_none(), "{bad}");
+        }
     }
 
     /// Closed sets parse into their enums; TLS paths resolve against the file's folder.

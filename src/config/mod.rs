@@ -34,7 +34,7 @@ pub use duration::Dur;
 pub use identity::IdentityHeader;
 pub use issuers::{parse_algorithm, IssuerConfig, KeySource, TokenCacheConfig};
 pub use listeners::{
-    Limits, ListenerConfig, LogConfig, LogFormat, LogLevel, TlsFiles, UnderscoreHeaders,
+    Cidr, Limits, ListenerConfig, LogConfig, LogFormat, LogLevel, TlsFiles, UnderscoreHeaders,
 };
 pub use revocation::{OnStale, RevocationConfig, RevocationSource};
 pub use routes::{PathMatch, RouteConfig};
@@ -76,6 +76,10 @@ pub struct RawGateway {
     /// (look-alikes of identity and forwarding headers are dropped even then).
     #[serde(default)]
     pub underscore_headers: UnderscoreHeaders,
+    /// Peers (address ranges) whose `X-Forwarded-For` is kept and appended to; the client
+    /// address is then the nearest untrusted one in it. Nobody else's is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Routes, first match wins.
     pub routes: Vec<routes::RawRoute>,
     /// Where revocations come from.
@@ -108,6 +112,8 @@ pub struct Config {
     pub identity_headers: Vec<IdentityHeader>,
     /// Request headers whose name holds `_`.
     pub underscore_headers: UnderscoreHeaders,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
     /// Revocation settings.
@@ -258,6 +264,7 @@ impl<'a> Validator<'a> {
             upstreams,
             identity_headers,
             underscore_headers: raw.underscore_headers,
+            trusted_proxies: self.trusted_proxies(&raw.trusted_proxies),
             routes,
             revocation,
             shutdown_grace: self.positive(

@@ -72,6 +72,10 @@ pub async fn admit<'g>(
             // 4. Token: exactly one, from the route's sources.
             let token = token::extract(&policy.sources, &parts.headers, parts.uri.query())?
                 .ok_or(Reject::MissingToken)?;
+            if token::stray_credentials(&policy.sources, &parts.headers, parts.uri.query()) {
+                return Err(Reject::MultipleTokens);
+            }
+            check_origin(policy, &policy.sources[token.source], parts, host.as_ref())?;
             // 5. Verify.
             let verified = gw
                 .verifier
@@ -96,6 +100,70 @@ pub async fn admit<'g>(
         websocket: websocket_key(parts),
         token,
     })
+}
+
+/// Cross-site use of ambient credentials. A WebSocket upgrade authenticated by a cookie or
+/// query token, and a state-changing request authenticated by a cookie, must come from an
+/// origin in the route's `allowed_origins` — or, when the route lists none, from the same
+/// origin as the request (`Origin` host equal to `Host`, `Sec-Fetch-Site` not
+/// `cross-site`). A request without `Origin` is not from a browser page and passes. With
+/// `allowed_origins`, every WebSocket upgrade is checked, whatever its token source.
+fn check_origin(
+    policy: &crate::config::AuthPolicy,
+    source: &crate::config::TokenSource,
+    parts: &Parts,
+    host: Option<&Authority>,
+) -> Result<(), Reject> {
+    use crate::config::TokenSource;
+    let websocket = parts.headers.contains_key(http::header::SEC_WEBSOCKET_KEY);
+    let ambient = matches!(source, TokenSource::Cookie(_));
+    let unsafe_method = !matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    let checked = (websocket && (ambient || matches!(source, TokenSource::Query(_))))
+        || (ambient && unsafe_method)
+        || (websocket && policy.allowed_origins.is_some());
+    if !checked {
+        return Ok(());
+    }
+    let mut origins = parts.headers.get_all(http::header::ORIGIN).iter();
+    let origin = match (origins.next(), origins.next()) {
+        (None, _) => None,
+        (Some(o), None) => Some(o.to_str().map_err(|_| Reject::CrossOrigin)?),
+        (Some(_), Some(_)) => return Err(Reject::CrossOrigin),
+    };
+    let cross_site_fetch = parts
+        .headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let allowed = match (&policy.allowed_origins, origin) {
+        (Some(list), Some(o)) => list.iter().any(|a| a.eq_ignore_ascii_case(o)),
+        (None, Some(o)) => same_origin(o, host) && !cross_site_fetch,
+        (_, None) => !cross_site_fetch,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Reject::CrossOrigin)
+    }
+}
+
+/// `Origin: scheme://host[:port]` names the host the request was sent to.
+fn same_origin(origin: &str, host: Option<&Authority>) -> bool {
+    let Some(host) = host else { return false };
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let Some(o) = parse_authority(rest.as_bytes()) else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return false,
+    };
+    o.host == host.host && o.port.unwrap_or(default_port) == host.port.unwrap_or(default_port)
 }
 
 /// A method the route table can judge. A standard method in another case (`get`,

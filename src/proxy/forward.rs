@@ -32,26 +32,41 @@ pub fn rewrite(
     trace: &mut Trace,
 ) -> Result<Option<OnUpgrade>, Reject> {
     let route = admitted.route;
-    let query = parts.uri.query();
-    let mut new_query = None;
-    if let (Some(policy), Some((_, source))) = (&route.auth, &admitted.token) {
-        if !policy.forward_token {
-            new_query = token::remove(&policy.sources[*source], &mut parts.headers, query);
+    // The token leaves the request (unless `forward_token`), and so does any bearer
+    // credential in a well-known carrier the route does not read.
+    let mut query: Option<std::borrow::Cow<'_, str>> = parts.uri.query().map(Into::into);
+    let forward_token = route.auth.as_ref().is_some_and(|p| p.forward_token);
+    if !forward_token {
+        if let (Some(policy), Some((_, source))) = (&route.auth, &admitted.token) {
+            if let Some(q) = token::remove(
+                &policy.sources[*source],
+                &mut parts.headers,
+                query.as_deref(),
+            ) {
+                query = q.map(Into::into);
+            }
+        }
+        if let Some(q) = token::strip_carriers(&mut parts.headers, query.as_deref()) {
+            query = q.map(Into::into);
         }
     }
-    let query = match &new_query {
-        Some(q) => q.as_deref(),
-        None => query,
-    };
+    let query = query.as_deref();
     let upstream = &gw.upstreams[route.upstream];
     let uri = upstream.uri(admitted.path(parts), query)?;
+    let (forwarded_for, client) = headers::forwarding_chain(
+        &gw.config.trusted_proxies,
+        peer.addr.ip(),
+        &peer.forwarded_for,
+        &parts.headers,
+    );
     let request_id = headers::prepare_request(
         &mut parts.headers,
         &Forwarding {
             underscores: gw.config.underscore_headers,
             identity_names: &gw.identity_names,
             identity: admitted.verified().map_or(&[][..], |v| &v.identity),
-            forwarded_for: &peer.forwarded_for,
+            forwarded_for: &forwarded_for,
+            client: &client,
             proto: peer.proto,
             host: admitted.host.clone(),
         },

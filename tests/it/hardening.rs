@@ -61,6 +61,9 @@ routes:
   - {{ name: hosted, match: {{ host: api.example.com, path_prefix: / }}, upstream: up, auth: {{ issuers: [idp] }} }}
   - {{ name: reports, match: {{ path_prefix: /reports, methods: [GET] }}, upstream: up, auth: {{ issuers: [idp] }} }}
   - {{ name: trace, match: {{ path: /trace-me, methods: [TRACE] }}, upstream: up, auth: none }}
+  - {{ name: cookie, match: {{ path_prefix: /cookie }}, upstream: up, auth: {{ issuers: [idp], token_sources: [{{ cookie: session }}] }} }}
+  - {{ name: origins, match: {{ path_prefix: /origins }}, upstream: up, auth: {{ issuers: [idp], token_sources: [header, {{ cookie: session }}], allowed_origins: ["https://app.example.com"] }} }}
+  - {{ name: keep, match: {{ path_prefix: /keep }}, upstream: up, auth: {{ issuers: [idp], forward_token: true }} }}
   - {{ name: open, match: {{ path_prefix: / }}, upstream: up, auth: none }}
 {extra}"#,
         iss = idp.url,
@@ -585,4 +588,205 @@ async fn identity_claims_are_unambiguous() {
     .await;
     assert_eq!(r.status, 200);
     assert!(r.upstream_header("x-user-id").is_empty());
+}
+
+/// `trusted_proxies`: only a trusted peer's `X-Forwarded-For` is kept (and appended to);
+/// the client is the nearest untrusted address in it; a malformed chain is not believed.
+#[tokio::test]
+async fn forwarded_for_only_from_trusted_proxies() {
+    let (_idp, _key, _echo, gw) = world("trusted_proxies: [127.0.0.0/8, \"fd00::/8\"]\n").await;
+    let a = gw.addrs[0];
+    for (xff, chain, client) in [
+        ("203.0.113.5", "203.0.113.5, 127.0.0.1", "203.0.113.5"),
+        (
+            "203.0.113.5, 127.0.0.2",
+            "203.0.113.5, 127.0.0.2, 127.0.0.1",
+            "203.0.113.5",
+        ),
+        (
+            "198.51.100.1, 203.0.113.5",
+            "198.51.100.1, 203.0.113.5, 127.0.0.1",
+            "203.0.113.5",
+        ),
+        ("127.0.0.9", "127.0.0.9, 127.0.0.1", "127.0.0.9"),
+        ("203.0.113.5, not-an-ip", "127.0.0.1", "127.0.0.1"),
+        ("203.0.113.5:80", "127.0.0.1", "127.0.0.1"),
+    ] {
+        let r = raw(
+            a,
+            &format!("GET /x HTTP/1.1\nHost: gw\nX-Forwarded-For: {xff}"),
+            b"",
+        )
+        .await;
+        assert_eq!(r.upstream_header("x-forwarded-for"), vec![chain], "{xff}");
+        assert_eq!(r.upstream_header("x-real-ip"), vec![client], "{xff}");
+    }
+    // A peer outside the trusted ranges is not believed.
+    let (_idp, _key, _echo, gw) = world("trusted_proxies: [10.0.0.0/8]\n").await;
+    let r = raw(
+        gw.addrs[0],
+        "GET /x HTTP/1.1\nHost: gw\nX-Forwarded-For: 203.0.113.5\nX-Real-IP: 203.0.113.5",
+        b"",
+    )
+    .await;
+    assert_eq!(r.upstream_header("x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(r.upstream_header("x-real-ip"), vec!["127.0.0.1"]);
+}
+
+/// Credentials the route does not read never reach the upstream, on any route; a request
+/// carrying a second credential beside the route's token is refused.
+#[tokio::test]
+async fn stray_credentials_are_stripped_or_refused() {
+    let (idp, key, _echo, gw) = world("").await;
+    let a = gw.addrs[0];
+    let t = key.mint(&claims(&idp.url));
+    // Two credentials: header + query, cookie route + bearer header, cookie route + query.
+    for (path, extra) in [
+        (format!("/reports/x?access_token={t}"), bearer(&t)),
+        (format!("/reports/x?a=1&access%5Ftoken={t}"), bearer(&t)),
+        (
+            "/cookie/x".to_owned(),
+            format!("Cookie: session={t}\n{}", bearer(&t)),
+        ),
+        (
+            format!("/cookie/x?access_token={t}"),
+            format!("Cookie: session={t}"),
+        ),
+    ] {
+        let r = raw(a, &format!("GET {path} HTTP/1.1\nHost: gw\n{extra}"), b"").await;
+        assert_eq!(r.status, 400, "{path} {extra}");
+    }
+    // `auth: none`: bearer tokens and `access_token` are dropped, other schemes kept.
+    let r = raw(
+        a,
+        &format!(
+            "GET /x?access_token={t}&b=2 HTTP/1.1\nHost: gw\n{}",
+            bearer(&t)
+        ),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.upstream_header("authorization").is_empty());
+    assert_eq!(r.upstream_target(), "/x?b=2");
+    let r = raw(
+        a,
+        "GET /x HTTP/1.1\nHost: gw\nAuthorization: Basic dTpw",
+        b"",
+    )
+    .await;
+    assert_eq!(r.upstream_header("authorization"), vec!["Basic dTpw"]);
+    // A cookie route forwards neither its cookie nor a stray bearer.
+    let r = raw(
+        a,
+        &format!("GET /cookie/x HTTP/1.1\nHost: gw\nCookie: session={t}; theme=dark"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("cookie"), vec!["theme=dark"]);
+    // `forward_token: true` keeps it.
+    let r = raw(
+        a,
+        &format!("GET /keep/x HTTP/1.1\nHost: gw\n{}", bearer(&t)),
+        b"",
+    )
+    .await;
+    assert_eq!(
+        r.upstream_header("authorization"),
+        vec![format!("Bearer {t}")]
+    );
+}
+
+/// Cross-site use of a cookie (or query) token: WebSocket upgrades and state-changing
+/// requests must come from the same origin, or from one the route lists.
+#[tokio::test]
+async fn cross_site_ambient_credentials_are_refused() {
+    let (idp, key, _echo, gw) = world("").await;
+    let a = gw.addrs[0];
+    let t = key.mint(&claims(&idp.url));
+    let ws = format!("Connection: Upgrade\nUpgrade: websocket\nSec-WebSocket-Version: 13\nSec-WebSocket-Key: {WS_KEY}");
+    let cookie = format!("Cookie: session={t}");
+    let cases = [
+        // (method, path, headers, want)
+        (
+            "POST",
+            "/cookie/x",
+            format!("{cookie}\nOrigin: https://evil.example"),
+            403,
+        ),
+        ("POST", "/cookie/x", format!("{cookie}\nOrigin: null"), 403),
+        (
+            "DELETE",
+            "/cookie/x",
+            format!("{cookie}\nSec-Fetch-Site: cross-site"),
+            403,
+        ),
+        (
+            "GET",
+            "/cookie/x",
+            format!("{cookie}\n{ws}\nOrigin: https://evil.example"),
+            403,
+        ),
+        (
+            "POST",
+            "/cookie/x",
+            format!("{cookie}\nOrigin: http://gw"),
+            200,
+        ),
+        (
+            "POST",
+            "/cookie/x",
+            format!("{cookie}\nOrigin: http://GW:80"),
+            200,
+        ),
+        ("POST", "/cookie/x", cookie.clone(), 200),
+        (
+            "GET",
+            "/cookie/x",
+            format!("{cookie}\nOrigin: https://evil.example"),
+            200,
+        ),
+        // A route with `allowed_origins`.
+        (
+            "POST",
+            "/origins/x",
+            format!("{cookie}\nOrigin: https://app.example.com"),
+            200,
+        ),
+        (
+            "POST",
+            "/origins/x",
+            format!("{cookie}\nOrigin: http://gw"),
+            403,
+        ),
+        (
+            "GET",
+            "/origins/x",
+            format!("{}\n{ws}\nOrigin: https://evil.example", bearer(&t)),
+            403,
+        ),
+        // A header token is no ambient credential: cross-origin POSTs are the app's business.
+        (
+            "POST",
+            "/keep/x",
+            format!("{}\nOrigin: https://evil.example", bearer(&t)),
+            200,
+        ),
+    ];
+    for (method, path, headers, want) in cases {
+        let r = raw(
+            a,
+            &format!("{method} {path} HTTP/1.1\nHost: gw\nContent-Length: 0\n{headers}"),
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, want, "{method} {path} {headers}");
+        if want == 403 {
+            assert_eq!(
+                r.json()["error_description"],
+                "cross-origin request refused"
+            );
+        }
+    }
 }
