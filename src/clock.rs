@@ -2,6 +2,7 @@
 //! adjustable one and move it forward instead of sleeping while time is the subject (key
 //! staleness, sync lag, token expiry, refetch intervals).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -62,6 +63,35 @@ impl Clock {
     /// Wall-clock Unix seconds (JWT NumericDate).
     pub fn unix(&self) -> u64 {
         self.unix_ms() / 1000
+    }
+}
+
+/// A deadline that moves forward whenever there is activity: `poll_expired` reports when
+/// `idle` has passed since the last [`reset`](Self::reset). For body idle timeouts, polled
+/// from inside `poll_frame`.
+#[derive(Debug)]
+pub struct IdleDeadline {
+    idle: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleDeadline {
+    pub fn new(idle: Duration) -> IdleDeadline {
+        IdleDeadline {
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    /// Activity: the deadline moves to `idle` from now.
+    pub fn reset(&mut self) {
+        let at = tokio::time::Instant::now() + self.idle;
+        self.sleep.as_mut().reset(at);
+    }
+
+    /// Whether the deadline passed; registers the waker otherwise.
+    pub fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.sleep.as_mut().poll(cx).is_ready()
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Reject {
     KeysUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// `limits.max_in_flight` requests are already upstream and none finished in time.
+    Overloaded,
     /// The upstream answered 101 without really switching to WebSocket.
     UpstreamBadUpgrade,
 }
@@ -315,6 +317,13 @@ impl Reject {
                 "bad_gateway",
                 "upstream did not accept the upgrade",
                 Outcome::UpstreamError,
+            ),
+            Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "temporarily_unavailable",
+                "gateway busy",
+                Outcome::Unavailable,
             ),
             UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,

@@ -223,11 +223,24 @@ impl Drop for Registration {
 type Closing = Pin<Box<dyn Future<Output = CloseReason> + Send>>;
 
 /// A response body from the upstream; for a streaming response of an authenticated route it
-/// ends when the connection is revoked or the token expires.
+/// ends when the connection is revoked or the token expires. An upstream silent mid-body
+/// for longer than the body timeout cuts the response. It holds the gateway's in-flight
+/// slot until it ends.
 pub struct LiveBody {
     /// `None` once the gateway ended the stream.
     inner: Option<Incoming>,
     live: Option<(Registration, Closing)>,
+    idle: Option<crate::clock::IdleDeadline>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Why a response body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    #[error("the upstream sent nothing within the body timeout")]
+    Idle,
 }
 
 impl LiveBody {
@@ -235,26 +248,39 @@ impl LiveBody {
         LiveBody {
             inner: Some(inner),
             live: None,
+            idle: None,
+            _slot: None,
         }
     }
 
     pub fn watched(inner: Incoming, reg: Registration) -> LiveBody {
         let closed = Box::pin(reg.closed());
         LiveBody {
-            inner: Some(inner),
             live: Some((reg, closed)),
+            ..LiveBody::plain(inner)
         }
+    }
+
+    /// Cut the body after `idle` without a frame; hold `slot` until the body ends.
+    pub fn bounded(
+        mut self,
+        idle: Duration,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> LiveBody {
+        self.idle = Some(crate::clock::IdleDeadline::new(idle));
+        self._slot = slot;
+        self
     }
 }
 
 impl Body for LiveBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some((reg, closed)) = self.live.as_mut() {
             if let Poll::Ready(reason) = closed.as_mut().poll(cx) {
                 reg.count_close(reason);
@@ -264,9 +290,28 @@ impl Body for LiveBody {
                 return Poll::Ready(None);
             }
         }
-        match self.inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
-            None => Poll::Ready(None),
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.reset();
+                }
+                if frame.is_none() {
+                    this._slot = None;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+            }
+            Poll::Pending => {
+                if this.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
+                    this.inner = None;
+                    this._slot = None;
+                    return Poll::Ready(Some(Err(BodyError::Idle)));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -280,6 +325,11 @@ impl Body for LiveBody {
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
+
+/// What an upgraded connection keeps alive for as long as it lives (the client
+/// connection's slot under `max_connections`), passed as a request extension.
+#[derive(Clone)]
+pub struct Hold(pub Arc<dyn std::any::Any + Send + Sync>);
 
 /// Tracks WebSocket frame boundaries in one direction of the byte stream.
 #[derive(Default)]
@@ -359,7 +409,13 @@ fn close_frame(reason: CloseReason) -> Vec<u8> {
 /// Relay an upgraded WebSocket connection until either side closes, or until the gateway
 /// ends it: then the client gets a close frame at a frame boundary and both TCP connections
 /// are closed.
-pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, reg: Registration) {
+pub async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    reg: Registration,
+    hold: (Option<Hold>, Option<tokio::sync::OwnedSemaphorePermit>),
+) {
+    let _hold = hold;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(x) => x,
         Err(e) => {

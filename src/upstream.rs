@@ -17,7 +17,8 @@ pub struct Upstream {
     pub name: String,
     scheme: Scheme,
     authority: Authority,
-    timeout: Duration,
+    /// Time allowed for the response head.
+    pub timeout: Duration,
     /// The HTTP version spoken to this upstream.
     pub version: http::Version,
     client: HttpsClient<RequestBody>,
@@ -83,16 +84,22 @@ impl Upstream {
 }
 
 /// The client's request body on its way upstream, cut off past the route's `max_body_bytes`
-/// when it arrives without a declared length (a declared one is checked before forwarding).
+/// when it arrives without a declared length (a declared one is checked before forwarding),
+/// and when the client goes silent mid-body for longer than the body timeout.
 pub struct RequestBody {
     inner: Incoming,
     /// Bytes still allowed; `None` for no limit.
     left: Option<u64>,
+    idle: crate::clock::IdleDeadline,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
-        RequestBody { inner, left: limit }
+    pub fn new(inner: Incoming, limit: Option<u64>, idle: Duration) -> RequestBody {
+        RequestBody {
+            inner,
+            left: limit,
+            idle: crate::clock::IdleDeadline::new(idle),
+        }
     }
 }
 
@@ -100,6 +107,8 @@ impl RequestBody {
 pub enum BodyError {
     #[error("request body larger than the route allows")]
     TooLarge,
+    #[error("the client sent nothing within the body timeout")]
+    Idle,
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
 }
@@ -112,8 +121,16 @@ impl http_body::Body for RequestBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
-        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
-        if let (Some(Ok(f)), Some(left)) = (&frame, self.left.as_mut()) {
+        let this = &mut *self;
+        let frame = match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Ready(frame) => frame,
+            std::task::Poll::Pending if this.idle.poll_expired(cx) => {
+                return std::task::Poll::Ready(Some(Err(BodyError::Idle)));
+            }
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        };
+        this.idle.reset();
+        if let (Some(Ok(f)), Some(left)) = (&frame, this.left.as_mut()) {
             let n = f.data_ref().map_or(0, |d| d.len() as u64);
             if n > *left {
                 return std::task::Poll::Ready(Some(Err(BodyError::TooLarge)));

@@ -83,9 +83,11 @@ pub async fn start_gateway_with(config: Config, clock: Clock) -> anyhow::Result<
         }
         None => (None, None),
     };
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight));
     let gateway = Arc::new(Gateway::new(
         config,
         Shared {
+            in_flight,
             revocations,
             live,
             verify: ctx,

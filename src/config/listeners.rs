@@ -51,8 +51,20 @@ pub struct RawLimits {
     pub max_header_bytes: Option<usize>,
     /// Connections served at once; the excess waits in the listen backlog (default 10000).
     pub max_connections: Option<usize>,
-    /// Time a keep-alive connection may sit idle (default 60s).
+    /// Time a connection may sit with no request in flight (default 60s); a connection that
+    /// has sent no request yet gets `header_timeout`. Idle connections are also closed first
+    /// when `max_connections` is reached.
     pub idle_timeout: Option<Dur>,
+    /// Longest silence inside a request or response body before the exchange is cut
+    /// (default 60s; SSE upstreams should send heartbeats more often).
+    pub body_timeout: Option<Dur>,
+    /// HTTP/2 streams one connection may have open at once (default 100).
+    pub max_concurrent_streams: Option<u32>,
+    /// Requests forwarded upstream at once across all connections (default:
+    /// `max_connections`); past it a request waits up to its upstream's `timeout`, then 503.
+    pub max_in_flight: Option<usize>,
+    /// Connections one client address may hold at once (default: no limit of its own).
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// `log`.
@@ -94,8 +106,16 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Time a keep-alive connection may sit idle.
+    /// Time a connection may sit with no request in flight.
     pub idle_timeout: Duration,
+    /// Longest silence inside a body.
+    pub body_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Requests forwarded at once, in total.
+    pub max_in_flight: usize,
+    /// Connections per client address (`None`: only `max_connections`).
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// What happens to a request header whose name holds `_`. CGI, WSGI, PHP and Rack fold
@@ -263,7 +283,29 @@ impl Validator<'_> {
                 raw.idle_timeout,
                 Duration::from_secs(60),
             ),
+            body_timeout: self.positive(
+                "limits.body_timeout",
+                raw.body_timeout,
+                Duration::from_secs(60),
+            ),
+            max_concurrent_streams: raw.max_concurrent_streams.unwrap_or(100),
+            max_in_flight: raw
+                .max_in_flight
+                .unwrap_or(raw.max_connections.unwrap_or(10_000)),
+            max_connections_per_client: raw.max_connections_per_client,
         };
+        if limits.max_concurrent_streams == 0 {
+            self.err("limits.max_concurrent_streams", "must be greater than zero");
+        }
+        if limits.max_in_flight == 0 {
+            self.err("limits.max_in_flight", "must be greater than zero");
+        }
+        if limits.max_connections_per_client == Some(0) {
+            self.err(
+                "limits.max_connections_per_client",
+                "must be greater than zero",
+            );
+        }
         if limits.max_header_bytes < 1024 {
             self.err("limits.max_header_bytes", "must be at least 1024");
         }

@@ -10,13 +10,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::admit::Admitted;
 use super::{Body, Gateway, Peer, Trace};
 use crate::config::TokenSource;
 use crate::error::Reject;
 use crate::headers::{self, Forwarding};
-use crate::live::{self, LiveBody, Registration};
+use crate::live::{self, Hold, LiveBody, Registration};
 use crate::revocation::set::TokenKeys;
 use crate::token;
 use crate::upstream::RequestBody;
@@ -30,7 +31,7 @@ pub fn rewrite(
     parts: &mut Parts,
     peer: &Peer,
     trace: &mut Trace,
-) -> Result<Option<OnUpgrade>, Reject> {
+) -> Result<Option<ClientUpgrade>, Reject> {
     let route = admitted.route;
     // The token leaves the request (unless `forward_token`), and so does any bearer
     // credential in a well-known carrier the route does not read.
@@ -84,16 +85,30 @@ pub fn rewrite(
     parts
         .headers
         .insert(UPGRADE, HeaderValue::from_static("websocket"));
-    Ok(parts.extensions.remove::<OnUpgrade>())
+    Ok(parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .map(|upgrade| ClientUpgrade {
+            upgrade,
+            hold: parts.extensions.remove::<Hold>(),
+        }))
 }
 
-/// Step 9, forward, within the route's `max_body_bytes`.
+/// The client's side of a WebSocket handshake, and what its connection keeps alive.
+pub struct ClientUpgrade {
+    upgrade: OnUpgrade,
+    hold: Option<Hold>,
+}
+
+/// Step 9, forward, within the route's `max_body_bytes` and the gateway's in-flight bound
+/// (`limits.max_in_flight`): the slot is held until the upstream exchange really ends (the
+/// response body, or the tunnel, is done).
 pub async fn send(
     gw: &Gateway,
     admitted: &Admitted<'_>,
     parts: Parts,
     body: Incoming,
-) -> Result<Response<Incoming>, Reject> {
+) -> Result<(Response<Incoming>, OwnedSemaphorePermit), Reject> {
     let route = admitted.route;
     if let Some(max) = route.max_body_bytes {
         let declared = parts
@@ -105,10 +120,14 @@ pub async fn send(
             return Err(Reject::BodyTooLarge);
         }
     }
-    let body = RequestBody::new(body, route.max_body_bytes);
-    gw.upstreams[route.upstream]
-        .forward(Request::from_parts(parts, body))
+    let upstream = &gw.upstreams[route.upstream];
+    let slot = tokio::time::timeout(upstream.timeout, gw.in_flight.clone().acquire_owned())
         .await
+        .map_err(|_| Reject::Overloaded)?
+        .map_err(|_| Reject::Overloaded)?;
+    let body = RequestBody::new(body, route.max_body_bytes, gw.config.limits.body_timeout);
+    let resp = upstream.forward(Request::from_parts(parts, body)).await?;
+    Ok((resp, slot))
 }
 
 /// The response the client gets: a WebSocket the upstream really accepted is answered 101
@@ -119,8 +138,8 @@ pub async fn send(
 pub fn downstream(
     gw: &Gateway,
     admitted: &Admitted<'_>,
-    client_upgrade: Option<OnUpgrade>,
-    mut resp: Response<Incoming>,
+    client_upgrade: Option<ClientUpgrade>,
+    (mut resp, slot): (Response<Incoming>, OwnedSemaphorePermit),
 ) -> Result<Response<Body>, Reject> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(client_upgrade), Some(key)) = (client_upgrade, admitted.websocket.as_ref())
@@ -146,9 +165,10 @@ pub fn downstream(
             }
         }
         tokio::spawn(live::tunnel(
-            client_upgrade,
+            client_upgrade.upgrade,
             upstream_upgrade,
             register(gw, admitted),
+            (client_upgrade.hold, Some(slot)),
         ));
         return Ok(Response::from_parts(
             head,
@@ -163,11 +183,12 @@ pub fn downstream(
             resp.status(),
             StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::SWITCHING_PROTOCOLS
         );
+    let idle = gw.config.limits.body_timeout;
     Ok(if streaming {
         let reg = register(gw, admitted);
-        resp.map(|b| Either::Left(LiveBody::watched(b, reg)))
+        resp.map(|b| Either::Left(LiveBody::watched(b, reg).bounded(idle, Some(slot))))
     } else {
-        resp.map(|b| Either::Left(LiveBody::plain(b)))
+        resp.map(|b| Either::Left(LiveBody::plain(b).bounded(idle, Some(slot))))
     })
 }
 

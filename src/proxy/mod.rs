@@ -34,6 +34,8 @@ pub type Body = Either<LiveBody, Full<Bytes>>;
 #[derive(Clone)]
 pub struct Shared {
     pub revocations: Option<Revocations>,
+    /// Slots for requests forwarded upstream at once (`limits.max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub live: Arc<LiveRegistry>,
     pub verify: verify::Context,
 }
@@ -43,6 +45,7 @@ pub struct Gateway {
     pub revocations: Option<Revocations>,
     /// WebSockets and streams open right now, by token.
     pub live: Arc<LiveRegistry>,
+    in_flight: Arc<tokio::sync::Semaphore>,
     pub clock: Clock,
     pub config: Config,
     router: Router,
@@ -122,6 +125,7 @@ impl Gateway {
         Ok(Gateway {
             live: shared.live.clone(),
             revocations: shared.revocations.clone(),
+            in_flight: shared.in_flight.clone(),
             clock: shared.verify.clock.clone(),
             router,
             verifier,

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-tls";
 
-fn tls(name: &str) -> PathBuf {
+pub(crate) fn tls(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tls")
         .join(name)
@@ -25,7 +25,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn client_config(
+pub(crate) fn client_config(
     ca: &str,
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
@@ -56,7 +56,7 @@ fn client_config(
     Arc::new(c)
 }
 
-async fn connect(
+pub(crate) async fn connect(
     addr: std::net::SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {

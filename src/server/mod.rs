@@ -1,6 +1,8 @@
-//! Step 1 of the request path: listeners (plain and TLS), connection limits, HTTP/1.1 and
-//! HTTP/2 serving, and the admin listener. Everything it starts is spawned into the
-//! caller's task set and stops with the caller's shutdown signal.
+//! Step 1 of the request path: listeners (plain and TLS), connection limits ([`conn`]),
+//! HTTP/1.1 and HTTP/2 serving, and the admin listener. Everything it starts is spawned
+//! into the caller's task set and stops with the caller's shutdown signal.
+
+mod conn;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,15 +18,16 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::http1::{self, BoxBody, Handler};
+use crate::live::Hold;
 use crate::proxy::{self, Gateway};
 use crate::tls::ReloadingCert;
+use conn::{ConnState, Conns, Prefixed, RequestGuard, Tracked};
 
 /// The configuration generation requests are served by; swapped whole on reload.
 pub type Current = Arc<arc_swap::ArcSwap<Gateway>>;
@@ -84,7 +87,7 @@ pub fn serve(
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Serving> {
     let limits = current.load().config.limits.clone();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let conns = Conns::new(limits.max_connections, limits.max_connections_per_client);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -92,7 +95,14 @@ pub fn serve(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(20))
+        // Pings find peers that vanished; the idle timeout closes those that just sit.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
 
     let mut addrs = Vec::new();
     let mut certs = Vec::new();
@@ -107,7 +117,7 @@ pub fn serve(
             listener,
             current.clone(),
             builder.clone(),
-            connections.clone(),
+            conns.clone(),
             acceptor,
             shutdown.clone(),
         ));
@@ -145,20 +155,28 @@ fn service(
     current: Current,
     peer: SocketAddr,
     proto: &'static str,
+    state: Arc<ConnState>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<proxy::Body>,
+    Response = Response<Tracked<proxy::Body>>,
     Error = Infallible,
     Future: Send + 'static,
 > + Clone
        + Send
        + 'static {
     let peer = proxy::Peer::new(peer, proto);
-    service_fn(move |req: Request<Incoming>| {
+    service_fn(move |mut req: Request<Incoming>| {
         // Each request runs on the generation current when it arrived.
         let gw = current.load_full();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
+        let mut guard = RequestGuard::new(state.clone());
+        // A WebSocket keeps its connection's slot for as long as the tunnel lives.
+        req.extensions_mut().insert(Hold(state.clone()));
+        async move {
+            let resp = proxy::handle(gw, req, peer).await;
+            guard.responded();
+            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, guard)))
+        }
     })
 }
 
@@ -166,17 +184,15 @@ async fn accept_loop(
     listener: TcpListener,
     current: Current,
     builder: auto::Builder<TokioExecutor>,
-    connections: Arc<Semaphore>,
+    conns: Arc<Conns>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let handshake_timeout = current.load().config.limits.header_timeout;
+    let mut open = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
+        while open.try_join_next().is_some() {}
+        // One client at a time is accepted and then waits for a slot; the rest wait in the
+        // kernel's backlog.
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -189,49 +205,94 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
+        let permit = tokio::select! {
+            p = conns.slot() => match p { Some(p) => p, None => break },
+            _ = shutdown.changed() => break,
+        };
+        let Some(state) = conns.register(peer.ip(), permit) else {
+            tracing::debug!(%peer, "connection refused: the client holds max_connections_per_client");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let gw = current.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let result =
-                match tls {
-                    None => {
-                        let conn = builder.serve_connection_with_upgrades(
-                            TokioIo::new(stream),
-                            service(gw, peer, "http"),
-                        );
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        // The handshake counts against the header timeout (slow-handshake clients).
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => return,
-                            };
-                        let conn = builder.serve_connection_with_upgrades(
-                            TokioIo::new(stream),
-                            service(gw, peer, "https"),
-                        );
-                        watcher.watch(conn.into_owned()).await
-                    }
-                };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        open.spawn(serve_connection(
+            stream,
+            peer,
+            tls.clone(),
+            builder.clone(),
+            current.clone(),
+            state,
+            shutdown.clone(),
+        ));
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Each connection saw the shutdown and is closing gracefully; the caller bounds the wait.
+    while open.join_next().await.is_some() {}
+}
+
+/// One connection: TLS (within `header_timeout`), the first byte (within `header_timeout`),
+/// then HTTP until [`ConnState::drive`] ends it.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    current: Current,
+    state: Arc<ConnState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = current.load().config.limits.clone();
+    let deadline = limits.header_timeout;
+    match tls {
+        None => {
+            if let Some(io) = Prefixed::first_bytes(stream, deadline).await {
+                serve_io(io, peer, "http", &builder, current, state, shutdown).await;
+            }
+        }
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            if let Some(io) = Prefixed::first_bytes(tls, deadline).await {
+                serve_io(io, peer, "https", &builder, current, state, shutdown).await;
+            }
+        }
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    peer: SocketAddr,
+    proto: &'static str,
+    builder: &auto::Builder<TokioExecutor>,
+    current: Current,
+    state: Arc<ConnState>,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = current.load().config.limits.clone();
+    let conn = builder.serve_connection_with_upgrades(
+        TokioIo::new(io),
+        service(current, peer, proto, state.clone()),
+    );
+    tokio::pin!(conn);
+    let result = state
+        .drive(
+            conn.as_mut(),
+            |c| c.graceful_shutdown(),
+            limits.header_timeout,
+            limits.idle_timeout,
+            shutdown,
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 async fn admin_loop(
