@@ -17,6 +17,10 @@ pub enum Reject {
     BadHost,
     /// A body larger than the route's `max_body_bytes`.
     BodyTooLarge,
+    /// The client went silent mid-body for longer than `limits.body_timeout`.
+    BodyTimeout,
+    /// The client's body framing is broken (bad chunk size, oversized chunk extension, …).
+    BadBody,
     /// A standard method in another case, or a `_method` override in the query.
     BadMethod,
     /// A header name with `_` under `underscore_headers: reject`.
@@ -43,6 +47,8 @@ pub enum Reject {
     /// `sub`, `sid` or `jti` not a string, `sub` missing, or an identity claim that cannot be
     /// forwarded faithfully.
     UnusableClaim,
+    /// The route takes only mTLS clients and this one presented no certificate.
+    ClientCertRequired,
     /// A cross-site WebSocket upgrade or state-changing request on ambient credentials.
     CrossOrigin,
     /// `(iss, jti)`, `(iss, sid)` or a `(iss, sub)` cutoff revokes the token.
@@ -141,6 +147,20 @@ impl Reject {
                 Some("invalid_request"),
                 "invalid_request",
                 "more than one token presented",
+                Outcome::BadRequest,
+            ),
+            BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                None,
+                "invalid_request",
+                "request body timed out",
+                Outcome::BadRequest,
+            ),
+            BadBody => (
+                StatusCode::BAD_REQUEST,
+                None,
+                "invalid_request",
+                "malformed request body",
                 Outcome::BadRequest,
             ),
             BadMethod => (
@@ -254,6 +274,13 @@ impl Reject {
                 "invalid_token",
                 "audience not allowed",
                 Outcome::InvalidToken,
+            ),
+            ClientCertRequired => (
+                StatusCode::FORBIDDEN,
+                None,
+                "invalid_request",
+                "client certificate required",
+                Outcome::Forbidden,
             ),
             CrossOrigin => (
                 StatusCode::FORBIDDEN,

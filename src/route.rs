@@ -168,6 +168,7 @@ mod tests {
             upstream: 0,
             auth: None,
             max_body_bytes: None,
+            require_client_cert: false,
         }
     }
 

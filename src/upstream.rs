@@ -75,12 +75,45 @@ impl Upstream {
         match result {
             Err(_) => Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
+                // The client's own body may be what failed: that is the client's error.
+                if let Some(reject) = client_body_error(&e) {
+                    tracing::debug!(upstream = %self.name, error = %e, "request body refused");
+                    return Err(reject);
+                }
                 tracing::warn!(upstream = %self.name, error = %e, connect = e.is_connect(), "upstream request failed");
                 Err(Reject::UpstreamUnavailable)
             }
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                // RFC 9112 §6.3: a response with both Transfer-Encoding and Content-Length
+                // is a smuggling attempt or a broken upstream; its framing is not trusted.
+                let h = resp.headers();
+                if h.contains_key(http::header::TRANSFER_ENCODING)
+                    && h.contains_key(http::header::CONTENT_LENGTH)
+                {
+                    tracing::warn!(upstream = %self.name, "upstream response with both Transfer-Encoding and Content-Length refused");
+                    return Err(Reject::UpstreamUnavailable);
+                }
+                Ok(resp)
+            }
         }
     }
+}
+
+/// The refusal for a request whose own body broke the exchange: too large (413), silent
+/// (408), or malformed framing from the client (400).
+fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<Reject> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(b) = c.downcast_ref::<BodyError>() {
+            return Some(match b {
+                BodyError::TooLarge => Reject::BodyTooLarge,
+                BodyError::Idle => Reject::BodyTimeout,
+                BodyError::Hyper(_) => Reject::BadBody,
+            });
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// The client's request body on its way upstream, cut off past the route's `max_body_bytes`

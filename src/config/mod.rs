@@ -252,6 +252,7 @@ impl<'a> Validator<'a> {
         let upstreams = self.upstreams(&raw.upstreams, base);
         let identity_headers = self.identity_headers(&raw.identity_headers);
         let routes = self.routes(raw.routes, &issuers, &upstreams);
+        self.warn_method_shadowing(&routes);
         let revocation = raw.revocation.as_ref().map(|r| self.revocation(r, base));
         Config {
             listeners,

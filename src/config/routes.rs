@@ -28,6 +28,11 @@ pub struct RawRoute {
     pub auth: Value,
     /// Request bodies larger than this are refused with 413.
     pub max_body_bytes: Option<u64>,
+    /// Only requests over a TLS connection whose client presented a certificate the
+    /// listener's `client_ca` verified (403 otherwise) — so the route is not reachable
+    /// through a listener without mTLS. (mTLS itself is set per listener.)
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 /// `routes[].match`.
@@ -70,6 +75,8 @@ pub struct RouteConfig {
     pub auth: Option<AuthPolicy>,
     /// Request bodies larger than this are refused (413).
     pub max_body_bytes: Option<u64>,
+    /// Only over mTLS.
+    pub require_client_cert: bool,
 }
 
 impl Validator<'_> {
@@ -170,10 +177,42 @@ impl Validator<'_> {
                     upstream,
                     auth,
                     max_body_bytes: r.max_body_bytes,
+                    require_client_cert: r.require_client_cert,
                 });
             }
         }
         out
+    }
+
+    /// A route restricted to some methods, followed by a route covering its path with
+    /// another policy: the other methods (OPTIONS, PUT, …) reach that policy instead.
+    pub(super) fn warn_method_shadowing(&mut self, routes: &[RouteConfig]) {
+        for (i, a) in routes.iter().enumerate() {
+            let Some(methods) = &a.methods else { continue };
+            let shadow = routes.iter().enumerate().skip(i + 1).find(|(_, b)| {
+                let host_ok = b.host.is_none() || b.host == a.host;
+                let covers = match (&b.path, &a.path) {
+                    (PathMatch::Prefix(pb), PathMatch::Prefix(pa) | PathMatch::Exact(pa)) => {
+                        pb == "/" || pa == pb || pa.starts_with(&format!("{pb}/"))
+                    }
+                    (PathMatch::Exact(pb), PathMatch::Exact(pa)) => pa == pb,
+                    _ => false,
+                };
+                host_ok && covers && format!("{:?}", b.auth) != format!("{:?}", a.auth)
+            });
+            if let Some((j, b)) = shadow {
+                let listed: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+                self.warn(
+                    &format!("routes[{i}].match.methods"),
+                    format!(
+                        "`{}` takes only {} (and HEAD with GET); other methods on its path, such as OPTIONS, fall through to `{}` (routes[{j}]) and its different policy",
+                        a.name,
+                        listed.join(", "),
+                        b.name
+                    ),
+                );
+            }
+        }
     }
 
     fn route_path(&mut self, path: &str, s: &str) -> Option<String> {
@@ -238,6 +277,27 @@ mod tests {
             ),
         ];
         assert_problems(&cases, |yaml| gateway_problems(&format!("{HEAD}{yaml}")));
+    }
+
+    /// A method-restricted route shadowed by a later route with another policy is warned
+    /// about; the same policy is not.
+    #[test]
+    fn method_shadowing_warns() {
+        let c = gateway_with(&format!(
+            "{HEAD}routes:\n  - {{ name: w, match: {{ path_prefix: /api, methods: [POST] }}, upstream: u, auth: none }}\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u, auth: none }}\n"
+        ));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let yaml = format!(
+            "{HEAD}issuers: [ {{ name: i, issuer: \"https://i\", jwks_file: k.json, audiences: [a] }} ]\nroutes:\n  - {{ name: w, match: {{ path_prefix: /api, methods: [GET] }}, upstream: u, auth: {{ issuers: [i] }} }}\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u, auth: none }}\n"
+        );
+        let c = gateway_with(&yaml);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.path == "routes[0].match.methods" && w.message.contains("`all`")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     /// A prefix loses its trailing slash (except `/`); hosts are lower-cased.

@@ -259,8 +259,21 @@ pub fn load(
         open: Vec::new(),
         over: None,
     };
+    // Events one by one (the parser's own `load` recurses per nesting level and can
+    // overflow a small stack); stop at the first bound passed.
     let mut parser = Parser::new_from_str(text);
-    let parsed = parser.load(&mut recorder, false);
+    let parsed = loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => break Ok(()),
+            Ok((ev, mark)) => {
+                recorder.on_event(ev, mark);
+                if recorder.over.is_some() {
+                    break Ok(());
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
     if let Some(problem) = recorder.over {
         return Err(vec![problem]);
     }

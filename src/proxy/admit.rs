@@ -8,7 +8,7 @@ use http::header::{HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_KEY, UPGRADE};
 use http::request::Parts;
 use http::Method;
 
-use super::{Gateway, Trace};
+use super::{Gateway, Peer, Trace};
 use crate::config::{RouteConfig, UnderscoreHeaders};
 use crate::error::Reject;
 use crate::path::{normalize_path, parse_authority, percent_decode, Authority};
@@ -46,6 +46,7 @@ impl Admitted<'_> {
 pub async fn admit<'g>(
     gw: &'g Gateway,
     parts: &Parts,
+    peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Admitted<'g>, Reject> {
     // 2. Normalize the target once: what is matched is what is forwarded.
@@ -65,6 +66,9 @@ pub async fn admit<'g>(
         .ok_or(Reject::NoRoute)?;
     trace.route = Some(idx);
     let route = &gw.config.routes[idx];
+    if route.require_client_cert && !peer.client_cert {
+        return Err(Reject::ClientCertRequired);
+    }
 
     let token = match &route.auth {
         None => None,

@@ -153,14 +153,17 @@ pub struct Peer {
     pub forwarded_for: HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// The client presented a certificate the listener verified (mTLS).
+    pub client_cert: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, proto: &'static str) -> Peer {
+    pub fn new(addr: SocketAddr, proto: &'static str, client_cert: bool) -> Peer {
         Peer {
             addr,
             forwarded_for: headers::forwarded_for(addr.ip()),
             proto,
+            client_cert,
         }
     }
 }
@@ -209,7 +212,7 @@ async fn process(
 ) -> Result<Response<Body>, Reject> {
     let (mut parts, body) = req.into_parts();
     // 2.–7. Admit: normalize, route, token, verify, revocation, authorize.
-    let admitted = admit::admit(gw, &parts, trace).await?;
+    let admitted = admit::admit(gw, &parts, peer, trace).await?;
     // 8. Mutate: the request the upstream sees.
     let client_upgrade = forward::rewrite(gw, &admitted, &mut parts, peer, trace)?;
     // 9. Forward.

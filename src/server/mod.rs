@@ -155,6 +155,7 @@ fn service(
     current: Current,
     peer: SocketAddr,
     proto: &'static str,
+    client_cert: bool,
     state: Arc<ConnState>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
@@ -164,7 +165,7 @@ fn service(
 > + Clone
        + Send
        + 'static {
-    let peer = proxy::Peer::new(peer, proto);
+    let peer = proxy::Peer::new(peer, proto, client_cert);
     service_fn(move |mut req: Request<Incoming>| {
         // Each request runs on the generation current when it arrived.
         let gw = current.load_full();
@@ -245,7 +246,15 @@ async fn serve_connection(
     match tls {
         None => {
             if let Some(io) = Prefixed::first_bytes(stream, deadline).await {
-                serve_io(io, peer, "http", &builder, current, state, shutdown).await;
+                serve_io(
+                    io,
+                    (peer, "http", false),
+                    &builder,
+                    current,
+                    state,
+                    shutdown,
+                )
+                .await;
             }
         }
         Some(acceptor) => {
@@ -257,8 +266,17 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
+            let client_cert = tls.get_ref().1.peer_certificates().is_some();
             if let Some(io) = Prefixed::first_bytes(tls, deadline).await {
-                serve_io(io, peer, "https", &builder, current, state, shutdown).await;
+                serve_io(
+                    io,
+                    (peer, "https", client_cert),
+                    &builder,
+                    current,
+                    state,
+                    shutdown,
+                )
+                .await;
             }
         }
     }
@@ -266,8 +284,7 @@ async fn serve_connection(
 
 async fn serve_io<I>(
     io: I,
-    peer: SocketAddr,
-    proto: &'static str,
+    (peer, proto, client_cert): (SocketAddr, &'static str, bool),
     builder: &auto::Builder<TokioExecutor>,
     current: Current,
     state: Arc<ConnState>,
@@ -278,7 +295,7 @@ async fn serve_io<I>(
     let limits = current.load().config.limits.clone();
     let conn = builder.serve_connection_with_upgrades(
         TokioIo::new(io),
-        service(current, peer, proto, state.clone()),
+        service(current, peer, proto, client_cert, state.clone()),
     );
     tokio::pin!(conn);
     let result = state

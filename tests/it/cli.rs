@@ -412,3 +412,65 @@ async fn dev_mode_prints_working_commands() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A file built to hurt the parser — deep nesting, an alias bomb, sheer size — is refused
+/// by `check` with a clear error, quickly, and never takes a running gateway down on reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_config_files_are_refused() {
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            vec![format!("*a{}", i - 1); 10].join(", ")
+        ));
+    }
+    let deep = format!("listeners: {}1{}\n", "[".repeat(6000), "]".repeat(6000));
+    let deep_block: String = (0..1000)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    let huge = format!("realm: \"{}\"\n", "x".repeat(2 * 1024 * 1024));
+    for (name, text, want) in [
+        ("bomb.yaml", bomb.as_str(), "aliases"),
+        ("deep.yaml", deep.as_str(), "nest"),
+        ("deep-block.yaml", deep_block.as_str(), "nest"),
+        ("huge.yaml", huge.as_str(), "larger than"),
+    ] {
+        let start = Instant::now();
+        let (ok, out) = check(&temp_file(name, text));
+        assert!(!ok, "{name} accepted");
+        assert!(
+            out.contains(want) || out.contains("recursion limit"),
+            "{name}: {}",
+            &out[..out.len().min(300)]
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{name} took {:?}",
+            start.elapsed()
+        );
+    }
+    // The running gateway refuses the same files on reload and keeps serving.
+    let echo = Echo::start().await.expect("echo");
+    let good = format!(
+        "listeners: [ {{ address: \"127.0.0.1:0\" }} ]\nupstreams: [ {{ name: e, url: \"http://{}\" }} ]\nroutes: [ {{ name: r, match: {{ path_prefix: / }}, upstream: e, auth: none }} ]\n",
+        echo.addr
+    );
+    let gw = start_gateway(&good).await;
+    for text in [&bomb, &deep, &deep_block] {
+        assert!(!gw.reload_file(&temp_file("reload.yaml", text)));
+        assert_eq!(get(gw.addrs[0], "/x", &[]).await.status, 200);
+    }
+}
+
+/// A problem about a value that came from `${VAR}` names the variable, never the value.
+#[test]
+fn expanded_secrets_never_appear_in_errors() {
+    let file = temp_file(
+        "secret.yaml",
+        "listeners: [ { address: \"${JWTGATE_SYNC_TOKEN}\" } ]\nupstreams: [ { name: e, url: \"http://127.0.0.1:1\" } ]\nroutes: [ { name: r, match: { path_prefix: / }, upstream: e, auth: none } ]\n",
+    );
+    let (ok, out) = check(&file);
+    assert!(!ok);
+    assert!(out.contains("${JWTGATE_SYNC_TOKEN}"), "{out}");
+    assert!(!out.contains("sync-token"), "the secret leaked: {out}");
+}

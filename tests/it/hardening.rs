@@ -790,3 +790,66 @@ async fn cross_site_ambient_credentials_are_refused() {
         }
     }
 }
+
+/// Broken client framing is the client's error (400), never an upstream failure (502).
+#[tokio::test]
+async fn malformed_client_framing_is_400() {
+    let (_idp, _key, _echo, gw) = world("").await;
+    let a = gw.addrs[0];
+    let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(70_000));
+    let bodies: [&[u8]; 3] = [
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",
+        long_ext.as_bytes(),
+    ];
+    for body in bodies {
+        let got = exchange(
+            a,
+            &[
+                b"POST /x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+                body,
+            ]
+            .concat(),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            got.starts_with("HTTP/1.1 400"),
+            "{}",
+            &got[..got.len().min(200)]
+        );
+        assert!(
+            !got.starts_with("HTTP/1.1 200"),
+            "{}",
+            &got[..got.len().min(200)]
+        );
+    }
+}
+
+/// The upstream's framing is not trusted either: both `Transfer-Encoding` and
+/// `Content-Length`, or two lengths, answer 502 rather than a response of the wrong length.
+#[tokio::test]
+async fn ambiguous_upstream_framing_is_502() {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let answers: [fn(&str) -> String; 3] = [
+        |_| {
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n".into()
+        },
+        |_| {
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\na\r\n0123456789\r\n0\r\n\r\n".into()
+        },
+        |_| "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 10\r\n\r\n0123456789".into(),
+    ];
+    for (i, answer) in answers.into_iter().enumerate() {
+        let (up, _) = scripted_upstream(answer).await;
+        let gw = start_gateway(&gateway_yaml(&idp, up, "")).await;
+        let r = raw(gw.addrs[0], "GET /x HTTP/1.1\nHost: gw", b"").await;
+        assert_eq!(
+            r.status,
+            502,
+            "answer {i}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}

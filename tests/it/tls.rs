@@ -383,3 +383,55 @@ async fn https_upstream_with_client_certificate() {
         );
     }
 }
+
+/// `require_client_cert`: a route that takes only mTLS clients refuses (403) the same
+/// request arriving through a plain listener, or a TLS listener without client
+/// certificates, and serves it with a verified certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_requires_client_certificate() {
+    let echo = Echo::start().await.expect("echo");
+    let dir = cert_dir();
+    let yaml = format!(
+        r#"
+listeners:
+  - {{ address: "127.0.0.1:0", tls: {mtls} }}
+  - {{ address: "127.0.0.1:0", tls: {tls_only} }}
+  - {{ address: "127.0.0.1:0" }}
+upstreams: [ {{ name: app, url: "http://{echo}" }} ]
+routes:
+  - {{ name: ops, match: {{ path_prefix: /ops }}, upstream: app, auth: none, require_client_cert: true }}
+  - {{ name: rest, match: {{ path_prefix: / }}, upstream: app, auth: none }}
+"#,
+        mtls = listener_tls(&dir, true),
+        tls_only = listener_tls(&dir, false),
+        echo = echo.addr
+    );
+    let gw = start_gateway(&yaml).await;
+    async fn ask(mut s: tokio_rustls::client::TlsStream<TcpStream>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /ops/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let with_cert = connect(
+        gw.addrs[0],
+        client_config("ca.pem", &[&rustls::version::TLS13], &[b"http/1.1"], true),
+    )
+    .await
+    .expect("mtls");
+    assert!(ask(with_cert).await.starts_with("HTTP/1.1 200"));
+    let no_cert = connect(
+        gw.addrs[1],
+        client_config("ca.pem", &[&rustls::version::TLS13], &[b"http/1.1"], false),
+    )
+    .await
+    .expect("tls");
+    let got = ask(no_cert).await;
+    assert!(got.starts_with("HTTP/1.1 403"), "{got}");
+    assert!(got.contains("client certificate required"));
+    assert_eq!(get(gw.addrs[2], "/ops/x", &[]).await.status, 403);
+    assert_eq!(get(gw.addrs[2], "/other", &[]).await.status, 200);
+}
