@@ -184,8 +184,8 @@ impl Validator<'_> {
         out
     }
 
-    /// A route restricted to some methods, followed by a route covering its path with
-    /// another policy: the other methods (OPTIONS, PUT, …) reach that policy instead.
+    /// An authenticated route restricted to some methods, followed by an `auth: none` route
+    /// covering its path: the other methods (OPTIONS, PUT, …) reach the open route instead.
     pub(super) fn warn_method_shadowing(&mut self, routes: &[RouteConfig]) {
         for (i, a) in routes.iter().enumerate() {
             let Some(methods) = &a.methods else { continue };
@@ -198,14 +198,14 @@ impl Validator<'_> {
                     (PathMatch::Exact(pb), PathMatch::Exact(pa)) => pa == pb,
                     _ => false,
                 };
-                host_ok && covers && format!("{:?}", b.auth) != format!("{:?}", a.auth)
+                host_ok && covers && a.auth.is_some() && b.auth.is_none()
             });
             if let Some((j, b)) = shadow {
                 let listed: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
                 self.warn(
                     &format!("routes[{i}].match.methods"),
                     format!(
-                        "`{}` takes only {} (and HEAD with GET); other methods on its path, such as OPTIONS, fall through to `{}` (routes[{j}]) and its different policy",
+                        "`{}` takes only {} (and HEAD with GET); other methods on its path, such as OPTIONS, fall through to `{}` (routes[{j}]), which asks for no token",
                         a.name,
                         listed.join(", "),
                         b.name
@@ -279,8 +279,8 @@ mod tests {
         assert_problems(&cases, |yaml| gateway_problems(&format!("{HEAD}{yaml}")));
     }
 
-    /// A method-restricted route shadowed by a later route with another policy is warned
-    /// about; the same policy is not.
+    /// A method-restricted authenticated route shadowed by a later open route is warned
+    /// about; open routes shadowing open ones are not.
     #[test]
     fn method_shadowing_warns() {
         let c = gateway_with(&format!(

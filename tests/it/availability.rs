@@ -354,3 +354,27 @@ async fn websockets_count_against_max_connections() {
         "the slot was not released when the tunnel closed"
     );
 }
+
+/// `max_connections_per_client`: one address cannot take every slot.
+#[tokio::test]
+async fn per_client_cap() {
+    let echo = Echo::start().await.expect("echo");
+    let gw = start_gateway(&yaml(
+        echo.addr,
+        "max_connections_per_client: 2, header_timeout: 5s",
+        "",
+    ))
+    .await;
+    let a = gw.addrs[0];
+    let _one = TcpStream::connect(a).await.expect("1");
+    let _two = TcpStream::connect(a).await.expect("2");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(a).await.expect("3");
+    assert!(
+        closed_within(&mut third, Duration::from_secs(1)).await,
+        "a third connection was kept"
+    );
+    drop(_one);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(status_within(a, Duration::from_secs(2)).await, 200);
+}
