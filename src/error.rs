@@ -3,7 +3,7 @@
 //! purpose: a new reason cannot be added without deciding how it answers.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -55,6 +55,8 @@ pub enum Reject {
     Revoked,
     /// The revocation set is older than `max_staleness` and `on_stale: deny`: fail closed.
     RevocationsStale,
+    /// No revocation set is known yet (no sync, no snapshot): fail closed.
+    RevocationsNotReady,
     /// No signing keys confirmed within `jwks_max_stale`: fail closed.
     KeysUnavailable,
     UpstreamUnavailable,
@@ -317,6 +319,13 @@ impl Reject {
                 "token revoked",
                 Outcome::Revoked,
             ),
+            RevocationsNotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "temporarily_unavailable",
+                "revocation status not yet known",
+                Outcome::Unavailable,
+            ),
             RevocationsStale => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
@@ -394,6 +403,10 @@ impl Reject {
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 is a state the gateway expects to leave soon.
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let Some(error) = a.challenge {
             let value = if error.is_empty() {
                 format!("Bearer realm=\"{realm}\"")

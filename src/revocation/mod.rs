@@ -68,10 +68,15 @@ impl Revocations {
         self.state.lag() > self.max_staleness
     }
 
-    /// Step 6 of the request path: refuse a revoked token, and any token while the set is
-    /// stale under `on_stale: deny`. `checked` is the token's memo of the set version it was
+    /// Step 6 of the request path: refuse any token while no set is known yet, a revoked
+    /// token, and any token while the set is stale under `on_stale: deny`. `checked` is the token's memo of the set version it was
     /// last found clean at.
     pub fn check(&self, keys: &TokenKeys, checked: &AtomicU64) -> Result<(), Reject> {
+        // A set never known is not "the last known set": fail closed until the first sync
+        // or snapshot load.
+        if !self.state.is_ready() {
+            return Err(Reject::RevocationsNotReady);
+        }
         if self.set.is_revoked(keys, checked) {
             return Err(Reject::Revoked);
         }

@@ -85,6 +85,9 @@ pub struct SyncClient {
     apply: Apply,
     state: Arc<SyncState>,
     heartbeat: Duration,
+    /// The longest wait between reconnects (a third of `max_staleness`, at most 500 ms): a
+    /// revocation written once the control plane is back must not wait out a long backoff.
+    retry_cap: Duration,
 }
 
 const PAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -119,6 +122,8 @@ impl SyncClient {
             // Heard from at least three times per staleness window, at most once a second.
             heartbeat: (max_staleness / 3)
                 .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            retry_cap: (max_staleness / 3)
+                .clamp(Duration::from_millis(100), Duration::from_millis(500)),
         }
     }
 
@@ -142,7 +147,11 @@ impl SyncClient {
                 _ = shutdown.changed() => return,
             };
             failures = failures.saturating_add(1);
-            let delay = backoff(failures).min(Duration::from_secs(30));
+            // Capped, and still jittered under the cap, so gateways do not reconnect in step.
+            let delay = match backoff(failures) {
+                d if d > self.retry_cap => self.retry_cap.mul_f64(0.5 + fastrand::f64() / 2.0),
+                d => d,
+            };
             tracing::warn!(error = %result.err().unwrap_or_default(), retry_in_ms = delay.as_millis() as u64, "revocation sync interrupted; enforcing the last known set");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

@@ -742,3 +742,111 @@ async fn cli_revoke() {
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].sub.as_deref(), Some("42"));
 }
+
+/// Cold start fails closed: before a first sync or snapshot, protected routes answer 503
+/// with `Retry-After` (a set never known is not "the last known set"), `auth: none` routes
+/// keep working, and the first sync opens the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_fails_closed_until_first_sync() {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let dir = temp_dir();
+    // The control plane's port is known but nothing listens there yet.
+    let port = free_port();
+    let yaml = gateway_yaml(
+        &idp,
+        &echo,
+        &format!("  control_url: http://127.0.0.1:{port}\n  token: {READER_KEY}\n"),
+    )
+    .replace(
+        "routes:\n",
+        "routes:\n  - { name: open, match: { path_prefix: /open }, upstream: echo, auth: none }\n",
+    );
+    let gw = start_gateway(&yaml).await;
+    let token = key.mint(&claims(&idp.url));
+    // (Under the default `on_stale: allow`.)
+    let r = get(gw.addrs[0], "/", &[&bearer(&token)]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        r.json()["error_description"],
+        "revocation status not yet known"
+    );
+    assert_eq!(get(gw.addrs[0], "/open", &[]).await.status, 200);
+    // The control plane comes up: the gate opens.
+    let config = jwtgate::config::ControlConfig::from_yaml(
+        &control_yaml(
+            &format!("sqlite://{}", dir.join("rev.db").display()),
+            &format!("127.0.0.1:{port}"),
+            "",
+        ),
+        std::path::Path::new("."),
+        &|_| None,
+    )
+    .expect("config");
+    let _control = jwtgate::app::start_control(config).await.expect("control");
+    let start = Instant::now();
+    while get(gw.addrs[0], "/", &[&bearer(&token)]).await.status != 200 {
+        // Reconnects are at most a second apart.
+        assert!(start.elapsed() < Duration::from_secs(3), "never opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Recovery after a control-plane outage is prompt: after the control plane has been down
+/// (3 s here; `JWTGATE_OUTAGE_SECS=60` for the figure), a revocation written once it
+/// is back is refused within a second at every gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_outage_is_prompt() {
+    let outage = std::env::var("JWTGATE_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let dir = temp_dir();
+    let store = format!("sqlite://{}", dir.join("rev.db").display());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let control_config = || {
+        jwtgate::config::ControlConfig::from_yaml(
+            &control_yaml(&store, &listen, ""),
+            std::path::Path::new("."),
+            &|_| None,
+        )
+        .expect("config")
+    };
+    let control = jwtgate::app::start_control(control_config())
+        .await
+        .expect("control");
+    let rev =
+        format!("  control_url: http://{listen}\n  token: {READER_KEY}\n  max_staleness: 60s\n");
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(start_gateway(&gateway_yaml(&idp, &echo, &rev)).await);
+    }
+    control.shutdown(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    let control = jwtgate::app::start_control(control_config())
+        .await
+        .expect("control again");
+    let c = claims(&idp.url);
+    let token = key.mint(&c);
+    let r = revoke(
+        control.addr,
+        &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] }),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let start = Instant::now();
+    for gw in &gateways {
+        refused_within_a_second(gw.addrs[0], &token).await;
+    }
+    println!(
+        "outage {outage}s → revocation refused at 3 gateways after {:?}",
+        start.elapsed()
+    );
+    assert!(start.elapsed() < Duration::from_secs(1));
+}

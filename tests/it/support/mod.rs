@@ -246,7 +246,7 @@ pub async fn start_gateway(yaml: &str) -> Running {
         .await
         .expect("start");
     for _ in 0..100 {
-        if running.gateway.verifier.ready() {
+        if running.gateway.ready() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
