@@ -22,6 +22,8 @@ pub enum ApiError {
     ReadOnlyKey,
     /// `/v1/revoke` without valid client credentials (RFC 7009 §2.1).
     InvalidClient,
+    /// `/v1/revoke` of a token issued to another client (RFC 7009 §2.1).
+    TokenOfAnotherClient,
     NotFound,
     MethodNotAllowed,
     /// `/v1/backchannel-logout` on a control plane without `backchannel_logout`.
@@ -77,6 +79,12 @@ impl ApiError {
                 "invalid_client",
                 fixed("client authentication failed"),
                 Some("Basic realm=\"jwtgate-control\""),
+            ),
+            TokenOfAnotherClient => (
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                fixed("the token was not issued to this client"),
+                None,
             ),
             NotFound => (
                 StatusCode::NOT_FOUND,

@@ -155,7 +155,8 @@ pub async fn backchannel_logout(
     let token = param(&fields, "logout_token").ok_or(ApiError::MissingParameter("logout_token"))?;
     let now = cp.clock.unix();
     let (iss, sid, sub, key) = validate_logout_token(bc, token, now).await.map_err(|why| {
-        tracing::info!(reason = %why, "logout token refused");
+        // `?`: whatever a reason holds reaches the log escaped, never as raw lines.
+        tracing::info!(reason = ?why, "logout token refused");
         ApiError::LogoutTokenRefused(why.into())
     })?;
     // Replay check and mark in one step, so two concurrent copies cannot both pass.
@@ -200,7 +201,8 @@ async fn validate_logout_token(
     if let Some(typ) = jose_typ(token)? {
         let t = typ.to_ascii_lowercase();
         if !matches!(t.as_str(), "logout+jwt" | "application/logout+jwt" | "jwt") {
-            return Err(format!("`typ` {typ} is not logout+jwt"));
+            // The value is the sender's: it is neither echoed nor logged.
+            return Err("`typ` is not logout+jwt".to_owned());
         }
     }
     // Signature by the issuer's keys (never `none`), `iss`, `aud` ∈ client ids, `exp`, `iat`
@@ -251,37 +253,27 @@ async fn validate_logout_token(
     Ok((iss, sid, sub, key))
 }
 
-fn basic_client(req: &Request<Incoming>, clients: &[ApiKey]) -> bool {
-    let Some(v) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some((scheme, rest)) = v.split_once(' ') else {
-        return false;
-    };
+/// The client id of valid HTTP Basic client credentials (RFC 6749 §2.3.1).
+fn basic_client(req: &Request<Incoming>, clients: &[ApiKey]) -> Option<String> {
+    let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
-        return false;
+        return None;
     }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
-        return false;
-    };
-    let Ok(text) = String::from_utf8(decoded) else {
-        return false;
-    };
-    let Some((id, secret)) = text.split_once(':') else {
-        return false;
-    };
-    // RFC 6749 §2.3.1: both parts are form-encoded before Basic encoding.
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    // Both parts are form-encoded before Basic encoding.
     let (id, secret) = (percent_decode(id), percent_decode(secret));
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
-    clients.iter().fold(false, |ok, c| {
+    let ok = clients.iter().fold(false, |ok, c| {
         ok | (c.name == id
             && aws_lc_rs::constant_time::verify_slices_are_equal(digest.as_ref(), &c.sha256)
                 .is_ok())
-    })
+    });
+    ok.then(|| id.into_owned())
 }
 
 /// `POST /v1/revoke` (RFC 7009): a valid token of a configured issuer has its `jti` (else its
@@ -292,9 +284,11 @@ pub async fn revoke(
     req: Request<Incoming>,
     api_key_ok: bool,
 ) -> Result<Response<ControlBody>, ApiError> {
-    if !api_key_ok && !basic_client(&req, &cp.idp.revoke_clients) {
-        return Err(ApiError::InvalidClient);
-    }
+    // A writer API key may revoke any token; an OAuth client only its own.
+    let client = match api_key_ok {
+        true => None,
+        false => Some(basic_client(&req, &cp.idp.revoke_clients).ok_or(ApiError::InvalidClient)?),
+    };
     let fields = read_form(req).await?;
     let token = param(&fields, "token").ok_or(ApiError::MissingParameter("token"))?;
     // `token_type_hint` (access_token, refresh_token or anything else) only helps a server
@@ -315,6 +309,15 @@ pub async fn revoke(
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
+    // RFC 7009 §2.1: the token must have been issued to the client revoking it. A token
+    // naming no client (`azp`, `client_id`) cannot be bound and is accepted.
+    if let Some(client) = &client {
+        let issued_to = text("azp").or_else(|| text("client_id"));
+        if issued_to.is_some_and(|to| to != *client) {
+            tracing::info!("RFC 7009 revocation refused: the token was issued to another client");
+            return Err(ApiError::TokenOfAnotherClient);
+        }
+    }
     let (kind, value) = match (text("jti"), text("sid")) {
         (Some(jti), _) => (Kind::Jti, jti),
         (None, Some(sid)) => (Kind::Sid, sid),

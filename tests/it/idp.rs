@@ -216,6 +216,14 @@ async fn logout_token_conformance() {
             ),
         ),
         (
+            // Regression (log injection): the sender's `typ` is neither echoed nor logged raw.
+            "`typ` is not logout+jwt",
+            w.key.mint_raw(
+                &json!({ "alg": "RS256", "kid": "bcl", "typ": "x\n2026-01-01 INFO forged line\u{1b}[31m" }),
+                &base,
+            ),
+        ),
+        (
             "token expired",
             sign(&with(&|c| c["exp"] = json!(now - 120))),
         ),
@@ -246,6 +254,7 @@ async fn logout_token_conformance() {
             .unwrap_or("")
             .to_owned();
         assert!(d.contains(why), "expected {why:?}, got {d:?}");
+        assert!(!d.contains("forged"), "the sender's text was echoed: {d:?}");
         assert_eq!(w.stored().await, 0, "{why}: something was revoked");
     }
     // Transport-level refusals.
@@ -449,4 +458,48 @@ async fn rfc7009_end_to_end() {
         200,
         "only the digest-revoked token"
     );
+}
+
+/// RFC 7009 §2.1 client binding: a client may revoke only tokens issued to it (`azp` or
+/// `client_id`); a writer API key may revoke any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc7009_binds_the_token_to_its_client() {
+    use base64::Engine;
+    let w = world().await;
+    let client = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("orders-web:{CLIENT_SECRET}"))
+    );
+    for other in [
+        json!({ "azp": "admin-web" }),
+        json!({ "client_id": "admin-web" }),
+    ] {
+        let token = w.user_token(other.clone());
+        let r = w
+            .post_form("/v1/revoke", &format!("token={token}"), &[&client])
+            .await;
+        assert_eq!(r.status, 400, "{other}");
+        assert_eq!(r.json()["error"], "unauthorized_client");
+        assert_eq!(
+            get(w.gw.addrs[0], "/", &[&bearer(&token)]).await.status,
+            200
+        );
+    }
+    assert_eq!(w.stored().await, 0, "another client's token was revoked");
+    let own = w.user_token(json!({ "azp": "orders-web" }));
+    let r = w
+        .post_form("/v1/revoke", &format!("token={own}"), &[&client])
+        .await;
+    assert_eq!(r.status, 200);
+    w.until_refused(&own).await;
+    let theirs = w.user_token(json!({ "azp": "admin-web" }));
+    let r = w
+        .post_form(
+            "/v1/revoke",
+            &format!("token={theirs}"),
+            &[&format!("Authorization: Bearer {WRITER_KEY}")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "a writer key revokes any token");
+    w.until_refused(&theirs).await;
 }
