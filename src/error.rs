@@ -51,6 +51,8 @@ pub enum Reject {
     ClientCertRequired,
     /// A cross-site WebSocket upgrade or state-changing request on ambient credentials.
     CrossOrigin,
+    /// The token lives longer than `max_token_lifetime`: it could outlast a `sub` cutoff.
+    LifetimeTooLong,
     /// `(iss, jti)`, `(iss, sid)` or a `(iss, sub)` cutoff revokes the token.
     Revoked,
     /// The revocation set is older than `max_staleness` and `on_stale: deny`: fail closed.
@@ -275,6 +277,13 @@ impl Reject {
                 Some("invalid_token"),
                 "invalid_token",
                 "audience not allowed",
+                Outcome::InvalidToken,
+            ),
+            LifetimeTooLong => (
+                StatusCode::UNAUTHORIZED,
+                Some("invalid_token"),
+                "invalid_token",
+                "token lifetime too long",
                 Outcome::InvalidToken,
             ),
             ClientCertRequired => (

@@ -44,7 +44,8 @@ enum Command {
         /// With --jti: the token's `exp` (Unix seconds). With --sid: when to forget the session.
         #[arg(long, value_name = "UNIX_SECONDS")]
         exp: Option<u64>,
-        /// With --sub: revoke tokens issued before this time (Unix seconds; default now).
+        /// With --sub: revoke tokens issued before this time (Unix seconds; default: every
+        /// token issued so far, this second included).
         #[arg(long, value_name = "UNIX_SECONDS")]
         before: Option<u64>,
         #[arg(long)]
@@ -192,7 +193,10 @@ async fn revoke(
         }
         (None, None, Some(s)) => {
             body["sub"] = s.into();
-            body["issued_before"] = before.unwrap_or_else(jwtgate::clock::now_unix).into();
+            // Default: every token issued up to and including this second.
+            body["issued_before"] = before
+                .unwrap_or_else(|| jwtgate::clock::now_unix() + 1)
+                .into();
         }
         _ => {
             eprintln!("jwtgate revoke: give one of --jti (with --exp), --sid or --sub");

@@ -34,7 +34,8 @@ pub struct RawRevocation {
     pub readers: Option<RawReaders>,
     /// Single-node mode: retention of a `sid` entry without `expires_at` (default 24h).
     pub default_retention: Option<Dur>,
-    /// Single-node mode: the longest token lifetime (default 24h).
+    /// The longest token lifetime (`exp − iat`) accepted, and in single-node mode how long a
+    /// `sub` cutoff is kept (default 24h). Keep it equal to the control plane's.
     pub max_token_lifetime: Option<Dur>,
     /// How often entries past their time are dropped (default 30s).
     pub purge_interval: Option<Dur>,
@@ -62,6 +63,8 @@ pub struct RevocationConfig {
     pub max_staleness: Duration,
     /// What happens once stale.
     pub on_stale: OnStale,
+    /// Tokens living longer are refused.
+    pub max_token_lifetime: Duration,
     /// How often the gateway drops entries past their time from its set.
     pub purge_interval: Duration,
 }
@@ -144,6 +147,11 @@ impl Validator<'_> {
                 Duration::from_secs(60),
             ),
             on_stale: r.on_stale.unwrap_or_default(),
+            max_token_lifetime: self.positive(
+                &format!("{p}.max_token_lifetime"),
+                r.max_token_lifetime,
+                Duration::from_secs(86_400),
+            ),
             purge_interval: self.positive(
                 &format!("{p}.purge_interval"),
                 r.purge_interval,

@@ -24,6 +24,9 @@ use crate::revocation::Kind;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The largest `leeway` an issuer may have (`config` refuses more): entries naming a token's
+/// `exp` are kept this much longer.
+pub const MAX_LEEWAY_SECS: u64 = 300;
 /// Longest accepted `iss`, `jti`, `sid`, `sub` or `reason`.
 const MAX_FIELD: usize = 1024;
 const PAGE_MAX: usize = 10_000;
@@ -210,7 +213,9 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
             let exp = body.expires_at.ok_or(Invalid(
                 "a `jti` revocation needs `expires_at` (the token's exp)",
             ))?;
-            (exp, None)
+            // A gateway accepts the token until `exp` + its leeway: keep the entry as long
+            // as the largest leeway a gateway may have.
+            (exp.saturating_add(MAX_LEEWAY_SECS), None)
         }
         Kind::Sid => {
             if body.issued_before.is_some() {

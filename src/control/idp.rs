@@ -10,7 +10,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::api::{read_body, record, ControlBody};
+use super::api::{read_body, record, ControlBody, MAX_LEEWAY_SECS};
 use super::error::{empty_ok, ApiError};
 use super::store::NewRevocation;
 use super::ControlPlane;
@@ -178,7 +178,9 @@ pub async fn backchannel_logout(
             iss,
             value: sub,
             expires_at: now.saturating_add(cp.access.max_token_lifetime.as_secs()),
-            issued_before: Some(now),
+            // Tokens issued in the logout's own second are revoked too (the cutoff is
+            // exclusive).
+            issued_before: Some(now.saturating_add(1)),
             reason: Some("oidc back-channel logout".into()),
         },
         (None, None) => return Err(ApiError::LogoutTokenRefused("neither sid nor sub".into())),
@@ -323,13 +325,19 @@ pub async fn revoke(
         (None, Some(sid)) => (Kind::Sid, sid),
         (None, None) => (Kind::Jti, token_ref(token)),
     };
+    // Until the token's `exp` plus the largest leeway; a session (`sid`) outlives the token
+    // that named it — its siblings may be younger — so it is kept at least as long as a
+    // back-channel logout keeps one.
+    let token_end = v.exp.saturating_add(MAX_LEEWAY_SECS);
+    let expires_at = match kind {
+        Kind::Sid => token_end.max(now.saturating_add(cp.access.default_retention.as_secs())),
+        _ => token_end,
+    };
     let new = NewRevocation {
         kind,
         iss,
         value,
-        expires_at: v
-            .exp
-            .saturating_add(verifier.issuers[v.issuer].cfg.leeway.as_secs()),
+        expires_at,
         issued_before: None,
         reason: Some("rfc 7009 revocation".into()),
     };

@@ -87,7 +87,15 @@ pub async fn admit<'g>(
                 .await?;
             // 6. Revocation: checked on every request, cached verification or not.
             if let Some(revocations) = &gw.revocations {
-                revocations.check(&verified.revocation_keys, &verified.revocation_checked)?;
+                revocations.check(
+                    crate::revocation::Presented {
+                        keys: &verified.revocation_keys,
+                        checked: &verified.revocation_checked,
+                        exp: verified.exp,
+                        iat: verified.iat,
+                    },
+                    gw.clock.unix(),
+                )?;
             }
             // 7. Authorize.
             policy::authorize(policy, &verified)?;

@@ -32,6 +32,17 @@ pub struct Revocations {
     pub max_staleness: Duration,
     /// What a stale set means for requests.
     pub on_stale: OnStale,
+    /// How long a `sub` cutoff is kept: a token living longer could outlast it.
+    pub max_token_lifetime: Duration,
+}
+
+/// What the revocation check reads of a verified token.
+pub struct Presented<'a> {
+    pub keys: &'a TokenKeys,
+    /// The set version the token was last found clean at.
+    pub checked: &'a AtomicU64,
+    pub exp: u64,
+    pub iat: Option<u64>,
 }
 
 impl Revocations {
@@ -60,6 +71,7 @@ impl Revocations {
             state,
             max_staleness: rc.max_staleness,
             on_stale: rc.on_stale,
+            max_token_lifetime: rc.max_token_lifetime,
         }
     }
 
@@ -68,16 +80,21 @@ impl Revocations {
         self.state.lag() > self.max_staleness
     }
 
-    /// Step 6 of the request path: refuse any token while no set is known yet, a revoked
-    /// token, and any token while the set is stale under `on_stale: deny`. `checked` is the token's memo of the set version it was
-    /// last found clean at.
-    pub fn check(&self, keys: &TokenKeys, checked: &AtomicU64) -> Result<(), Reject> {
+    /// Step 6 of the request path: refuse any token while no set is known yet, a token
+    /// living longer than `max_token_lifetime` (a `sub` cutoff is dropped after that long,
+    /// so such a token could outlive its own revocation), a revoked token, and any token
+    /// while the set is stale under `on_stale: deny`.
+    pub fn check(&self, token: Presented<'_>, now: u64) -> Result<(), Reject> {
         // A set never known is not "the last known set": fail closed until the first sync
         // or snapshot load.
         if !self.state.is_ready() {
             return Err(Reject::RevocationsNotReady);
         }
-        if self.set.is_revoked(keys, checked) {
+        let lifetime = token.exp.saturating_sub(token.iat.unwrap_or(now));
+        if lifetime > self.max_token_lifetime.as_secs() {
+            return Err(Reject::LifetimeTooLong);
+        }
+        if self.set.is_revoked(token.keys, token.checked) {
             return Err(Reject::Revoked);
         }
         if self.on_stale == OnStale::Deny && self.stale() {

@@ -503,3 +503,43 @@ async fn rfc7009_binds_the_token_to_its_client() {
     assert_eq!(r.status, 200, "a writer key revokes any token");
     w.until_refused(&theirs).await;
 }
+
+/// Lapses: a sub-only back-channel logout also revokes tokens issued in the logout's own
+/// second; an RFC 7009 revocation of a jti-less token keeps its session (`sid`) revoked
+/// beyond that token's `exp`, since younger tokens of the session live longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_and_revoke_lapses_are_closed() {
+    let w = world().await;
+    let now = now();
+    let same_second = w.user_token(json!({ "sub": "carol", "iat": now }));
+    let mut logout = w.logout_claims();
+    logout.as_object_mut().expect("claims").remove("sid");
+    logout["sub"] = json!("carol");
+    let r = w.logout(&w.key.mint(&logout)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    w.until_refused(&same_second).await;
+
+    let mut c = claims(&w.idp.url);
+    c.as_object_mut().expect("claims").remove("jti");
+    c["sid"] = json!("sess-7009");
+    c["exp"] = json!(now + 60);
+    let token = w.key.mint(&c);
+    let r = w
+        .post_form(
+            "/v1/revoke",
+            &format!("token={token}"),
+            &[&format!("Authorization: Bearer {WRITER_KEY}")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let (entries, _) = w.control.plane.store.list(0, 100, now).await.expect("list");
+    let sid = entries
+        .iter()
+        .find(|e| e.sid.as_deref() == Some("sess-7009"))
+        .expect("the session was revoked");
+    assert!(
+        sid.expires_at >= now + 86_000,
+        "kept only until the token's exp: {}",
+        sid.expires_at - now
+    );
+}

@@ -469,15 +469,17 @@ async fn expired_entries_disappear() {
         assert!(start.elapsed() < Duration::from_secs(2));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // e0 is past its time on both planes' clocks; their purges run every 500 ms.
-    w.gw.gateway.clock.advance(Duration::from_millis(2600));
+    // e0 is past its time (its `exp` plus the largest leeway, 300 s) on both planes'
+    // clocks; their purges run every 500 ms.
+    let past = Duration::from_millis(2600) + Duration::from_secs(300);
+    w.gw.gateway.clock.advance(past);
     let store = &w.control.as_ref().expect("control").plane.store;
     w.control
         .as_ref()
         .expect("control")
         .plane
         .clock
-        .advance(Duration::from_millis(2600));
+        .advance(past);
     let start = Instant::now();
     while set.len() > 1 || store.list(0, 100, 0).await.expect("list").0.len() > 1 {
         assert!(start.elapsed() < Duration::from_secs(3), "not purged");
@@ -849,4 +851,56 @@ async fn recovery_after_outage_is_prompt() {
         start.elapsed()
     );
     assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+/// Lapses closed: a `jti` entry outlives the token's `exp` by the largest leeway (the token
+/// is accepted that long); a token living longer than `max_token_lifetime` — which a `sub`
+/// cutoff could not outlast — is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_lapses_are_closed() {
+    let w = world(
+        "purge_interval: 500ms\n",
+        "  purge_interval: 500ms\n  max_token_lifetime: 1h\n",
+    )
+    .await;
+    let now = now();
+    // Expires in 2 s; the issuer's leeway (30 s) keeps it acceptable until then + 30 s.
+    let (token, c) = w.token(json!({ "exp": now + 2 }));
+    let r = revoke(
+        w.control_addr,
+        &json!({ "iss": w.idp.url, "jti": c["jti"], "expires_at": c["exp"] }),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    w.until_refused(&token, Duration::from_secs(1)).await;
+    // 10 s later: past `exp`, within the leeway. Both planes purge every 500 ms.
+    w.gw.gateway.clock.advance(Duration::from_secs(10));
+    w.control
+        .as_ref()
+        .expect("control")
+        .plane
+        .clock
+        .advance(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = get(w.a(), "/", &[&bearer(&token)]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json()["error_description"],
+        "token revoked",
+        "the entry was purged at exp"
+    );
+    // Lifetimes past `max_token_lifetime` (1 h here), with and without `iat`.
+    let now = w.gw.gateway.clock.unix();
+    let (long, _) = w.token(json!({ "iat": now, "exp": now + 7200 }));
+    let mut c = claims(&w.idp.url);
+    c["exp"] = json!(now + 7200);
+    c.as_object_mut().expect("claims").remove("iat");
+    let no_iat = w.key.mint(&c);
+    for t in [long, no_iat] {
+        let r = get(w.a(), "/", &[&bearer(&t)]).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json()["error_description"], "token lifetime too long");
+    }
+    let (fine, _) = w.token(json!({ "iat": now, "exp": now + 3000 }));
+    assert_eq!(get(w.a(), "/", &[&bearer(&fine)]).await.status, 200);
 }
