@@ -25,6 +25,8 @@ pub enum Reject {
     BadMethod,
     /// A header name with `_` under `underscore_headers: reject`.
     UnderscoreHeader,
+    /// A trusted proxy's `X-Forwarded-For` names no client address the gateway can tell.
+    BadForwardedFor,
     /// Tokens presented through more than one source (RFC 6750 §2), or the same source twice.
     MultipleTokens,
     NoRoute,
@@ -172,6 +174,13 @@ impl Reject {
                 None,
                 "invalid_request",
                 "method not accepted",
+                Outcome::BadRequest,
+            ),
+            BadForwardedFor => (
+                StatusCode::BAD_REQUEST,
+                None,
+                "invalid_request",
+                "X-Forwarded-For names no client address",
                 Outcome::BadRequest,
             ),
             UnderscoreHeader => (
@@ -444,5 +453,6 @@ fn path_description(e: PathError) -> &'static str {
         PathError::Semicolon => "path parameters are not accepted",
         PathError::AboveRoot => "path climbs above the root",
         PathError::NotUtf8 => "percent-encoded bytes in path are not UTF-8",
+        PathError::DoubleEncoded => "double-encoded escape in path",
     }
 }

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST};
 
 pub use crate::config::UnderscoreHeaders as Underscores;
+use crate::error::Reject;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -22,7 +23,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// authorized (Symfony, Laravel, Spring, IIS, Express method-override, …), and
 /// client-address headers whose only trustworthy source is the gateway. Dropped from every
 /// request.
-const UNTRUSTED: [HeaderName; 19] = [
+const UNTRUSTED: [HeaderName; 29] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-original-uri"),
@@ -42,6 +43,16 @@ const UNTRUSTED: [HeaderName; 19] = [
     HeaderName::from_static("x-cluster-client-ip"),
     HeaderName::from_static("x-forwarded"),
     HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-http-host-override"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-forwarded-protocol"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("x-scheme"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
 ];
 
 /// Headers the gateway sets itself.
@@ -190,47 +201,45 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
 
 /// `X-Forwarded-For` and the client address for a request from `peer` (whose own
 /// rendering is `rendered`). Only when the peer is a trusted proxy is its incoming
-/// `X-Forwarded-For` believed — and only when every element is an address: the chain is
-/// kept with the peer appended, and the client is the nearest address, from the right,
-/// that is not itself a trusted proxy. Otherwise the peer alone.
+/// `X-Forwarded-For` believed: the chain is kept with the peer appended, and the client is
+/// the nearest address, from the right, that is not itself a trusted proxy (the leftmost
+/// when all are). An element that is not an address before that one makes the client
+/// unknown and the request is refused — the trusted peer itself is never reported as the
+/// client.
 pub fn forwarding_chain(
     trusted: &[crate::config::Cidr],
     peer: IpAddr,
     rendered: &HeaderValue,
     headers: &HeaderMap,
-) -> (HeaderValue, HeaderValue) {
-    let alone = || (rendered.clone(), rendered.clone());
-    if !trusted.iter().any(|c| c.contains(peer)) || !headers.contains_key(X_FORWARDED_FOR) {
-        return alone();
+) -> Result<(HeaderValue, HeaderValue), Reject> {
+    let unknown = || Reject::BadForwardedFor;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) || !headers.contains_key(X_FORWARDED_FOR) {
+        return Ok((rendered.clone(), rendered.clone()));
     }
-    let mut chain: Vec<IpAddr> = Vec::new();
+    let mut items: Vec<&str> = Vec::new();
     for value in headers.get_all(X_FORWARDED_FOR) {
-        let Ok(text) = value.to_str() else {
-            return alone();
-        };
-        for item in text.split(',') {
-            match item.trim().parse::<IpAddr>() {
-                Ok(ip) => chain.push(ip),
-                Err(_) => return alone(),
-            }
+        let text = value.to_str().map_err(|_| unknown())?;
+        items.extend(text.split(',').map(str::trim).filter(|s| !s.is_empty()));
+    }
+    // Right to left: the first untrusted address; if every one is trusted, the leftmost
+    // (the original client inside the trusted network).
+    let mut client = None;
+    for item in items.iter().rev() {
+        let ip = item.parse::<IpAddr>().map_err(|_| unknown())?;
+        client = Some(ip);
+        if !is_trusted(ip) {
+            break;
         }
     }
-    chain.push(peer);
-    let client = chain
-        .iter()
-        .rev()
-        .find(|ip| !trusted.iter().any(|c| c.contains(**ip)))
-        .or(chain.first())
-        .copied()
-        .unwrap_or(peer);
-    let text: Vec<String> = chain
-        .iter()
-        .map(|ip| String::from_utf8_lossy(forwarded_for(*ip).as_bytes()).into_owned())
-        .collect();
-    match HeaderValue::from_str(&text.join(", ")) {
-        Ok(v) => (v, forwarded_for(client)),
-        Err(_) => alone(),
-    }
+    let client = client.ok_or_else(unknown)?;
+    let chain = format!(
+        "{}, {}",
+        items.join(", "),
+        String::from_utf8_lossy(rendered.as_bytes())
+    );
+    let chain = HeaderValue::from_str(&chain).map_err(|_| unknown())?;
+    Ok((chain, forwarded_for(client)))
 }
 
 /// The `X-Forwarded-For` value for a peer (IPv4-mapped IPv6 shown as IPv4).

@@ -28,6 +28,8 @@ pub enum PathError {
     AboveRoot,
     #[error("percent-encoded bytes that are not UTF-8")]
     NotUtf8,
+    #[error("a double-encoded escape (`%25` and two hex digits)")]
+    DoubleEncoded,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -100,6 +102,13 @@ pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
                     _ => return Err(PathError::BadEncoding),
                 };
                 let v = h << 4 | l;
+                // `%2541` is `%41` to an upstream that decodes twice.
+                if v == b'%'
+                    && seg.get(i + 3).and_then(|&c| hex(c)).is_some()
+                    && seg.get(i + 4).and_then(|&c| hex(c)).is_some()
+                {
+                    return Err(PathError::DoubleEncoded);
+                }
                 decoded.push(v);
                 if v == b'/' || v == b'\\' {
                     return Err(PathError::EncodedSeparator);
@@ -292,6 +301,9 @@ mod tests {
         assert_eq!(n("/admin;x"), Err(PathError::Semicolon));
         assert_eq!(n("/a\\b"), Err(PathError::Backslash));
         assert_eq!(n("a"), Err(PathError::NotAbsolute));
+        assert_eq!(n("/%252e%252e/admin"), Err(PathError::DoubleEncoded));
+        assert_eq!(n("/a%2541"), Err(PathError::DoubleEncoded));
+        assert_eq!(n("/50%25off").as_deref(), Ok("/50%25off"));
         // Decoded bytes must be UTF-8: overlong `/` and `.`, lone continuation bytes,
         // surrogates, truncated sequences.
         assert_eq!(n("/a%C3%A9%E2%82%AC").as_deref(), Ok("/a%C3%A9%E2%82%AC"));

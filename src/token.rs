@@ -70,26 +70,32 @@ fn single<'a>(
     Ok(first)
 }
 
-/// `Authorization: Bearer <token>`; another scheme is not a token of ours.
+/// `Authorization: Bearer <token>`; another scheme is not a token of ours. The scheme ends
+/// at a space or a tab, as lenient upstream parsers read it.
 fn bearer(headers: &HeaderMap) -> Result<Option<Cow<'_, str>>, Reject> {
     let Some(v) = single(headers.get_all(AUTHORIZATION).iter())? else {
         return Ok(None);
     };
     let s = v.to_str().map_err(|_| Reject::Malformed)?;
-    let (scheme, rest) = s.split_once(' ').unwrap_or((s, ""));
+    let (scheme, rest) = s.split_once([' ', '\t']).unwrap_or((s, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
     Ok(Some(Cow::Borrowed(rest.trim())))
 }
 
+/// The cookie `name`. Cookie lines the gateway cannot read (not UTF-8) are refused rather
+/// than skipped, pairs are also split at whitespace (as Python's `SimpleCookie` does), and
+/// names are compared as PHP reads them ([`param_name`]): any second reading of the name is
+/// a second token.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a, str>>, Reject> {
     let mut found = None;
+    let want = param_name(name);
     for v in headers.get_all(COOKIE) {
-        let Ok(s) = v.to_str() else { continue };
-        for pair in s.split(';') {
+        let s = v.to_str().map_err(|_| Reject::Malformed)?;
+        for pair in s.split([';', ' ', '\t']) {
             let (k, val) = pair.split_once('=').unwrap_or((pair, ""));
-            if k.trim() == name {
+            if !k.trim().is_empty() && param_name(k.trim()) == want {
                 if found.is_some() {
                     return Err(Reject::MultipleTokens);
                 }
@@ -103,9 +109,10 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a, str>>
 /// A query parameter by name, comparing decoded names so `access%5Ftoken` is no way around.
 fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, Reject> {
     let mut found = None;
+    let want = param_name(name);
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k) == name {
+        if param_name(&percent_decode(k)) == want {
             if found.is_some() {
                 return Err(Reject::MultipleTokens);
             }
@@ -166,7 +173,10 @@ pub fn remove(
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|s| s.split(';'))
-                .filter(|pair| pair.split_once('=').map_or(pair.trim(), |(k, _)| k.trim()) != name)
+                .filter(|pair| {
+                    param_name(pair.split_once('=').map_or(pair.trim(), |(k, _)| k.trim()))
+                        != param_name(name)
+                })
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())
                 .collect();
@@ -203,7 +213,9 @@ pub fn remove(
             let kept: Vec<&str> = q
                 .split('&')
                 .filter(|pair| {
-                    percent_decode(pair.split_once('=').map_or(*pair, |(k, _)| k)) != name.as_str()
+                    param_name(&percent_decode(
+                        pair.split_once('=').map_or(*pair, |(k, _)| k),
+                    )) != param_name(name)
                 })
                 .collect();
             Some(if kept.is_empty() {
@@ -213,6 +225,24 @@ pub fn remove(
             })
         }
     }
+}
+
+/// A parameter or cookie name as the most lenient upstream reads it: PHP drops leading
+/// spaces, reads `a[x]` as `a`, and turns `.`, space and `[` into `_`; ASP.NET ignores case. Two names that read
+/// the same there are the same name here.
+pub fn param_name(name: &str) -> String {
+    let name = name.trim_start_matches(' ');
+    // `a[x]` is the array `a` to PHP.
+    let name = match name.find('[') {
+        Some(i) if name[i..].contains(']') => &name[..i],
+        _ => name,
+    };
+    name.chars()
+        .map(|c| match c {
+            '.' | ' ' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
 }
 
 /// The parameter RFC 6750 §2.3 names for a token in the query.

@@ -51,6 +51,13 @@ impl Validator<'_> {
                 self.err(&p, format!("`{name}` is not a valid header name"));
                 continue;
             };
+            if hn.as_str().contains('_') {
+                self.err(
+                    &p,
+                    format!("`{name}`: header names with `_` are dropped by nginx and many servers, so a client's `-` twin would be read instead; use `-`"),
+                );
+                continue;
+            }
             if RESERVED_HEADERS.contains(&hn.as_str()) {
                 self.err(
                     &p,

@@ -312,8 +312,20 @@ pub fn load(
         &mut problems,
         &mut expanded,
     );
-    // Short values (`1`, `on`) would redact more than they protect.
-    positions.expanded = expanded.into_iter().filter(|(v, _)| v.len() >= 4).collect();
+    // Short values (`1`, `on`) would redact more than they protect. A message may print a
+    // value escaped (serde quotes strings with `\n`, `\"`): redact that form too, and the
+    // longest values first so that one secret inside another leaves nothing behind.
+    let mut redact: Vec<(String, String)> = Vec::new();
+    for (value, reference) in expanded.into_iter().filter(|(v, _)| v.len() >= 4) {
+        let quoted = format!("{value:?}");
+        let escaped = quoted[1..quoted.len() - 1].to_owned();
+        if escaped != value {
+            redact.push((escaped, reference.clone()));
+        }
+        redact.push((value, reference));
+    }
+    redact.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+    positions.expanded = redact;
     if problems.is_empty() {
         Ok((value, positions))
     } else {
@@ -460,6 +472,9 @@ mod tests {
         let (_, pos) = load("k: \"${SECRET}\"\n", &env).expect("valid");
         let p = pos.problem("k", "`s3cr:et\nx` is not an address");
         assert_eq!(p.message, "`${SECRET}` is not an address");
+        // As serde prints it in "invalid type" messages: escaped.
+        let p = pos.problem("k", "invalid type: string \"s3cr:et\\nx\", expected u64");
+        assert!(!p.message.contains("s3cr"), "{}", p.message);
     }
 
     /// `${VAR}` expands inside string values only, so a secret cannot inject YAML.

@@ -79,7 +79,13 @@ pub async fn admit<'g>(
             if token::stray_credentials(&policy.sources, &parts.headers, parts.uri.query()) {
                 return Err(Reject::MultipleTokens);
             }
-            check_origin(policy, &policy.sources[token.source], parts, host.as_ref())?;
+            check_origin(
+                policy,
+                &policy.sources[token.source],
+                parts,
+                host.as_ref(),
+                peer.proto,
+            )?;
             // 5. Verify.
             let verified = gw
                 .verifier
@@ -125,6 +131,7 @@ fn check_origin(
     source: &crate::config::TokenSource,
     parts: &Parts,
     host: Option<&Authority>,
+    proto: &str,
 ) -> Result<(), Reject> {
     use crate::config::TokenSource;
     let websocket = parts.headers.contains_key(http::header::SEC_WEBSOCKET_KEY);
@@ -151,7 +158,7 @@ fn check_origin(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
     let allowed = match (&policy.allowed_origins, origin) {
         (Some(list), Some(o)) => list.iter().any(|a| a.eq_ignore_ascii_case(o)),
-        (None, Some(o)) => same_origin(o, host) && !cross_site_fetch,
+        (None, Some(o)) => same_origin(o, host, proto) && !cross_site_fetch,
         (_, None) => !cross_site_fetch,
     };
     if allowed {
@@ -161,20 +168,20 @@ fn check_origin(
     }
 }
 
-/// `Origin: scheme://host[:port]` names the host the request was sent to.
-fn same_origin(origin: &str, host: Option<&Authority>) -> bool {
+/// `Origin: scheme://host[:port]` names the scheme (`proto` of the listener), host and port
+/// the request was sent to.
+fn same_origin(origin: &str, host: Option<&Authority>, proto: &str) -> bool {
     let Some(host) = host else { return false };
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case(proto) {
+        return false;
+    }
     let Some(o) = parse_authority(rest.as_bytes()) else {
         return false;
     };
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "https" => 443,
-        "http" => 80,
-        _ => return false,
-    };
+    let default_port = if proto == "https" { 443 } else { 80 };
     o.host == host.host && o.port.unwrap_or(default_port) == host.port.unwrap_or(default_port)
 }
 
@@ -194,7 +201,7 @@ fn check_method(parts: &Parts) -> Result<(), Reject> {
     if let Some(q) = parts.uri.query() {
         let overrides = q.split('&').any(|pair| {
             let name = pair.split_once('=').map_or(pair, |(k, _)| k);
-            percent_decode(name).eq_ignore_ascii_case("_method")
+            crate::token::param_name(&percent_decode(name)) == "_method"
         });
         if overrides {
             return Err(Reject::BadMethod);

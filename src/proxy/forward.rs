@@ -59,7 +59,7 @@ pub fn rewrite(
         peer.addr.ip(),
         &peer.forwarded_for,
         &parts.headers,
-    );
+    )?;
     let request_id = headers::prepare_request(
         &mut parts.headers,
         &Forwarding {

@@ -48,20 +48,33 @@ impl Conns {
 
     /// A slot for a client that is waiting (already accepted). At capacity, an idle
     /// keep-alive connection is asked to close (as nginx does), so new clients do not queue
-    /// behind idle ones.
+    /// behind idle ones; while none is idle, look again every 250 ms.
     pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(p) = self.permits.clone().try_acquire_owned() {
-            return Some(p);
+        loop {
+            if let Ok(p) = self.permits.clone().try_acquire_owned() {
+                return Some(p);
+            }
+            self.close_one_idle();
+            tokio::select! {
+                p = self.permits.clone().acquire_owned() => return p.ok(),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
         }
-        self.close_one_idle();
-        self.permits.clone().acquire_owned().await.ok()
     }
 
     fn close_one_idle(&self) {
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = open
+        // Weak references are copied out and upgraded after the lock is released: the last
+        // strong reference may be one of these, and dropping it unregisters (which locks).
+        let candidates: Vec<Weak<ConnState>> = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .conns
             .values()
+            .cloned()
+            .collect();
+        let idle = candidates
+            .iter()
             .filter_map(Weak::upgrade)
             .filter(|c| {
                 // Keep-alive idle: served a request, none in flight. A connection that has
@@ -76,12 +89,26 @@ impl Conns {
         }
     }
 
+    /// Whether `client` may open another connection (checked before anyone is evicted).
+    pub fn client_has_room(&self, client: IpAddr) -> bool {
+        let Some(max) = self.per_client else {
+            return true;
+        };
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.by_client
+            .get(&client_key(client))
+            .copied()
+            .unwrap_or(0)
+            < max
+    }
+
     /// Register a connection from `client`; `None` when the client holds its share.
     pub fn register(
         self: &Arc<Self>,
         client: IpAddr,
         permit: OwnedSemaphorePermit,
     ) -> Option<Arc<ConnState>> {
+        let client = client_key(client);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let held = open.by_client.get(&client).copied().unwrap_or(0);
         if self.per_client.is_some_and(|max| held >= max) {
@@ -101,6 +128,8 @@ impl Conns {
             completed: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             idle_since: Mutex::new(Instant::now()),
+            bodies: AtomicUsize::new(0),
+            body_progress: Mutex::new(Instant::now()),
             closing: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -120,6 +149,18 @@ impl Conns {
     }
 }
 
+/// The address a per-client cap counts by: IPv6 clients by their /64, which one client
+/// usually holds whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+        v4 => v4,
+    }
+}
+
 /// What the connection task and its requests share. Dropped (releasing the connection's
 /// slot) when the connection and every upgraded tunnel it handed off are gone.
 pub struct ConnState {
@@ -133,8 +174,19 @@ pub struct ConnState {
     completed: AtomicU64,
     cancelled: AtomicU64,
     idle_since: Mutex<Instant>,
+    /// Response bodies being sent, and when one last made progress.
+    bodies: AtomicUsize,
+    body_progress: Mutex<Instant>,
     closing: AtomicBool,
     wake: Notify,
+}
+
+/// The deadlines a connection lives by.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub header: Duration,
+    pub idle: Duration,
+    pub body: Duration,
 }
 
 impl Drop for ConnState {
@@ -153,11 +205,7 @@ impl ConnState {
     }
 
     /// Why the connection should close now, if it should.
-    fn should_close(
-        &self,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Option<&'static str> {
+    fn should_close(&self, d: Deadlines) -> Option<&'static str> {
         if self.closing.load(Ordering::Acquire) {
             return Some("slot needed");
         }
@@ -168,6 +216,18 @@ impl ConnState {
         if cancelled > completed.saturating_add(RESET_ALLOWANCE) {
             return Some("too many cancelled requests");
         }
+        // A client that stops reading (a zero HTTP/2 window, a full socket) holds its
+        // upstream slots: no body it is sent may stall for twice the body timeout (a body
+        // whose upstream is silent is cut by its own deadline first).
+        if self.bodies.load(Ordering::Acquire) > 0 {
+            let stalled = self
+                .body_progress
+                .lock()
+                .map_or(Duration::ZERO, |t| t.elapsed());
+            if stalled >= d.body * 2 {
+                return Some("response not read");
+            }
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -176,25 +236,38 @@ impl ConnState {
             .lock()
             .map_or(Duration::ZERO, |t| t.elapsed());
         if self.requests.load(Ordering::Acquire) == 0 {
-            (self.started.elapsed() >= header_timeout).then_some("no request in time")
+            (self.started.elapsed() >= d.header).then_some("no request in time")
         } else {
-            (idle_for >= idle_timeout).then_some("idle")
+            (idle_for >= d.idle).then_some("idle")
         }
     }
 
     /// When to look again.
-    fn next_check(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
+    fn next_check(&self, d: Deadlines) -> Instant {
+        if self.bodies.load(Ordering::Acquire) > 0 {
+            let since = self
+                .body_progress
+                .lock()
+                .map_or_else(|_| Instant::now(), |t| *t);
+            return since + d.body * 2;
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Instant::now() + idle_timeout;
+            return Instant::now() + d.idle;
         }
         if self.requests.load(Ordering::Acquire) == 0 {
-            return self.started + header_timeout;
+            return self.started + d.header;
         }
         let since = self
             .idle_since
             .lock()
             .map_or_else(|_| Instant::now(), |t| *t);
-        since + idle_timeout
+        since + d.idle
+    }
+
+    fn progress(&self) {
+        if let Ok(mut t) = self.body_progress.lock() {
+            *t = Instant::now();
+        }
     }
 
     /// Run the connection future `conn` until it ends, shutting it down gracefully when it
@@ -203,8 +276,7 @@ impl ConnState {
         &self,
         mut conn: Pin<&mut F>,
         graceful: impl Fn(Pin<&mut F>),
-        header_timeout: Duration,
-        idle_timeout: Duration,
+        d: Deadlines,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), E>
     where
@@ -215,7 +287,7 @@ impl ConnState {
         // answers the GOAWAY's ping) is forced after this.
         let mut force_at: Option<Instant> = None;
         loop {
-            let check = self.next_check(header_timeout, idle_timeout);
+            let check = self.next_check(d);
             tokio::select! {
                 r = conn.as_mut() => {
                     // What outlives the connection (an upgraded tunnel) is never idle.
@@ -234,11 +306,11 @@ impl ConnState {
                 }
             }
             if !closing {
-                if let Some(why) = self.should_close(header_timeout, idle_timeout) {
+                if let Some(why) = self.should_close(d) {
                     tracing::debug!(client = %self.client, reason = why, "closing connection");
                     graceful(conn.as_mut());
                     closing = true;
-                    force_at = Some(Instant::now() + header_timeout.max(Duration::from_secs(1)));
+                    force_at = Some(Instant::now() + d.header.max(Duration::from_secs(1)));
                 }
             }
         }
@@ -262,9 +334,13 @@ impl RequestGuard {
         }
     }
 
-    pub fn responded(&mut self) {
+    /// The response is ready. Only a forwarded exchange earns back a cancellation: the
+    /// gateway's own instant refusals (404, 401) must not pad a rapid-reset allowance.
+    pub fn responded(&mut self, forwarded: bool) {
         self.responded = true;
-        self.state.completed.fetch_add(1, Ordering::AcqRel);
+        if forwarded {
+            self.state.completed.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -290,10 +366,18 @@ pub struct Tracked<B> {
 
 impl<B> Tracked<B> {
     pub fn new(inner: B, guard: RequestGuard) -> Tracked<B> {
+        guard.state.bodies.fetch_add(1, Ordering::AcqRel);
+        guard.state.progress();
         Tracked {
             inner,
             _guard: guard,
         }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self._guard.state.bodies.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -305,7 +389,11 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if frame.is_ready() {
+            self._guard.state.progress();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

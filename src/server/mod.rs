@@ -27,7 +27,7 @@ use crate::http1::{self, BoxBody, Handler};
 use crate::live::Hold;
 use crate::proxy::{self, Gateway};
 use crate::tls::ReloadingCert;
-use conn::{ConnState, Conns, Prefixed, RequestGuard, Tracked};
+use conn::{ConnState, Conns, Deadlines, Prefixed, RequestGuard, Tracked};
 
 /// The configuration generation requests are served by; swapped whole on reload.
 pub type Current = Arc<arc_swap::ArcSwap<Gateway>>;
@@ -175,7 +175,7 @@ fn service(
         req.extensions_mut().insert(Hold(state.clone()));
         async move {
             let resp = proxy::handle(gw, req, peer).await;
-            guard.responded();
+            guard.responded(matches!(resp.body(), http_body_util::Either::Left(_)));
             Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, guard)))
         }
     })
@@ -206,6 +206,11 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
+        // A client over its own cap is turned away before anyone else is evicted for it.
+        if !conns.client_has_room(peer.ip()) {
+            tracing::debug!(%peer, "connection refused: the client holds max_connections_per_client");
+            continue;
+        }
         let permit = tokio::select! {
             p = conns.slot() => match p { Some(p) => p, None => break },
             _ = shutdown.changed() => break,
@@ -302,8 +307,11 @@ async fn serve_io<I>(
         .drive(
             conn.as_mut(),
             |c| c.graceful_shutdown(),
-            limits.header_timeout,
-            limits.idle_timeout,
+            Deadlines {
+                header: limits.header_timeout,
+                idle: limits.idle_timeout,
+                body: limits.body_timeout,
+            },
             shutdown,
         )
         .await;

@@ -609,8 +609,12 @@ async fn forwarded_for_only_from_trusted_proxies() {
             "203.0.113.5",
         ),
         ("127.0.0.9", "127.0.0.9, 127.0.0.1", "127.0.0.9"),
-        ("203.0.113.5, not-an-ip", "127.0.0.1", "127.0.0.1"),
-        ("203.0.113.5:80", "127.0.0.1", "127.0.0.1"),
+        // Garbage left of the client does not matter; the client is still known.
+        (
+            "junk, 203.0.113.5",
+            "junk, 203.0.113.5, 127.0.0.1",
+            "203.0.113.5",
+        ),
     ] {
         let r = raw(
             a,
@@ -620,6 +624,22 @@ async fn forwarded_for_only_from_trusted_proxies() {
         .await;
         assert_eq!(r.upstream_header("x-forwarded-for"), vec![chain], "{xff}");
         assert_eq!(r.upstream_header("x-real-ip"), vec![client], "{xff}");
+    }
+    // Garbage where the client should be: unknown client, refused (the trusted proxy is
+    // never reported as the client).
+    for xff in [
+        "203.0.113.5, not-an-ip",
+        "203.0.113.5:80",
+        "unknown",
+        "x, 127.0.0.2",
+    ] {
+        let r = raw(
+            a,
+            &format!("GET /x HTTP/1.1\nHost: gw\nX-Forwarded-For: {xff}"),
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{xff}");
     }
     // A peer outside the trusted ranges is not believed.
     let (_idp, _key, _echo, gw) = world("trusted_proxies: [10.0.0.0/8]\n").await;
@@ -850,6 +870,90 @@ async fn ambiguous_upstream_framing_is_502() {
             502,
             "answer {i}: {:?}",
             String::from_utf8_lossy(&r.body)
+        );
+    }
+}
+
+/// Second readings (found by review): names as PHP and ASP.NET read them (`.method`,
+/// ` _method`, `access.token`), a tab after `Bearer`, cookies split at whitespace or
+/// unreadable, an origin of another scheme, and double-encoded escapes.
+#[tokio::test]
+async fn second_readings_are_refused() {
+    let (idp, key, _echo, gw) = world("").await;
+    let a = gw.addrs[0];
+    let t = key.mint(&claims(&idp.url));
+    let forged = key.mint(&claims(&idp.url));
+    for q in [
+        ".method=DELETE",
+        "%20_method=DELETE",
+        "_method[]=DELETE",
+        "_Method=PUT",
+    ] {
+        let r = raw(
+            a,
+            &format!("POST /x?{q} HTTP/1.1\nHost: gw\nContent-Length: 0"),
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{q}");
+    }
+    let cases = [
+        // A second credential the upstream would read.
+        (format!("/reports/x?access.token={forged}"), bearer(&t), 400),
+        (format!("/reports/x?ACCESS_TOKEN={forged}"), bearer(&t), 400),
+        (
+            "/cookie/x".to_owned(),
+            format!("Cookie: session={t}\nAuthorization: Bearer\t{forged}"),
+            400,
+        ),
+        (
+            "/cookie/x".to_owned(),
+            format!("Cookie: session={t}; x=1 session={forged}"),
+            400,
+        ),
+        (
+            "/cookie/x".to_owned(),
+            format!("Cookie: session={t}; SESSION={forged}"),
+            400,
+        ),
+    ];
+    for (path, headers, want) in cases {
+        let r = raw(a, &format!("GET {path} HTTP/1.1\nHost: gw\n{headers}"), b"").await;
+        assert_eq!(r.status, want, "{path} {headers}");
+    }
+    // `auth: none`: a tab-separated bearer is still a bearer, and is dropped.
+    let r = raw(
+        a,
+        &format!("GET /x HTTP/1.1\nHost: gw\nAuthorization: Bearer\t{t}"),
+        b"",
+    )
+    .await;
+    assert!(r.upstream_header("authorization").is_empty());
+    // A cookie line that is not UTF-8 is not skipped.
+    let mut head = format!(
+        "GET /cookie/x HTTP/1.1\r\nHost: gw\r\nCookie: session={t}\r\nCookie: session=x; z="
+    )
+    .into_bytes();
+    head.extend_from_slice(b"\xff\r\nConnection: close\r\n\r\n");
+    let got = exchange(a, &head, Duration::from_secs(1)).await;
+    assert!(got.starts_with("HTTP/1.1 4"), "{got}");
+    assert!(!got.starts_with("HTTP/1.1 200"));
+    // Same host, other scheme: not the same origin.
+    let r = raw(
+        a,
+        &format!("POST /cookie/x HTTP/1.1\nHost: gw\nContent-Length: 0\nCookie: session={t}\nOrigin: https://gw"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // `%25` and two hex digits decode to an escape in an upstream that decodes twice.
+    for path in ["/%252e%252e/admin", "/a%2541"] {
+        assert_eq!(
+            raw(a, &format!("GET {path} HTTP/1.1\nHost: gw"), b"")
+                .await
+                .status,
+            400,
+            "{path}"
         );
     }
 }
