@@ -30,6 +30,8 @@ pub enum CloseReason {
     Expired,
     /// The gateway is shutting down (WebSocket close 1001).
     Shutdown,
+    /// The revocation set went stale under `on_stale: deny` (WebSocket close 1011).
+    Stale,
 }
 
 impl CloseReason {
@@ -38,12 +40,14 @@ impl CloseReason {
             CloseReason::Revoked => "revoked",
             CloseReason::Expired => "expired",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Stale => "stale",
         }
     }
     fn ws_code(self) -> u16 {
         match self {
             CloseReason::Revoked | CloseReason::Expired => 1008,
             CloseReason::Shutdown => 1001,
+            CloseReason::Stale => 1011,
         }
     }
     fn ws_reason(self) -> &'static [u8] {
@@ -51,6 +55,7 @@ impl CloseReason {
             CloseReason::Revoked => b"token revoked",
             CloseReason::Expired => b"token expired",
             CloseReason::Shutdown => b"gateway shutting down",
+            CloseReason::Stale => b"revocation status unavailable",
         }
     }
 }
@@ -137,6 +142,21 @@ impl LiveRegistry {
         for conn in inner.conns.values() {
             conn.close.send_if_modified(|r| r.replace(reason).is_none());
         }
+    }
+
+    /// End every live connection opened with a token (those of `auth: none` routes carry
+    /// no revocation keys and stay).
+    pub fn close_authenticated(&self, reason: CloseReason) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for conn in inner.conns.values() {
+            let k = &conn.keys;
+            if k.jti.is_some() || k.sid.is_some() || k.sub.is_some() {
+                conn.close.send_if_modified(|r| r.replace(reason).is_none());
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn len(&self) -> usize {

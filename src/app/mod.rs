@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::config::{Config, IdpConfig, RevocationConfig, RevocationSource};
+use crate::config::{Config, IdpConfig, OnStale, RevocationConfig, RevocationSource};
 use crate::control::store::Store;
 use crate::control::{api as control_api, ControlPlane};
 use crate::http1::Handler;
@@ -177,7 +177,40 @@ async fn start_revocations(
         rc.purge_interval,
         shutdown.clone(),
     ));
+    if rc.on_stale == OnStale::Deny {
+        tasks.spawn(close_live_when_stale(
+            revocations.clone(),
+            live.clone(),
+            shutdown.clone(),
+        ));
+    }
     Ok((revocations, control))
+}
+
+/// `on_stale: deny` holds for open WebSockets and streams too: once the set is stale they
+/// are ended (WebSocket close 1011), as new requests get 503.
+async fn close_live_when_stale(
+    revocations: Revocations,
+    live: Arc<LiveRegistry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every =
+        (revocations.max_staleness / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if revocations.stale() {
+            let n = live.close_authenticated(crate::live::CloseReason::Stale);
+            if n > 0 {
+                tracing::warn!(
+                    closed = n,
+                    "revocation set stale under on_stale: deny; live connections ended"
+                );
+            }
+        }
+    }
 }
 
 /// An entry goes into the set, and live connections of that token, session or subject end

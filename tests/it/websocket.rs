@@ -64,6 +64,10 @@ struct World {
 }
 
 async fn world(leeway: &str) -> World {
+    world_with(leeway, "").await
+}
+
+async fn world_with(leeway: &str, revocation_extra: &str) -> World {
     let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let (ws, seen) = ws_upstream().await;
@@ -95,7 +99,7 @@ routes:
 revocation:
   control_url: http://{control}
   token: {READER_KEY}
-"#,
+{revocation_extra}"#,
         iss = idp.url,
         jwks = idp.jwks_url(),
         control = control.addr
@@ -466,4 +470,21 @@ async fn shutdown_closes_websockets_with_1001() {
     assert_eq!(code, CloseCode::Away);
     assert_eq!(reason, "gateway shutting down");
     stop.await.expect("shutdown");
+}
+
+/// `on_stale: deny` holds for open connections too: when the set goes stale, WebSockets
+/// end (close 1011) as new requests get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_deny_closes_live_connections() {
+    let w = world_with("5s", "  max_staleness: 1s\n  on_stale: deny\n").await;
+    let (token, _) = w.token(json!({}));
+    let mut ws = w.ws(&token).await;
+    let control = w.control;
+    control.shutdown(Duration::from_secs(1)).await;
+    w.gw.gateway.clock.advance(Duration::from_secs(2));
+    let (code, reason, _) = closed_with(&mut ws, Duration::from_secs(3)).await;
+    assert_eq!(code, CloseCode::Error);
+    assert_eq!(reason, "revocation status unavailable");
+    let r = get(w.gw.addrs[0], "/", &[&bearer(&token)]).await;
+    assert_eq!(r.status, 503);
 }
