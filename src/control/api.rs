@@ -81,12 +81,36 @@ async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Option<Role
     }
     let verifier = cp.writer_verifier.as_ref()?;
     let all: Vec<usize> = (0..verifier.issuers.len()).collect();
-    let verified = verifier.verify(token, &all, cp.clock.unix()).await.ok()?;
-    verified
+    let now = cp.clock.unix();
+    let verified = verifier.verify(token, &all, now).await.ok()?;
+    if !verified
         .scopes
         .iter()
         .any(|s| **s == *cp.access.writer_scope)
-        .then_some(Role::Writer)
+    {
+        return None;
+    }
+    // A writer whose token (or session, or subject) was revoked writes no more. A store
+    // that cannot answer fails closed.
+    let text = |name: &str| {
+        verified
+            .claims
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+    };
+    let iss = verifier.issuers[verified.issuer].cfg.issuer.as_str();
+    let jti = text("jti").map_or_else(|| crate::verify::token_ref(token), str::to_owned);
+    let revoked = cp
+        .store
+        .revokes(
+            iss,
+            [Some(&jti), text("sid"), text("sub")],
+            verified.iat,
+            now,
+        )
+        .await
+        .unwrap_or(true);
+    (!revoked).then_some(Role::Writer)
 }
 
 pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<ControlBody> {

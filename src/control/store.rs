@@ -218,6 +218,54 @@ impl Store {
         Ok((entries, more))
     }
 
+    /// Whether a live entry revokes a token with these claims (`jti`, `sid`, or a `sub`
+    /// cutoff after its `iat`; no `iat` counts as revoked by any cutoff).
+    pub async fn revokes(
+        &self,
+        iss: &str,
+        keys: [Option<&str>; 3],
+        iat: Option<u64>,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let [jti, sid, sub] = keys.map(|k| k.map(str::to_owned));
+        let iss = iss.to_owned();
+        let iat = to_i64(iat.unwrap_or(0));
+        const WHERE: &str = "iss = ?1 AND expires_at > ?2 AND ((kind = 'jti' AND value = ?3) OR (kind = 'sid' AND value = ?4) OR (kind = 'sub' AND value = ?5 AND issued_before > ?6))";
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
+                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT EXISTS (SELECT 1 FROM revocations WHERE {WHERE})"
+                    ))?;
+                    let found: i64 = stmt.query_row(
+                        rusqlite::params![iss, to_i64(now), jti, sid, sub, iat],
+                        |r| r.get(0),
+                    )?;
+                    Ok(found != 0)
+                })
+                .await?
+            }
+            Backend::Postgres(pg) => {
+                let sql = format!(
+                    "SELECT EXISTS (SELECT 1 FROM jwtgate_revocations WHERE {})",
+                    WHERE
+                        .replace("?1", "$1")
+                        .replace("?2", "$2")
+                        .replace("?3", "$3")
+                        .replace("?4", "$4")
+                        .replace("?5", "$5")
+                        .replace("?6", "$6")
+                );
+                let rows = pg
+                    .query(&sql, &[&iss, &to_i64(now), &jti, &sid, &sub, &iat])
+                    .await?;
+                Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+            }
+        }
+    }
+
     /// The newest cursor in the store.
     pub async fn max_cursor(&self) -> Result<u64, StoreError> {
         match &self.backend {

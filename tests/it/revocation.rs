@@ -638,6 +638,46 @@ async fn jwt_writers_need_the_scope() {
         !text.contains("jwtgate_live_connections"),
         "a control plane exports no gateway metrics: {text}"
     );
+    // A writer whose token was revoked writes no more (and neither does its subject once
+    // cut off).
+    c["scope"] = json!("jwtgate:revoke");
+    let writer = key.mint(&c);
+    assert_eq!(
+        post_json(control.addr, "/v1/revocations", &writer, &body)
+            .await
+            .status,
+        200
+    );
+    // (This control plane has JWT writers only: the writer revokes its own token.)
+    let own = json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] });
+    let r = post_json(control.addr, "/v1/revocations", &writer, &own).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        post_json(control.addr, "/v1/revocations", &writer, &body)
+            .await
+            .status,
+        401,
+        "a revoked writer token still writes"
+    );
+    c["jti"] = json!("w-2");
+    c["iat"] = json!(now() - 5);
+    let sibling = key.mint(&c);
+    assert_eq!(
+        post_json(control.addr, "/v1/revocations", &sibling, &body)
+            .await
+            .status,
+        200
+    );
+    let cutoff = json!({ "iss": idp.url, "sub": c["sub"], "issued_before": now() });
+    let r = post_json(control.addr, "/v1/revocations", &sibling, &cutoff).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        post_json(control.addr, "/v1/revocations", &sibling, &body)
+            .await
+            .status,
+        401,
+        "a writer whose subject was cut off still writes"
+    );
 }
 
 /// A single-node gateway (store on a temporary SQLite file, the test writer key) with its IdP

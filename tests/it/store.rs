@@ -80,6 +80,35 @@ async fn suite(url: StoreUrl) {
         .await
         .expect("insert");
 
+    // Whether a token is revoked (writer checks): by jti, sid, or a sub cutoff after iat.
+    let iss = "https://iss";
+    for (keys, iat, want) in [
+        ([Some("a"), None, None], Some(now), true),
+        ([Some("zz"), None, None], Some(now), false),
+        ([Some("zz"), Some("sess"), None], Some(now), true),
+        ([Some("zz"), None, Some("u1")], Some(now - 20), true),
+        ([Some("zz"), None, Some("u1")], Some(now), false),
+        ([Some("zz"), None, Some("u1")], None, true),
+        ([Some("zz"), None, Some("u2")], Some(now - 20), false),
+    ] {
+        assert_eq!(
+            store.revokes(iss, keys, iat, now).await.expect("revokes"),
+            want,
+            "{keys:?} {iat:?}"
+        );
+    }
+    assert!(!store
+        .revokes("https://other", [Some("a"), None, None], Some(now), now)
+        .await
+        .expect("revokes"));
+    assert!(
+        !store
+            .revokes(iss, [Some("a"), None, None], Some(now), now + 500)
+            .await
+            .expect("revokes"),
+        "expired entries revoke nothing"
+    );
+
     // Listing: live entries after the cursor, in order, paged.
     let (all, more) = store.list(0, 100, now).await.expect("list");
     assert!(!more);
