@@ -167,7 +167,7 @@ pub fn downstream(
         tokio::spawn(live::tunnel(
             client_upgrade.upgrade,
             upstream_upgrade,
-            register(gw, admitted),
+            register(gw, admitted)?,
             (client_upgrade.hold, Some(slot)),
         ));
         return Ok(Response::from_parts(
@@ -185,7 +185,7 @@ pub fn downstream(
         );
     let idle = gw.config.limits.body_timeout;
     Ok(if streaming {
-        let reg = register(gw, admitted);
+        let reg = register(gw, admitted)?;
         resp.map(|b| Either::Left(LiveBody::watched(b, reg).bounded(idle, Some(slot))))
     } else {
         resp.map(|b| Either::Left(LiveBody::plain(b).bounded(idle, Some(slot))))
@@ -225,15 +225,29 @@ fn subprotocol_marker<'a>(admitted: &Admitted<'a>) -> Option<&'a str> {
 }
 
 /// Register a live connection under its token's revocation keys (and expiry, when the
-/// route closes on expiry).
-fn register(gw: &Gateway, admitted: &Admitted<'_>) -> Registration {
-    match (&admitted.route.auth, admitted.verified()) {
-        (Some(policy), Some(v)) => gw.live.register(
-            v.revocation_keys,
-            policy
-                .close_on_expiry
-                .then(|| v.expires_in(gw.clock.unix())),
-        ),
-        _ => gw.live.register(TokenKeys::default(), None),
+/// route closes on expiry), then check revocation once more: an entry that arrived while the
+/// handshake or the stream's head was with the upstream was checked too early to refuse the
+/// request and too early to find this registration. From here on, the registry signals it.
+fn register(gw: &Gateway, admitted: &Admitted<'_>) -> Result<Registration, Reject> {
+    let (Some(policy), Some(v)) = (&admitted.route.auth, admitted.verified()) else {
+        return Ok(gw.live.register(TokenKeys::default(), None));
+    };
+    let reg = gw.live.register(
+        v.revocation_keys,
+        policy
+            .close_on_expiry
+            .then(|| v.expires_in(gw.clock.unix())),
+    );
+    if let Some(revocations) = &gw.revocations {
+        revocations.check(
+            crate::revocation::Presented {
+                keys: &v.revocation_keys,
+                checked: &v.revocation_checked,
+                exp: v.exp,
+                iat: v.iat,
+            },
+            gw.clock.unix(),
+        )?;
     }
+    Ok(reg)
 }

@@ -488,3 +488,79 @@ async fn stale_deny_closes_live_connections() {
     let r = get(w.gw.addrs[0], "/", &[&bearer(&token)]).await;
     assert_eq!(r.status, 503);
 }
+
+/// Handshake race: a revocation that lands while the handshake is still with the upstream
+/// (the upstream answers 101 only after 400 ms) still refuses the connection — it is
+/// checked again once the connection is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_during_the_handshake_is_not_lost() {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that accepts WebSockets slowly.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slow = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let key = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("sec-websocket-key:")
+                            .then(|| l[18..].trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let mut ctx =
+                    aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+                ctx.update(key.as_bytes());
+                ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+                let accept =
+                    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes())
+                    .await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let dir = temp_dir();
+    let control = start_control(&format!("sqlite://{}", dir.join("rev.db").display()), "").await;
+    let gw = start_gateway(&format!(
+        "listeners: [ {{ address: \"127.0.0.1:0\" }} ]\nissuers:\n  - {{ name: idp, issuer: \"{}\", jwks_uri: \"{}\", audiences: [api], algorithms: [ES256] }}\nupstreams: [ {{ name: ws, url: \"http://{slow}\" }} ]\nroutes:\n  - {{ name: ws, match: {{ path_prefix: / }}, upstream: ws, auth: {{ issuers: [idp] }} }}\nrevocation: {{ control_url: \"http://{}\", token: {READER_KEY} }}\n",
+        idp.url,
+        idp.jwks_url(),
+        control.addr
+    ))
+    .await;
+    let c = claims(&idp.url);
+    let token = key.mint(&c);
+    let mut s = tokio::net::TcpStream::connect(gw.addrs[0])
+        .await
+        .expect("connect");
+    s.write_all(format!("GET /chat HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = revoke(
+        control.addr,
+        &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] }),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut out))
+        .await
+        .expect("answer")
+        .expect("read");
+    let got = String::from_utf8_lossy(&out[..n]);
+    assert!(got.starts_with("HTTP/1.1 401"), "the tunnel opened: {got}");
+    assert!(got.contains("token revoked"));
+}
