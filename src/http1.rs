@@ -34,6 +34,9 @@ pub type Handler = Arc<
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections (SSE streams included) may take to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the backlog, so a flood of slow clients cannot
+/// take every task and descriptor from the gateways' sync and the writers.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// Serve plain HTTP/1.1 with `handler` until `shutdown` turns true.
 pub async fn serve<F, Fut, B>(
@@ -48,12 +51,21 @@ pub async fn serve<F, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
-                // EMFILE and friends: back off briefly instead of spinning.
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             _ = shutdown.changed() => break,
         };
@@ -70,6 +82,7 @@ pub async fn serve<F, Fut, B>(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(slot);
         });
     }
     drop(listener);

@@ -24,6 +24,10 @@ use crate::revocation::Kind;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest body the unauthenticated endpoints (back-channel logout, RFC 7009) read.
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
+/// Time a client has to send a whole request body.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 /// The largest `leeway` an issuer may have (`config` refuses more): entries naming a token's
 /// `exp` are kept this much longer.
 pub const MAX_LEEWAY_SECS: u64 = 300;
@@ -183,20 +187,23 @@ struct RevokeBody {
     reason: Option<String>,
 }
 
-/// Read a body of at most [`MAX_BODY_BYTES`].
-pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+/// Read a body of at most `max` bytes within [`BODY_DEADLINE`].
+pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         return Err(ApiError::BodyTooLarge);
     }
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    // A body that trickles in holds a connection and a task: the whole of it within
+    // BODY_DEADLINE.
+    let collected =
+        tokio::time::timeout(BODY_DEADLINE, Limited::new(req.into_body(), max).collect())
+            .await
+            .map_err(|_| ApiError::BodyTimeout)?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -274,7 +281,7 @@ async fn post_revocation(
     cp: &ControlPlane,
     req: Request<Incoming>,
 ) -> Result<Response<ControlBody>, ApiError> {
-    let body = read_body(req).await?;
+    let body = read_body(req, MAX_BODY_BYTES).await?;
     let now = cp.clock.unix();
     let new = parse_revocation(&body, &cp.access, now)?;
     record(cp, &new, now).await

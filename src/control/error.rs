@@ -32,6 +32,8 @@ pub enum ApiError {
     BodyTooLarge,
     /// The body could not be read.
     UnreadableBody,
+    /// The body did not arrive within the deadline.
+    BodyTimeout,
     /// An endpoint that takes a form got another content type.
     NotAForm,
     /// The form is not UTF-8, or repeats a field.
@@ -107,7 +109,13 @@ impl ApiError {
             BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request",
-                fixed("body larger than 64 KiB"),
+                fixed("body too large"),
+                None,
+            ),
+            BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                fixed("the body did not arrive in time"),
                 None,
             ),
             UnreadableBody => (

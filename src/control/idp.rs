@@ -10,7 +10,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::api::{read_body, record, ControlBody, MAX_LEEWAY_SECS};
+use super::api::{read_body, record, ControlBody, MAX_FORM_BYTES, MAX_LEEWAY_SECS};
 use super::error::{empty_ok, ApiError};
 use super::store::NewRevocation;
 use super::ControlPlane;
@@ -78,18 +78,22 @@ impl IdpEndpoints {
     }
 }
 
-/// Parse an `application/x-www-form-urlencoded` body; a repeated parameter is an error
-/// (RFC 6749 §3.2).
+/// Parse an `application/x-www-form-urlencoded` body in one linear pass: at most
+/// [`MAX_FORM_FIELDS`] fields, none repeated (RFC 6749 §3.2).
 pub fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the form is not UTF-8".to_owned())?;
     let mut out: Vec<(String, String)> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {
+        if out.len() == MAX_FORM_FIELDS {
+            return Err(format!("more than {MAX_FORM_FIELDS} fields"));
+        }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (k, v) = (
             percent_decode(k).into_owned(),
             percent_decode(v).into_owned(),
         );
-        if out.iter().any(|(x, _)| *x == k) {
+        if !names.insert(k.clone()) {
             return Err(format!("`{k}` is given more than once"));
         }
         out.push((k, v));
@@ -97,12 +101,15 @@ pub fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// The fields of an `application/x-www-form-urlencoded` request body (at most 64 KiB).
+/// Fields a form may hold: the endpoints read two or three.
+pub const MAX_FORM_FIELDS: usize = 16;
+
+/// The fields of an `application/x-www-form-urlencoded` request body (at most 16 KiB).
 async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, ApiError> {
     if !is_form(&req) {
         return Err(ApiError::NotAForm);
     }
-    let body = read_body(req).await?;
+    let body = read_body(req, MAX_FORM_BYTES).await?;
     form(&body).map_err(ApiError::MalformedForm)
 }
 

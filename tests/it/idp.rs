@@ -543,3 +543,35 @@ async fn logout_and_revoke_lapses_are_closed() {
         sid.expires_at - now
     );
 }
+
+/// The unauthenticated endpoints are cheap to refuse: a form of thousands of fields is
+/// refused in one linear pass, and bodies past 16 KiB are not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_endpoints_are_cheap_to_refuse() {
+    let w = world().await;
+    let many: String = (0..20_000).map(|i| format!("f{i}=x&")).collect();
+    let many = &many[..many.len().min(16 * 1024 - 16)];
+    let start = Instant::now();
+    let r = w.post_form("/v1/backchannel-logout", many, &[]).await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap_or("")
+        .contains("fields"));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let big = format!("logout_token={}", "a".repeat(17 * 1024));
+    for path in ["/v1/backchannel-logout", "/v1/revoke"] {
+        let r = w
+            .post_form(
+                path,
+                &big,
+                &[&format!("Authorization: Bearer {WRITER_KEY}")],
+            )
+            .await;
+        assert_eq!(r.status, 413, "{path}");
+    }
+}
