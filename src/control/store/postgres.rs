@@ -1,0 +1,232 @@
+//! The PostgreSQL store: a small pool, writers serialized by an advisory lock so ids commit
+//! in order, and LISTEN/NOTIFY so every control replica streams what any one wrote.
+
+use tokio::sync::watch;
+
+use std::time::Duration;
+
+use super::{strengthen, to_i64, to_u64, NewRevocation, StoreError, Written};
+
+/// A small connection pool: at most `POOL_SIZE` connections, idle ones reused.
+pub(super) struct Pg {
+    pub(super) url: String,
+    pub(super) idle: std::sync::Mutex<Vec<tokio_postgres::Client>>,
+    pub(super) permits: tokio::sync::Semaphore,
+}
+
+pub(super) const POOL_SIZE: usize = 8;
+
+/// A pooled connection; returned to the pool by [`Pg::release`].
+pub(super) struct Pooled<'a> {
+    pub(super) client: tokio_postgres::Client,
+    pub(super) _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// Advisory lock key serializing writers ("jwtg" in ASCII).
+const WRITE_LOCK: i64 = 0x6a77_7467;
+const CHANNEL: &str = "jwtgate_revocations";
+
+pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "SELECT pg_advisory_lock(1785951335);
+             CREATE TABLE IF NOT EXISTS jwtgate_schema (version INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS jwtgate_revocations (
+                 id BIGSERIAL PRIMARY KEY,
+                 kind TEXT NOT NULL,
+                 iss TEXT NOT NULL,
+                 value TEXT NOT NULL,
+                 expires_at BIGINT NOT NULL,
+                 issued_before BIGINT,
+                 reason TEXT,
+                 created_at BIGINT NOT NULL,
+                 UNIQUE (kind, iss, value));
+             CREATE INDEX IF NOT EXISTS jwtgate_revocations_expires ON jwtgate_revocations (expires_at);
+             INSERT INTO jwtgate_schema (version) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM jwtgate_schema);
+             SELECT pg_advisory_unlock(1785951335);",
+        )
+        .await?;
+    Ok(())
+}
+
+impl Pg {
+    pub(super) async fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A connection from the pool (waiting for a free slot), reconnecting when needed.
+    pub(super) async fn client(&self) -> Result<Pooled<'_>, StoreError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Other("pool closed".into()))?;
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
+        };
+        let client = match idle {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        Ok(Pooled {
+            client,
+            _permit: permit,
+        })
+    }
+
+    /// Give a connection back; a broken one is dropped.
+    pub(super) fn release(&self, pooled: Pooled<'_>, healthy: bool) {
+        if healthy && !pooled.client.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pooled.client);
+        }
+    }
+
+    pub(super) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let pooled = self.client().await?;
+        let result = pooled.client.query(sql, params).await;
+        self.release(pooled, result.is_ok());
+        Ok(result?)
+    }
+
+    pub(super) async fn insert(&self, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+        let mut pooled = self.client().await?;
+        let result = pg_insert(&mut pooled.client, r, now).await;
+        self.release(pooled, result.is_ok());
+        result
+    }
+}
+
+pub(super) async fn pg_insert(
+    client: &mut tokio_postgres::Client,
+    r: &NewRevocation,
+    now: u64,
+) -> Result<Written, StoreError> {
+    let tx = client.transaction().await?;
+    // Serialize writers: an id is drawn only while holding the lock, so ids commit in order.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .await?;
+    let existing = tx
+        .query_opt(
+            "SELECT id, expires_at, issued_before FROM jwtgate_revocations WHERE kind = $1 AND iss = $2 AND value = $3",
+            &[&r.kind.as_str(), &r.iss, &r.value],
+        )
+        .await?;
+    let (expires, cutoff) = match existing {
+        Some(row) => match strengthen(
+            to_u64(row.get(1)),
+            row.get::<_, Option<i64>>(2).map(to_u64),
+            r,
+        ) {
+            None => {
+                return Ok(Written {
+                    cursor: to_u64(row.get(0)),
+                    changed: false,
+                })
+            }
+            Some(merged) => {
+                tx.execute(
+                    "DELETE FROM jwtgate_revocations WHERE id = $1",
+                    &[&row.get::<_, i64>(0)],
+                )
+                .await?;
+                merged
+            }
+        },
+        None => (r.expires_at, r.issued_before),
+    };
+    let row = tx
+        .query_one(
+            "INSERT INTO jwtgate_revocations (kind, iss, value, expires_at, issued_before, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[&r.kind.as_str(), &r.iss, &r.value, &to_i64(expires), &cutoff.map(to_i64), &r.reason, &to_i64(now)],
+        )
+        .await?;
+    let id: i64 = row.get(0);
+    // Delivered to every listening replica when (and only if) the transaction commits.
+    tx.execute(&format!("NOTIFY {CHANNEL}, '{id}'"), &[])
+        .await?;
+    tx.commit().await?;
+    Ok(Written {
+        cursor: to_u64(id),
+        changed: true,
+    })
+}
+
+/// Follow writes made through other replicas: LISTEN for their notifications, and poll the
+/// sequence once a second in case a notification was lost with a connection.
+pub(super) async fn follow_pg(pg: std::sync::Weak<Pg>, latest: watch::Sender<u64>) {
+    use futures_util::StreamExt;
+    let mut failures = 0u32;
+    loop {
+        let Some(strong) = pg.upgrade() else { return };
+        let url = strong.url.clone();
+        drop(strong);
+        let connected = tokio_postgres::connect(&url, tokio_postgres::NoTls).await;
+        let (client, mut conn) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "cannot LISTEN on PostgreSQL; retrying");
+                tokio::time::sleep(crate::backoff::backoff(failures)).await;
+                continue;
+            }
+        };
+        failures = 0;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pump = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(msg)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                    let _ = tx.send(n.payload().parse::<u64>().unwrap_or(0));
+                }
+            }
+        });
+        if client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .is_err()
+        {
+            pump.abort();
+            continue;
+        }
+        loop {
+            tokio::select! {
+                n = rx.recv() => match n {
+                    // A commit elsewhere: always wake the followers, even when the poll
+                    // below already saw this id drawn but not yet committed.
+                    Some(n) => latest.send_modify(|v| *v = (*v).max(n)),
+                    None => break,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let seen = match client.query_one("SELECT COALESCE(MAX(id), 0) FROM jwtgate_revocations", &[]).await {
+                        Ok(row) => to_u64(row.get(0)),
+                        Err(_) => break,
+                    };
+                    latest.send_if_modified(|v| {
+                        let grew = seen > *v;
+                        *v = (*v).max(seen);
+                        grew
+                    });
+                }
+            }
+            if pg.strong_count() == 0 {
+                pump.abort();
+                return;
+            }
+        }
+        pump.abort();
+    }
+}
