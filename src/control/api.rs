@@ -158,7 +158,13 @@ async fn route(
             None => Err(ApiError::Unauthorized),
         },
         (Method::GET, "/v1/revocations/stream") => match authenticate(cp, &req).await {
-            Some(_) => stream(cp, &req),
+            Some(_) => {
+                let head = cp.store.max_cursor().await.map_err(|e| {
+                    tracing::error!(error = %e, "reading the revocation head failed");
+                    ApiError::StoreUnavailable
+                })?;
+                stream(cp, &req, head)
+            }
             None => Err(ApiError::Unauthorized),
         },
         (
@@ -363,20 +369,39 @@ async fn list(
         Some(e) => e.cursor,
         None => since.max(head),
     };
+    // `epoch` and `head` let a gateway see that the store was recreated or restored from an
+    // older backup (its cursor then means nothing here) and resync from zero.
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "entries": entries, "cursor": cursor.to_string(), "more": more }),
+        &json!({
+            "entries": entries,
+            "cursor": cursor.to_string(),
+            "more": more,
+            "epoch": cp.store.epoch(),
+            "head": head.to_string(),
+        }),
     ))
 }
 
 /// `text/event-stream`: every entry after the cursor, then new ones as they commit, with
 /// heartbeats. Resumable from `since` or `Last-Event-ID`.
-fn stream(cp: &ControlPlane, req: &Request<Incoming>) -> Result<Response<ControlBody>, ApiError> {
+fn stream(
+    cp: &ControlPlane,
+    req: &Request<Incoming>,
+    head: u64,
+) -> Result<Response<ControlBody>, ApiError> {
     let last_event = req
         .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok());
     let since = parse_cursor(last_event.or(query_param(req, "since")))?;
+    // A gateway following another epoch, or a cursor past this store's head, must resync
+    // from the pages instead.
+    if query_param(req, "epoch").is_some_and(|e| !e.is_empty() && e != cp.store.epoch())
+        || since > head
+    {
+        return Err(ApiError::EpochChanged);
+    }
     let heartbeat = query_param(req, "heartbeat_ms")
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_secs(5), Duration::from_millis)

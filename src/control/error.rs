@@ -48,6 +48,8 @@ pub enum ApiError {
     EmptyValue(Kind),
     /// `since` (or `Last-Event-ID`) is not a cursor of this API.
     BadCursor,
+    /// The stream was asked for from another store epoch, or past this store's head.
+    EpochChanged,
     /// A logout token that fails OIDC Back-Channel Logout §2.6 (the reason).
     LogoutTokenRefused(Cow<'static, str>),
     /// The store does not answer a read.
@@ -155,6 +157,12 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 Cow::Owned(format!("`{}` must not be empty", kind.as_str())),
+                None,
+            ),
+            EpochChanged => (
+                StatusCode::CONFLICT,
+                "epoch_changed",
+                fixed("the store was recreated or restored; resync from the beginning"),
                 None,
             ),
             BadCursor => (

@@ -60,10 +60,14 @@ pub struct RevocationSet {
     version: AtomicU64,
     /// The control plane cursor the set reflects.
     cursor: AtomicU64,
+    /// The epoch of the store the cursor belongs to (empty until known).
+    epoch: std::sync::Mutex<String>,
     counts: [AtomicU64; 3],
 }
 
-const MAGIC: &[u8; 8] = b"JWTGRV01";
+/// Snapshot formats: version 2 adds the store epoch after the entries.
+const MAGIC_V1: &[u8; 8] = b"JWTGRV01";
+const MAGIC: &[u8; 8] = b"JWTGRV02";
 
 impl RevocationSet {
     pub fn new() -> RevocationSet {
@@ -76,6 +80,7 @@ impl RevocationSet {
             map: RwLock::new(Map::default()),
             version: AtomicU64::new(1),
             cursor: AtomicU64::new(0),
+            epoch: std::sync::Mutex::new(String::new()),
             counts: Default::default(),
         }
     }
@@ -207,6 +212,25 @@ impl RevocationSet {
         self.cursor.fetch_max(c, Ordering::AcqRel);
     }
 
+    /// Follow another store (or the same one restored): the cursor starts over at zero.
+    /// Entries already held stay — more revoked than needed until they expire, never less.
+    pub fn restart(&self, epoch: &str) {
+        self.cursor.store(0, Ordering::Release);
+        self.set_epoch(epoch);
+    }
+
+    /// The epoch of the store the cursor belongs to; empty when unknown.
+    pub fn epoch(&self) -> String {
+        self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_epoch(&self, epoch: &str) {
+        let mut e = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        if *e != epoch {
+            *e = epoch.to_owned();
+        }
+    }
+
     /// Write the set atomically: a temporary file beside `path`, fsync, rename.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let mut buf = Vec::new();
@@ -225,6 +249,10 @@ impl RevocationSet {
                 buf.extend_from_slice(&s.expires.to_le_bytes());
                 buf.extend_from_slice(&s.cutoff.to_le_bytes());
             }
+            let epoch = self.epoch();
+            let epoch = &epoch.as_bytes()[..epoch.len().min(u16::MAX as usize)];
+            buf.extend_from_slice(&(epoch.len() as u16).to_le_bytes());
+            buf.extend_from_slice(epoch);
         }
         let tmp = path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp)?;
@@ -250,9 +278,10 @@ impl RevocationSet {
         let mut data = Vec::new();
         std::fs::File::open(path)?.read_to_end(&mut data)?;
         let header = 8 + 8 + 8 + 12 + 8;
-        if data.len() < header || &data[..8] != MAGIC {
+        if data.len() < header || (&data[..8] != MAGIC && &data[..8] != MAGIC_V1) {
             return Err(bad("not a jwtgate snapshot"));
         }
+        let v2 = &data[..8] == MAGIC;
         let u64_at = |i: usize| u64::from_le_bytes(data[i..i + 8].try_into().unwrap_or([0; 8]));
         let u32_at = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap_or([0; 4]));
         let set = RevocationSet::with_seed(u64_at(8));
@@ -260,10 +289,28 @@ impl RevocationSet {
         for (i, c) in set.counts.iter().enumerate() {
             c.store(u64::from(u32_at(24 + 4 * i)), Ordering::Relaxed);
         }
-        let n = u64_at(36) as usize;
-        if data.len() != header + n * 16 {
-            return Err(bad("truncated"));
-        }
+        let n = usize::try_from(u64_at(36)).map_err(|_| bad("truncated"))?;
+        let entries_end = n
+            .checked_mul(16)
+            .and_then(|b| b.checked_add(header))
+            .ok_or_else(|| bad("truncated"))?;
+        let epoch = if v2 {
+            let len_at = entries_end;
+            let len = data
+                .get(len_at..len_at + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                .ok_or_else(|| bad("truncated"))?;
+            if data.len() != len_at + 2 + len {
+                return Err(bad("truncated"));
+            }
+            String::from_utf8_lossy(&data[len_at + 2..]).into_owned()
+        } else {
+            if data.len() != entries_end {
+                return Err(bad("truncated"));
+            }
+            String::new()
+        };
+        set.set_epoch(&epoch);
         let now = clamp_u32(now);
         let mut map = Map::with_capacity_and_hasher(n, Default::default());
         for i in 0..n {
@@ -345,10 +392,12 @@ mod tests {
         s.insert(Kind::Jti, "i", "t1", 2_000_000_000, None);
         s.insert(Kind::Jti, "i", "old", 10, None);
         s.set_cursor(42);
+        s.set_epoch("e-1");
         let p = std::env::temp_dir().join(format!("jwtgate-snap-{}", fastrand::u64(..)));
         s.save(&p).expect("save");
         let l = RevocationSet::load(&p, 100).expect("load");
         assert_eq!(l.cursor(), 42);
+        assert_eq!(l.epoch(), "e-1");
         assert_eq!(l.len(), 1);
         assert!(l.lookup(&l.token_keys("i", Some("t1"), None, None, None)));
         let mut data = std::fs::read(&p).expect("read");

@@ -74,6 +74,11 @@ struct Page {
     entries: Vec<Entry>,
     cursor: String,
     more: bool,
+    /// The store's epoch and newest cursor (absent from control planes before 0.1.1).
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    head: Option<String>,
 }
 
 /// The client side of the control API.
@@ -164,10 +169,8 @@ impl SyncClient {
     async fn session(&self, failures: &mut u32) -> Result<(), String> {
         // 1. Catch up by pages from the cursor (everything live when the cursor is 0).
         loop {
-            let req = self.request(&format!(
-                "/v1/revocations?since={}&limit=5000",
-                self.set.cursor()
-            ))?;
+            let since = self.set.cursor();
+            let req = self.request(&format!("/v1/revocations?since={since}&limit=5000"))?;
             let resp = self
                 .client
                 .request(req)
@@ -186,6 +189,27 @@ impl SyncClient {
                 .to_bytes();
             let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| format!("control plane sent an invalid page: {e}"))?;
+            // A store recreated (another epoch) or restored from an older backup (its head
+            // below our cursor) does not know our cursor: start over from zero, or every
+            // entry below the old cursor would be skipped while we report ready.
+            if let Some(epoch) = &page.epoch {
+                let known = self.set.epoch();
+                let behind = page
+                    .head
+                    .as_deref()
+                    .and_then(|h| h.parse::<u64>().ok())
+                    .is_some_and(|head| head < since);
+                if (!known.is_empty() && known != *epoch) || behind {
+                    tracing::warn!(
+                        epoch_changed = known != *epoch,
+                        head_behind_cursor = behind,
+                        "the revocation store was recreated or restored; syncing from the beginning"
+                    );
+                    self.set.restart(epoch);
+                    continue;
+                }
+                self.set.set_epoch(epoch);
+            }
             for e in &page.entries {
                 (self.apply)(e);
             }
@@ -202,8 +226,9 @@ impl SyncClient {
 
         // 2. Follow the stream.
         let cursor = self.set.cursor();
+        let epoch = self.set.epoch();
         let mut req = self.request(&format!(
-            "/v1/revocations/stream?since={cursor}&heartbeat_ms={}",
+            "/v1/revocations/stream?since={cursor}&heartbeat_ms={}&epoch={epoch}",
             self.heartbeat.as_millis()
         ))?;
         if let Ok(v) = HeaderValue::from_str(&cursor.to_string()) {

@@ -944,3 +944,92 @@ async fn revocation_lapses_are_closed() {
     let (fine, _) = w.token(json!({ "iat": now, "exp": now + 3000 }));
     assert_eq!(get(w.a(), "/", &[&bearer(&fine)]).await.status, 200);
 }
+
+/// A store recreated (new epoch) or restored from an older backup (head below the
+/// gateways' cursor) is noticed: gateways resync from zero instead of silently skipping
+/// every new entry whose cursor they think they have seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_reset_or_restore_is_noticed() {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let dir = temp_dir();
+    let db = dir.join("rev.db");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = |path: std::path::PathBuf| {
+        let listen = listen.clone();
+        async move {
+            let config = jwtgate::config::ControlConfig::from_yaml(
+                &control_yaml(&format!("sqlite://{}", path.display()), &listen, ""),
+                std::path::Path::new("."),
+                &|_| None,
+            )
+            .expect("config");
+            jwtgate::app::start_control(config).await.expect("control")
+        }
+    };
+    let gw = start_gateway(&gateway_yaml(
+        &idp,
+        &echo,
+        &format!("  control_url: http://{listen}\n  token: {READER_KEY}\n  max_staleness: 3s\n"),
+    ))
+    .await;
+    let control = start(db.clone()).await;
+    let revoke_one = |control: std::net::SocketAddr| {
+        let idp = idp.url.clone();
+        let key = &key;
+        async move {
+            let c = claims(&idp);
+            let r = revoke(
+                control,
+                &json!({ "iss": idp, "jti": c["jti"], "expires_at": c["exp"] }),
+            )
+            .await;
+            assert_eq!(r.status, 201);
+            key.mint(&c)
+        }
+    };
+    // Three entries (gateway cursor 3); keep a backup taken after the first.
+    let first = revoke_one(control.addr).await;
+    refused_within_a_second(gw.addrs[0], &first).await;
+    std::fs::copy(&db, dir.join("backup.db")).expect("backup");
+    for _ in 0..2 {
+        let t = revoke_one(control.addr).await;
+        refused_within_a_second(gw.addrs[0], &t).await;
+    }
+    // Restore the backup (head 1): the next entry gets cursor 2, below the gateway's 3.
+    control.shutdown(Duration::from_secs(1)).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(dir.join("backup.db"), &db).expect("restore");
+    let control = start(db.clone()).await;
+    let after_restore = revoke_one(control.addr).await;
+    let t0 = Instant::now();
+    while get(gw.addrs[0], "/", &[&bearer(&after_restore)])
+        .await
+        .status
+        != 401
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "an entry written after a restore was skipped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A brand-new store (another epoch) in its place: cursors start at 1 again.
+    control.shutdown(Duration::from_secs(1)).await;
+    let control = start(dir.join("fresh.db")).await;
+    let t = revoke_one(control.addr).await;
+    let t0 = Instant::now();
+    while get(gw.addrs[0], "/", &[&bearer(&t)]).await.status != 401 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "an entry of a recreated store was skipped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What was known before stays enforced.
+    assert_eq!(get(gw.addrs[0], "/", &[&bearer(&first)]).await.status, 401);
+}

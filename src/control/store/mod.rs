@@ -54,6 +54,14 @@ pub struct Written {
 pub struct Store {
     backend: Backend,
     latest: watch::Sender<u64>,
+    /// Made once, when the store's schema is created: a store recreated (or a fresh one put
+    /// in its place) has another, so gateways know their cursors mean nothing there.
+    epoch: Arc<str>,
+}
+
+/// A new random epoch: 128 bits, hex.
+fn new_epoch() -> String {
+    format!("{:032x}", fastrand::u128(..))
 }
 
 #[derive(Clone)]
@@ -120,13 +128,42 @@ impl Store {
                 Backend::Postgres(Arc::new(pg))
             }
         };
-        let store = Store { backend, latest };
+        let epoch = match &backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || -> Result<String, StoreError> {
+                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    conn.execute_batch("CREATE TABLE IF NOT EXISTS meta (epoch TEXT NOT NULL);")?;
+                    conn.execute(
+                        "INSERT INTO meta (epoch) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM meta)",
+                        [new_epoch()],
+                    )?;
+                    Ok(conn.query_row(
+                        "SELECT epoch FROM meta ORDER BY epoch LIMIT 1",
+                        [],
+                        |r| r.get(0),
+                    )?)
+                })
+                .await??
+            }
+            Backend::Postgres(pg) => pg.epoch(&new_epoch()).await?,
+        };
+        let store = Store {
+            backend,
+            latest,
+            epoch: epoch.into(),
+        };
         let max = store.max_cursor().await?;
         store.latest.send_replace(max);
         if let Backend::Postgres(pg) = &store.backend {
             tokio::spawn(follow_pg(Arc::downgrade(pg), store.latest.clone()));
         }
         Ok(store)
+    }
+
+    /// The store's epoch (see [`Store`]).
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// The newest cursor known to this process; changes when any writer commits.

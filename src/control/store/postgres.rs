@@ -50,6 +50,32 @@ pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), St
 }
 
 impl Pg {
+    /// The store's epoch, made with `candidate` if it has none yet.
+    pub(super) async fn epoch(&self, candidate: &str) -> Result<String, StoreError> {
+        let pooled = self.client().await?;
+        let result = async {
+            pooled
+                .client
+                .batch_execute("CREATE TABLE IF NOT EXISTS jwtgate_meta (epoch TEXT NOT NULL)")
+                .await?;
+            pooled
+                .client
+                .execute(
+                    "INSERT INTO jwtgate_meta (epoch) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM jwtgate_meta)",
+                    &[&candidate],
+                )
+                .await?;
+            let row = pooled
+                .client
+                .query_one("SELECT epoch FROM jwtgate_meta ORDER BY epoch LIMIT 1", &[])
+                .await?;
+            Ok::<String, StoreError>(row.get(0))
+        }
+        .await;
+        self.release(pooled, result.is_ok());
+        result
+    }
+
     pub(super) async fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
