@@ -13,8 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let base = std::path::Path::new("/nonexistent");
     if let Err(problems) = Config::from_yaml(text, base, &env) {
         assert!(!problems.is_empty());
-        for p in &problems {
-            assert!(!p.message.contains("s3cret-value"), "a secret in a message: {p}");
+        // (Unless the file itself spells the value out: then it is the file's own text.)
+        if !text.contains("s3cret-value") {
+            for p in &problems {
+                assert!(!p.message.contains("s3cret-value"), "a secret in a message: {p}");
+            }
         }
     }
     let _ = ControlConfig::from_yaml(text, base, &env);
