@@ -318,10 +318,8 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{assert_problems, gateway_problems, gateway_with};
+    use super::super::testing::{assert_problems, gateway_problems, gateway_with, LISTEN};
     use super::*;
-
-    const LISTEN: &str = "listeners: [ { address: \"127.0.0.1:0\" } ]\n";
 
     /// Each mistake is reported at its key, line and column.
     #[test]

@@ -303,6 +303,9 @@ impl<'a> Validator<'a> {
 mod testing {
     use super::*;
 
+    /// One listener: the smallest valid start of a gateway file.
+    pub const LISTEN: &str = "listeners: [ { address: \"127.0.0.1:0\" } ]\n";
+
     /// Complete `sections` into a gateway file: the required keys it lacks are appended,
     /// so line numbers of the given text stay as written.
     fn complete(sections: &str) -> String {

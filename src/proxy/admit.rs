@@ -92,17 +92,7 @@ pub async fn admit<'g>(
                 .verify(&token.value, &policy.issuers, gw.clock.unix())
                 .await?;
             // 6. Revocation: checked on every request, cached verification or not.
-            if let Some(revocations) = &gw.revocations {
-                revocations.check(
-                    crate::revocation::Presented {
-                        keys: &verified.revocation_keys,
-                        checked: &verified.revocation_checked,
-                        exp: verified.exp,
-                        iat: verified.iat,
-                    },
-                    gw.clock.unix(),
-                )?;
-            }
+            gw.check_revocation(&verified)?;
             // 7. Authorize.
             policy::authorize(policy, &verified)?;
             Some((verified, token.source))

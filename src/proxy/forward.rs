@@ -238,16 +238,6 @@ fn register(gw: &Gateway, admitted: &Admitted<'_>) -> Result<Registration, Rejec
             .close_on_expiry
             .then(|| v.expires_in(gw.clock.unix())),
     );
-    if let Some(revocations) = &gw.revocations {
-        revocations.check(
-            crate::revocation::Presented {
-                keys: &v.revocation_keys,
-                checked: &v.revocation_checked,
-                exp: v.exp,
-                iat: v.iat,
-            },
-            gw.clock.unix(),
-        )?;
-    }
+    gw.check_revocation(v)?;
     Ok(reg)
 }

@@ -75,6 +75,22 @@ impl Gateway {
         self.verifier.ready() && self.revocations.as_ref().is_none_or(|r| r.state.is_ready())
     }
 
+    /// Step 6: the token against the revocation set (when there is one), now.
+    pub fn check_revocation(&self, v: &verify::Verified) -> Result<(), Reject> {
+        let Some(revocations) = &self.revocations else {
+            return Ok(());
+        };
+        revocations.check(
+            crate::revocation::Presented {
+                keys: &v.revocation_keys,
+                checked: &v.revocation_checked,
+                exp: v.exp,
+                iat: v.iat,
+            },
+            self.clock.unix(),
+        )
+    }
+
     /// Refresh the gauges that are read off state rather than counted.
     pub fn update_gauges(&self) {
         if let Some(r) = &self.revocations {
