@@ -231,6 +231,15 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
     if long(&body.jti) || long(&body.sid) || long(&body.sub) || long(&body.reason) {
         return Err(Invalid("fields are at most 1024 characters"));
     }
+    // Entries travel to every gateway and into logs: no control characters.
+    let clean = |s: &str| !s.chars().any(char::is_control);
+    let all_clean = clean(&body.iss)
+        && [&body.jti, &body.sid, &body.sub, &body.reason]
+            .iter()
+            .all(|f| f.as_deref().is_none_or(clean));
+    if !all_clean {
+        return Err(Invalid("fields must not hold control characters"));
+    }
     let (kind, value) = match (body.jti, body.sid, body.sub) {
         (Some(v), None, None) => (Kind::Jti, v),
         (None, Some(v), None) => (Kind::Sid, v),
@@ -250,6 +259,13 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
             let exp = body.expires_at.ok_or(Invalid(
                 "a `jti` revocation needs `expires_at` (the token's exp)",
             ))?;
+            // No token lives past now + max_token_lifetime: a later `exp` is no token's,
+            // and would keep the entry (at every gateway) for nothing.
+            if exp > now.saturating_add(lifetime).saturating_add(MAX_LEEWAY_SECS) {
+                return Err(Invalid(
+                    "`expires_at` is later than any token of these issuers can live (max_token_lifetime)",
+                ));
+            }
             // A gateway accepts the token until `exp` + its leeway: keep the entry as long
             // as the largest leeway a gateway may have.
             (exp.saturating_add(MAX_LEEWAY_SECS), None)
@@ -258,10 +274,14 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
             if body.issued_before.is_some() {
                 return Err(Invalid("`issued_before` goes with `sub`"));
             }
-            (
-                body.expires_at.unwrap_or(now.saturating_add(retention)),
-                None,
-            )
+            let bound = now.saturating_add(retention.max(lifetime));
+            let expires_at = body.expires_at.unwrap_or(now.saturating_add(retention));
+            if expires_at > bound {
+                return Err(Invalid(
+                    "a session is kept at most max(default_retention, max_token_lifetime)",
+                ));
+            }
+            (expires_at, None)
         }
         Kind::Sub => {
             if body.expires_at.is_some() {
@@ -365,6 +385,9 @@ async fn list(
             tracing::error!(error = %e, "listing revocations failed");
             ApiError::StoreUnavailable
         })?;
+    // Pages are bounded in bytes too, far below what a gateway accepts, so no mix of
+    // large entries can make a page no gateway can take.
+    let (entries, more) = cap_bytes(entries, more);
     let cursor = match entries.last() {
         Some(e) => e.cursor,
         None => since.max(head),
@@ -381,6 +404,27 @@ async fn list(
             "head": head.to_string(),
         }),
     ))
+}
+
+/// Bytes of entries one page carries (gateways accept 16 MiB).
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The longest prefix of `entries` within [`PAGE_BYTES`] (at least one entry).
+fn cap_bytes(
+    mut entries: Vec<crate::revocation::Entry>,
+    more: bool,
+) -> (Vec<crate::revocation::Entry>, bool) {
+    let mut total = 0;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += serde_json::to_string(e).map_or(0, |t| t.len()) + 1;
+            total > PAGE_BYTES
+        })
+        .map_or(entries.len(), |i| i.max(1));
+    let cut = keep < entries.len();
+    entries.truncate(keep);
+    (entries, more || cut)
 }
 
 /// `text/event-stream`: every entry after the cursor, then new ones as they commit, with
@@ -459,4 +503,39 @@ fn stream(
         HeaderValue::from_static("no-store"),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revocation::Entry;
+
+    fn entry(cursor: u64, size: usize) -> Entry {
+        Entry {
+            cursor,
+            iss: "i".into(),
+            jti: Some("x".repeat(size)),
+            sid: None,
+            sub: None,
+            issued_before: None,
+            expires_at: 1,
+            reason: None,
+        }
+    }
+
+    /// A page stops at its byte budget (keeping at least one entry) and says more follow.
+    #[test]
+    fn pages_are_bounded_in_bytes() {
+        let big: Vec<Entry> = (1..=5000).map(|c| entry(c, 1024)).collect();
+        let (page, more) = cap_bytes(big, false);
+        assert!(more);
+        assert!(page.len() < 5000 && page.len() > 3000, "{}", page.len());
+        let bytes: usize = page
+            .iter()
+            .map(|e| serde_json::to_string(e).map_or(0, |t| t.len()))
+            .sum();
+        assert!(bytes <= PAGE_BYTES);
+        let (page, more) = cap_bytes(vec![entry(1, 10), entry(2, 10)], false);
+        assert_eq!((page.len(), more), (2, false));
+    }
 }

@@ -1033,3 +1033,44 @@ async fn store_reset_or_restore_is_noticed() {
     // What was known before stays enforced.
     assert_eq!(get(gw.addrs[0], "/", &[&bearer(&first)]).await.status, 401);
 }
+
+/// Poison pills: entries that would outlive any token, or carry control characters, are
+/// refused (and pages are bounded in bytes: `control::api::tests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_are_refused() {
+    let dir = temp_dir();
+    let control = start_control(&format!("sqlite://{}", dir.join("rev.db").display()), "").await;
+    let now = now();
+    for (body, why) in [
+        (
+            json!({ "iss": "i", "jti": "j", "expires_at": now + 10 * 365 * 86_400 }),
+            "later than any token",
+        ),
+        (
+            json!({ "iss": "i", "sid": "s", "expires_at": now + 10 * 365 * 86_400 }),
+            "session is kept at most",
+        ),
+        (
+            json!({ "iss": "i", "jti": "j\u{0}x", "expires_at": now + 60 }),
+            "control characters",
+        ),
+        (
+            json!({ "iss": "i\nforged", "jti": "j", "expires_at": now + 60 }),
+            "control characters",
+        ),
+        (
+            json!({ "iss": "i", "sub": "u", "issued_before": now, "reason": "a\u{1b}[31m" }),
+            "control characters",
+        ),
+    ] {
+        let r = revoke(control.addr, &body).await;
+        assert_eq!(r.status, 400, "{body}");
+        let d = r.json()["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(d.contains(why), "{body}: {d}");
+    }
+    let (all, _) = control.plane.store.list(0, 10, 0).await.expect("list");
+    assert!(all.is_empty(), "a refused entry was stored");
+}
