@@ -234,6 +234,20 @@ async fn follow_store(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut latest = store.subscribe();
+    // A snapshot of another store (recreated, or restored below the snapshot's cursor)
+    // starts over, as a syncing gateway does.
+    let behind = store
+        .max_cursor()
+        .await
+        .is_ok_and(|head| head < set.cursor());
+    let known = set.epoch();
+    if behind || (!known.is_empty() && known != store.epoch()) {
+        tracing::warn!(
+            "the revocation store was recreated or restored; reading it from the beginning"
+        );
+        set.restart(store.epoch());
+    }
+    set.set_epoch(store.epoch());
     loop {
         latest.mark_unchanged();
         loop {

@@ -104,6 +104,11 @@ async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Option<Role
     };
     let iss = verifier.issuers[verified.issuer].cfg.issuer.as_str();
     let jti = text("jti").map_or_else(|| crate::verify::token_ref(token), str::to_owned);
+    // Like the gateway: a writer token that could outlive a `sub` cutoff is refused.
+    let lifetime = verified.iat.map(|iat| verified.exp.saturating_sub(iat));
+    if lifetime.is_none_or(|l| l > cp.access.max_token_lifetime.as_secs()) {
+        return None;
+    }
     let revoked = cp
         .store
         .revokes(
@@ -290,7 +295,13 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
             let cutoff = body.issued_before.ok_or(Invalid(
                 "a `sub` revocation needs `issued_before` (Unix seconds)",
             ))?;
-            (cutoff.saturating_add(lifetime), Some(cutoff))
+            // Tokens issued before the cutoff live up to `lifetime`, accepted `leeway` longer.
+            (
+                cutoff
+                    .saturating_add(lifetime)
+                    .saturating_add(MAX_LEEWAY_SECS),
+                Some(cutoff),
+            )
         }
     };
     Ok(NewRevocation {

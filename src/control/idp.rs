@@ -184,7 +184,10 @@ pub async fn backchannel_logout(
             kind: Kind::Sub,
             iss,
             value: sub,
-            expires_at: now.saturating_add(cp.access.max_token_lifetime.as_secs()),
+            expires_at: now
+                .saturating_add(1)
+                .saturating_add(cp.access.max_token_lifetime.as_secs())
+                .saturating_add(MAX_LEEWAY_SECS),
             // Tokens issued in the logout's own second are revoked too (the cutoff is
             // exclusive).
             issued_before: Some(now.saturating_add(1)),
@@ -319,9 +322,13 @@ pub async fn revoke(
             .map(str::to_owned)
     };
     // RFC 7009 §2.1: the token must have been issued to the client revoking it. A token
-    // naming no client (`azp`, `client_id`) cannot be bound and is accepted.
+    // naming no client (`azp`, `client_id`, Okta's `cid`, Azure's `appid`) cannot be bound
+    // and is accepted.
     if let Some(client) = &client {
-        let issued_to = text("azp").or_else(|| text("client_id"));
+        let issued_to = text("azp")
+            .or_else(|| text("client_id"))
+            .or_else(|| text("cid"))
+            .or_else(|| text("appid"));
         if issued_to.is_some_and(|to| to != *client) {
             tracing::info!("RFC 7009 revocation refused: the token was issued to another client");
             return Err(ApiError::TokenOfAnotherClient);

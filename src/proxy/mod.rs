@@ -80,15 +80,12 @@ impl Gateway {
         let Some(revocations) = &self.revocations else {
             return Ok(());
         };
-        revocations.check(
-            crate::revocation::Presented {
-                keys: &v.revocation_keys,
-                checked: &v.revocation_checked,
-                exp: v.exp,
-                iat: v.iat,
-            },
-            self.clock.unix(),
-        )
+        revocations.check(crate::revocation::Presented {
+            keys: &v.revocation_keys,
+            checked: &v.revocation_checked,
+            exp: v.exp,
+            iat: v.iat,
+        })
     }
 
     /// Refresh the gauges that are read off state rather than counted.

@@ -80,22 +80,24 @@ impl Revocations {
         self.state.lag() > self.max_staleness
     }
 
-    /// Step 6 of the request path: refuse any token while no set is known yet, a token
-    /// living longer than `max_token_lifetime` (a `sub` cutoff is dropped after that long,
-    /// so such a token could outlive its own revocation), a revoked token, and any token
-    /// while the set is stale under `on_stale: deny`.
-    pub fn check(&self, token: Presented<'_>, now: u64) -> Result<(), Reject> {
+    /// Step 6 of the request path: refuse any token while no set is known yet, a revoked
+    /// token, a token living longer than `max_token_lifetime` or without `iat` (a `sub`
+    /// cutoff is dropped after that long, so such a token could outlive its own
+    /// revocation), and any token while the set is stale under `on_stale: deny`.
+    pub fn check(&self, token: Presented<'_>) -> Result<(), Reject> {
         // A set never known is not "the last known set": fail closed until the first sync
         // or snapshot load.
         if !self.state.is_ready() {
             return Err(Reject::RevocationsNotReady);
         }
-        let lifetime = token.exp.saturating_sub(token.iat.unwrap_or(now));
-        if lifetime > self.max_token_lifetime.as_secs() {
-            return Err(Reject::LifetimeTooLong);
-        }
         if self.set.is_revoked(token.keys, token.checked) {
             return Err(Reject::Revoked);
+        }
+        // Without `iat` a token's lifetime is unbounded: once a `sub` cutoff it predates is
+        // purged, nothing could tell it was revoked (RFC 9068 requires `iat` anyway).
+        let lifetime = token.iat.map(|iat| token.exp.saturating_sub(iat));
+        if lifetime.is_none_or(|l| l > self.max_token_lifetime.as_secs()) {
+            return Err(Reject::LifetimeTooLong);
         }
         if self.on_stale == OnStale::Deny && self.stale() {
             return Err(Reject::RevocationsStale);

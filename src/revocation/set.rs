@@ -234,6 +234,10 @@ impl RevocationSet {
     /// Write the set atomically: a temporary file beside `path`, fsync, rename.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let mut buf = Vec::new();
+        // The epoch before the cursor: `restart` zeroes the cursor before it changes the
+        // epoch, so a save racing it pairs a cursor with its own epoch or an older one
+        // (which only causes another restart), never an old cursor with a new epoch.
+        let epoch = self.epoch();
         {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
             buf.reserve(40 + map.len() * 16);
@@ -249,7 +253,6 @@ impl RevocationSet {
                 buf.extend_from_slice(&s.expires.to_le_bytes());
                 buf.extend_from_slice(&s.cutoff.to_le_bytes());
             }
-            let epoch = self.epoch();
             let epoch = &epoch.as_bytes()[..epoch.len().min(u16::MAX as usize)];
             buf.extend_from_slice(&(epoch.len() as u16).to_le_bytes());
             buf.extend_from_slice(epoch);

@@ -152,12 +152,21 @@ impl SyncClient {
                 _ = shutdown.changed() => return,
             };
             failures = failures.saturating_add(1);
+            let error = result.err().unwrap_or_default();
+            // Unreachable or cut off: try again soon, so a revocation written once the control
+            // plane is back waits no long backoff. The control plane answered with an error
+            // (its store down, a refusal): back off further, up to 5 s, to spare it.
+            let cap = if error.starts_with("control plane ") {
+                Duration::from_secs(5)
+            } else {
+                self.retry_cap
+            };
             // Capped, and still jittered under the cap, so gateways do not reconnect in step.
             let delay = match backoff(failures) {
-                d if d > self.retry_cap => self.retry_cap.mul_f64(0.5 + fastrand::f64() / 2.0),
+                d if d > cap => cap.mul_f64(0.5 + fastrand::f64() / 2.0),
                 d => d,
             };
-            tracing::warn!(error = %result.err().unwrap_or_default(), retry_in_ms = delay.as_millis() as u64, "revocation sync interrupted; enforcing the last known set");
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "revocation sync interrupted; enforcing the last known set");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
@@ -168,6 +177,7 @@ impl SyncClient {
     /// One connection's worth of syncing. Only returns on failure.
     async fn session(&self, failures: &mut u32) -> Result<(), String> {
         // 1. Catch up by pages from the cursor (everything live when the cursor is 0).
+        let mut restarted = false;
         loop {
             let since = self.set.cursor();
             let req = self.request(&format!("/v1/revocations?since={since}&limit=5000"))?;
@@ -200,6 +210,13 @@ impl SyncClient {
                     .and_then(|h| h.parse::<u64>().ok())
                     .is_some_and(|head| head < since);
                 if (!known.is_empty() && known != *epoch) || behind {
+                    // Once per session: replicas disagreeing would otherwise loop here.
+                    if restarted {
+                        return Err(
+                            "the control plane's store changed again during a resync".into()
+                        );
+                    }
+                    restarted = true;
                     tracing::warn!(
                         epoch_changed = known != *epoch,
                         head_behind_cursor = behind,

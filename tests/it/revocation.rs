@@ -1074,3 +1074,54 @@ async fn poison_entries_are_refused() {
     let (all, _) = control.plane.store.list(0, 10, 0).await.expect("list");
     assert!(all.is_empty(), "a refused entry was stored");
 }
+
+/// Single-node mode follows its store the same way: a snapshot whose cursor belongs to
+/// another (recreated) store does not make the gateway skip the new store's entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_notices_a_recreated_store() {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let dir = temp_dir();
+    let rev = |db: &str| {
+        format!(
+            "  store: sqlite://{}\n  snapshot_file: {}\n  writers: {{ api_keys: [ {{ name: ops, sha256: {} }} ] }}\n",
+            dir.join(db).display(),
+            dir.join("gw.snapshot").display(),
+            sha256_hex(WRITER_KEY)
+        )
+    };
+    let gw = start_gateway(&gateway_yaml(&idp, &echo, &rev("one.db"))).await;
+    for _ in 0..3 {
+        let c = claims(&idp.url);
+        let r = revoke(
+            gw.admin.expect("admin"),
+            &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] }),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+        refused_within_a_second(gw.addrs[0], &key.mint(&c)).await;
+    }
+    // Wait for the snapshot (cursor 3), then restart on a fresh store.
+    let snapshot = dir.join("gw.snapshot");
+    let t0 = Instant::now();
+    while jwtgate::revocation::set::RevocationSet::load(&snapshot, now()).map_or(0, |s| s.cursor())
+        < 3
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "snapshot not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown(Duration::from_secs(1)).await;
+    let gw = start_gateway(&gateway_yaml(&idp, &echo, &rev("two.db"))).await;
+    let c = claims(&idp.url);
+    let r = revoke(
+        gw.admin.expect("admin"),
+        &json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] }),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    refused_within_a_second(gw.addrs[0], &key.mint(&c)).await;
+}

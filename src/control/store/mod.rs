@@ -296,14 +296,18 @@ impl Store {
                 tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
                     let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
                     // AUTOINCREMENT's counter survives deletes, so a purge never rewinds it.
-                    let seq: Option<i64> = conn
-                        .query_row(
-                            "SELECT seq FROM sqlite_sequence WHERE name = 'revocations'",
-                            [],
-                            |r| r.get(0),
-                        )
-                        .ok();
-                    Ok(to_u64(seq.unwrap_or(0)))
+                    // No row yet is head 0; any other error is an error (a false 0 would
+                    // send every gateway back to cursor 0).
+                    let seq = match conn.query_row(
+                        "SELECT seq FROM sqlite_sequence WHERE name = 'revocations'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    ) {
+                        Ok(seq) => seq,
+                        Err(rusqlite::Error::QueryReturnedNoRows) => 0,
+                        Err(e) => return Err(e.into()),
+                    };
+                    Ok(to_u64(seq))
                 })
                 .await?
             }

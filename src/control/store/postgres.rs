@@ -43,6 +43,7 @@ pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), St
                  UNIQUE (kind, iss, value));
              CREATE INDEX IF NOT EXISTS jwtgate_revocations_expires ON jwtgate_revocations (expires_at);
              INSERT INTO jwtgate_schema (version) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM jwtgate_schema);
+             CREATE TABLE IF NOT EXISTS jwtgate_meta (epoch TEXT NOT NULL);
              SELECT pg_advisory_unlock(1785951335);",
         )
         .await?;
@@ -50,21 +51,27 @@ pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), St
 }
 
 impl Pg {
-    /// The store's epoch, made with `candidate` if it has none yet.
+    /// The store's epoch, made with `candidate` if it has none yet. Replicas starting
+    /// together take the schema lock in turn, so exactly one epoch is made.
     pub(super) async fn epoch(&self, candidate: &str) -> Result<String, StoreError> {
         let pooled = self.client().await?;
         let result = async {
             pooled
                 .client
-                .batch_execute("CREATE TABLE IF NOT EXISTS jwtgate_meta (epoch TEXT NOT NULL)")
+                .execute("SELECT pg_advisory_lock(1785951335)", &[])
                 .await?;
-            pooled
+            let inserted = pooled
                 .client
                 .execute(
                     "INSERT INTO jwtgate_meta (epoch) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM jwtgate_meta)",
                     &[&candidate],
                 )
+                .await;
+            pooled
+                .client
+                .execute("SELECT pg_advisory_unlock(1785951335)", &[])
                 .await?;
+            inserted?;
             let row = pooled
                 .client
                 .query_one("SELECT epoch FROM jwtgate_meta ORDER BY epoch LIMIT 1", &[])
