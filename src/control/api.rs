@@ -413,6 +413,9 @@ async fn list(
             "more": more,
             "epoch": cp.store.epoch(),
             "head": head.to_string(),
+            // How long this control plane keeps a `sub` cutoff: gateways refuse tokens
+            // that live longer, whatever their own setting says.
+            "max_token_lifetime": cp.access.max_token_lifetime.as_secs(),
         }),
     ))
 }

@@ -96,7 +96,13 @@ impl Revocations {
         // Without `iat` a token's lifetime is unbounded: once a `sub` cutoff it predates is
         // purged, nothing could tell it was revoked (RFC 9068 requires `iat` anyway).
         let lifetime = token.iat.map(|iat| token.exp.saturating_sub(iat));
-        if lifetime.is_none_or(|l| l > self.max_token_lifetime.as_secs()) {
+        // The shorter of ours and the control plane's: a cutoff lives only as long as the
+        // control plane keeps it.
+        let max = self
+            .state
+            .control_lifetime()
+            .map_or(self.max_token_lifetime, |c| c.min(self.max_token_lifetime));
+        if lifetime.is_none_or(|l| l > max.as_secs()) {
             return Err(Reject::LifetimeTooLong);
         }
         if self.on_stale == OnStale::Deny && self.stale() {

@@ -29,6 +29,8 @@ pub struct SyncState {
     last_contact_ms: AtomicU64,
     /// A first sync completed, or a snapshot file was loaded.
     ready: AtomicBool,
+    /// The control plane's `max_token_lifetime` in seconds (0: not heard yet).
+    control_lifetime: AtomicU64,
 }
 
 impl SyncState {
@@ -46,6 +48,19 @@ impl SyncState {
     pub fn contact(&self) {
         self.last_contact_ms
             .store(self.clock.unix_ms(), Ordering::Release);
+    }
+
+    /// The control plane keeps `sub` cutoffs this long.
+    pub fn set_control_lifetime(&self, secs: u64) {
+        self.control_lifetime.store(secs, Ordering::Release);
+    }
+
+    /// The control plane's `max_token_lifetime`, once heard.
+    pub fn control_lifetime(&self) -> Option<Duration> {
+        match self.control_lifetime.load(Ordering::Acquire) {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        }
     }
 
     pub fn set_ready(&self) {
@@ -79,6 +94,9 @@ struct Page {
     epoch: Option<String>,
     #[serde(default)]
     head: Option<String>,
+    /// The control plane's `max_token_lifetime`, in seconds.
+    #[serde(default)]
+    max_token_lifetime: Option<u64>,
 }
 
 /// The client side of the control API.
@@ -226,6 +244,9 @@ impl SyncClient {
                     continue;
                 }
                 self.set.set_epoch(epoch);
+            }
+            if let Some(secs) = page.max_token_lifetime {
+                self.state.set_control_lifetime(secs);
             }
             for e in &page.entries {
                 (self.apply)(e);

@@ -1125,3 +1125,17 @@ async fn single_node_notices_a_recreated_store() {
     assert_eq!(r.status, 201);
     refused_within_a_second(gw.addrs[0], &key.mint(&c)).await;
 }
+
+/// The control plane's `max_token_lifetime` (how long it keeps a `sub` cutoff) bounds the
+/// tokens a gateway accepts even when the gateway's own setting is longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_lifetime_bounds_the_gateway() {
+    let w = world("max_token_lifetime: 1h\n", "").await;
+    let now = now();
+    let (long, _) = w.token(json!({ "iat": now, "exp": now + 7200 }));
+    let r = get(w.a(), "/", &[&bearer(&long)]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error_description"], "token lifetime too long");
+    let (short, _) = w.token(json!({ "iat": now, "exp": now + 1800 }));
+    assert_eq!(w.status(&short).await, 200);
+}
