@@ -312,8 +312,12 @@ impl Store {
                 .await?
             }
             Backend::Postgres(pg) => {
+                // The high-water mark, which a purge never rewinds.
                 let rows = pg
-                    .query("SELECT COALESCE(MAX(id), 0) FROM jwtgate_revocations", &[])
+                    .query(
+                        "SELECT GREATEST(COALESCE((SELECT MAX(head) FROM jwtgate_meta), 0), COALESCE((SELECT MAX(id) FROM jwtgate_revocations), 0))",
+                        &[],
+                    )
                     .await?;
                 Ok(rows.first().map_or(0, |r| to_u64(r.get(0))))
             }

@@ -44,6 +44,7 @@ pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), St
              CREATE INDEX IF NOT EXISTS jwtgate_revocations_expires ON jwtgate_revocations (expires_at);
              INSERT INTO jwtgate_schema (version) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM jwtgate_schema);
              CREATE TABLE IF NOT EXISTS jwtgate_meta (epoch TEXT NOT NULL);
+             ALTER TABLE jwtgate_meta ADD COLUMN IF NOT EXISTS head BIGINT NOT NULL DEFAULT 0;
              SELECT pg_advisory_unlock(1785951335);",
         )
         .await?;
@@ -60,12 +61,15 @@ impl Pg {
                 .client
                 .execute("SELECT pg_advisory_lock(1785951335)", &[])
                 .await?;
+            // `head` is the highest id ever committed: unlike MAX(id) it does not go down when
+            // a purge deletes the newest rows (which would send every gateway back to zero).
             let inserted = pooled
                 .client
-                .execute(
-                    "INSERT INTO jwtgate_meta (epoch) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM jwtgate_meta)",
-                    &[&candidate],
-                )
+                .batch_execute(&format!(
+                    "INSERT INTO jwtgate_meta (epoch) SELECT '{candidate}' WHERE NOT EXISTS (SELECT 1 FROM jwtgate_meta);
+                     UPDATE jwtgate_meta SET head = GREATEST(head, (SELECT COALESCE(MAX(id), 0) FROM jwtgate_revocations));",
+                    candidate = candidate.replace('\'', "")
+                ))
                 .await;
             pooled
                 .client
@@ -188,6 +192,8 @@ pub(super) async fn pg_insert(
         )
         .await?;
     let id: i64 = row.get(0);
+    tx.execute("UPDATE jwtgate_meta SET head = GREATEST(head, $1)", &[&id])
+        .await?;
     // Delivered to every listening replica when (and only if) the transaction commits.
     tx.execute(&format!("NOTIFY {CHANNEL}, '{id}'"), &[])
         .await?;
