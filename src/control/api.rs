@@ -341,6 +341,17 @@ pub async fn record(
     new: &NewRevocation,
     now: u64,
 ) -> Result<Response<ControlBody>, ApiError> {
+    // Whatever wrote it (the API, a logout token, an RFC 7009 token): entries travel to
+    // every gateway and into logs, so the same field rules hold for all.
+    let fields_ok = [Some(&new.iss), Some(&new.value), new.reason.as_ref()]
+        .into_iter()
+        .flatten()
+        .all(|f| !f.is_empty() && f.len() <= MAX_FIELD && !f.chars().any(char::is_control));
+    if !fields_ok {
+        return Err(ApiError::InvalidRevocation(
+            "fields are 1 to 1024 characters without control characters",
+        ));
+    }
     let w = cp.store.insert(new, now).await.map_err(|e| {
         tracing::error!(error = %e, "revocation not stored");
         ApiError::WriteFailed

@@ -131,7 +131,11 @@ async fn suite(url: StoreUrl) {
     assert!(store.max_cursor().await.expect("head") <= head);
     // Regression: on PostgreSQL the head was MAX(id), which a purge of the newest entry
     // rewound, sending every gateway back to cursor 0.
-    assert_eq!(store.max_cursor().await.expect("head"), head, "a purge rewound the head");
+    assert_eq!(
+        store.max_cursor().await.expect("head"),
+        head,
+        "a purge rewound the head"
+    );
     let next = store
         .insert(&jti("b", now + 100), now)
         .await
