@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         // (Unless the file itself spells the value out: then it is the file's own text.)
         if !text.contains("s3cret-value") {
             for p in &problems {
-                assert!(!p.message.contains("s3cret-value"), "a secret in a message: {p}");
+                assert!(
+                    !p.message.contains("s3cret-value"),
+                    "a secret in a message: {p}"
+                );
             }
         }
     }

@@ -57,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = jwtgate::token::extract(&w.sources, &headers, Some(&text));
     let now = jwtgate::clock::now_unix();
-    if let Ok(v) = w.rt.block_on(w.verifier.verify_signature(&text, &[0, 1], now)) {
+    if let Ok(v) =
+        w.rt.block_on(w.verifier.verify_signature(&text, &[0, 1], now))
+    {
         // Random bytes never carry a valid signature: anything verified is a bug.
         panic!("verified a fuzzed token: {:?}", v.claims);
     }
