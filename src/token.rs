@@ -86,16 +86,15 @@ fn bearer(headers: &HeaderMap) -> Result<Option<Cow<'_, str>>, Reject> {
 
 /// The cookie `name`. Cookie lines the gateway cannot read (not UTF-8) are refused rather
 /// than skipped, pairs are also split at whitespace (as Python's `SimpleCookie` does), and
-/// names are compared as PHP reads them ([`param_name`]): any second reading of the name is
+/// names are compared as PHP reads them ([`same_param`]): any second reading of the name is
 /// a second token.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a, str>>, Reject> {
     let mut found = None;
-    let want = param_name(name);
     for v in headers.get_all(COOKIE) {
         let s = v.to_str().map_err(|_| Reject::Malformed)?;
         for pair in s.split([';', ' ', '\t']) {
             let (k, val) = pair.split_once('=').unwrap_or((pair, ""));
-            if !k.trim().is_empty() && param_name(k.trim()) == want {
+            if !k.trim().is_empty() && same_param(k.trim(), name) {
                 if found.is_some() {
                     return Err(Reject::MultipleTokens);
                 }
@@ -109,10 +108,9 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a, str>>
 /// A query parameter by name, comparing decoded names so `access%5Ftoken` is no way around.
 fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, Reject> {
     let mut found = None;
-    let want = param_name(name);
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if param_name(&percent_decode(k)) == want {
+        if same_param(&percent_decode(k), name) {
             if found.is_some() {
                 return Err(Reject::MultipleTokens);
             }
@@ -174,8 +172,10 @@ pub fn remove(
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|s| s.split(';'))
                 .filter(|pair| {
-                    param_name(pair.split_once('=').map_or(pair.trim(), |(k, _)| k.trim()))
-                        != param_name(name)
+                    !same_param(
+                        pair.split_once('=').map_or(pair.trim(), |(k, _)| k.trim()),
+                        name,
+                    )
                 })
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())
@@ -213,9 +213,10 @@ pub fn remove(
             let kept: Vec<&str> = q
                 .split('&')
                 .filter(|pair| {
-                    param_name(&percent_decode(
-                        pair.split_once('=').map_or(*pair, |(k, _)| k),
-                    )) != param_name(name)
+                    !same_param(
+                        &percent_decode(pair.split_once('=').map_or(*pair, |(k, _)| k)),
+                        name,
+                    )
                 })
                 .collect();
             Some(if kept.is_empty() {
@@ -228,21 +229,25 @@ pub fn remove(
 }
 
 /// A parameter or cookie name as the most lenient upstream reads it: PHP drops leading
-/// spaces, reads `a[x]` as `a`, and turns `.`, space and `[` into `_`; ASP.NET ignores case. Two names that read
-/// the same there are the same name here.
-pub fn param_name(name: &str) -> String {
+/// spaces, reads `a[x]` as `a`, and turns `.`, space and `[` into `_`; ASP.NET ignores
+/// case. Two names that read the same there are the same name here.
+fn reading(name: &str) -> impl Iterator<Item = char> + '_ {
     let name = name.trim_start_matches(' ');
     // `a[x]` is the array `a` to PHP.
     let name = match name.find('[') {
         Some(i) if name[i..].contains(']') => &name[..i],
         _ => name,
     };
-    name.chars()
-        .map(|c| match c {
-            '.' | ' ' | '[' => '_',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+    name.chars().map(|c| match c {
+        '.' | ' ' | '[' => '_',
+        c => c.to_ascii_lowercase(),
+    })
+}
+
+/// Whether two parameter or cookie names read the same ([`reading`]); allocates nothing,
+/// as it runs for every query pair and cookie of a request.
+pub fn same_param(a: &str, b: &str) -> bool {
+    reading(a).eq(reading(b))
 }
 
 /// The parameter RFC 6750 §2.3 names for a token in the query.

@@ -191,7 +191,7 @@ fn check_method(parts: &Parts) -> Result<(), Reject> {
     if let Some(q) = parts.uri.query() {
         let overrides = q.split('&').any(|pair| {
             let name = pair.split_once('=').map_or(pair, |(k, _)| k);
-            crate::token::param_name(&percent_decode(name)) == "_method"
+            crate::token::same_param(&percent_decode(name), "_method")
         });
         if overrides {
             return Err(Reject::BadMethod);

@@ -127,9 +127,9 @@ impl Conns {
             requests: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
-            idle_since: Mutex::new(Instant::now()),
+            idle_since_ms: AtomicU64::new(0),
             bodies: AtomicUsize::new(0),
-            body_progress: Mutex::new(Instant::now()),
+            body_progress_ms: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -173,10 +173,11 @@ pub struct ConnState {
     requests: AtomicU64,
     completed: AtomicU64,
     cancelled: AtomicU64,
-    idle_since: Mutex<Instant>,
+    /// When the last request ended, in ms since `started`.
+    idle_since_ms: AtomicU64,
     /// Response bodies being sent, and when one last made progress.
     bodies: AtomicUsize,
-    body_progress: Mutex<Instant>,
+    body_progress_ms: AtomicU64,
     closing: AtomicBool,
     wake: Notify,
 }
@@ -220,10 +221,7 @@ impl ConnState {
         // upstream slots: no body it is sent may stall for twice the body timeout (a body
         // whose upstream is silent is cut by its own deadline first).
         if self.bodies.load(Ordering::Acquire) > 0 {
-            let stalled = self
-                .body_progress
-                .lock()
-                .map_or(Duration::ZERO, |t| t.elapsed());
+            let stalled = Instant::now().saturating_duration_since(self.at(&self.body_progress_ms));
             if stalled >= d.body * 2 {
                 return Some("response not read");
             }
@@ -231,10 +229,7 @@ impl ConnState {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let idle_for = self
-            .idle_since
-            .lock()
-            .map_or(Duration::ZERO, |t| t.elapsed());
+        let idle_for = Instant::now().saturating_duration_since(self.at(&self.idle_since_ms));
         if self.requests.load(Ordering::Acquire) == 0 {
             (self.started.elapsed() >= d.header).then_some("no request in time")
         } else {
@@ -245,11 +240,7 @@ impl ConnState {
     /// When to look again.
     fn next_check(&self, d: Deadlines) -> Instant {
         if self.bodies.load(Ordering::Acquire) > 0 {
-            let since = self
-                .body_progress
-                .lock()
-                .map_or_else(|_| Instant::now(), |t| *t);
-            return since + d.body * 2;
+            return self.at(&self.body_progress_ms) + d.body * 2;
         }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Instant::now() + d.idle;
@@ -257,17 +248,22 @@ impl ConnState {
         if self.requests.load(Ordering::Acquire) == 0 {
             return self.started + d.header;
         }
-        let since = self
-            .idle_since
-            .lock()
-            .map_or_else(|_| Instant::now(), |t| *t);
-        since + d.idle
+        self.at(&self.idle_since_ms) + d.idle
+    }
+
+    /// Mark `stamp` now (ms since the connection started): no lock on the per-frame path.
+    fn mark(&self, stamp: &AtomicU64) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        stamp.store(ms, Ordering::Release);
+    }
+
+    /// The instant `stamp` holds.
+    fn at(&self, stamp: &AtomicU64) -> Instant {
+        self.started + Duration::from_millis(stamp.load(Ordering::Acquire))
     }
 
     fn progress(&self) {
-        if let Ok(mut t) = self.body_progress.lock() {
-            *t = Instant::now();
-        }
+        self.mark(&self.body_progress_ms);
     }
 
     /// Run the connection future `conn` until it ends, shutting it down gracefully when it
@@ -350,9 +346,7 @@ impl Drop for RequestGuard {
             self.state.cancelled.fetch_add(1, Ordering::AcqRel);
         }
         if self.state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Ok(mut t) = self.state.idle_since.lock() {
-                *t = Instant::now();
-            }
+            self.state.mark(&self.state.idle_since_ms);
         }
         self.state.wake.notify_one();
     }

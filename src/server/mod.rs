@@ -88,6 +88,13 @@ pub fn serve(
 ) -> anyhow::Result<Serving> {
     let limits = current.load().config.limits.clone();
     let conns = Conns::new(limits.max_connections, limits.max_connections_per_client);
+    // Limits take effect at start (a reload that changes them warns that a restart is
+    // needed): resolved once here, not per connection.
+    let deadlines = Deadlines {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+        body: limits.body_timeout,
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -118,7 +125,7 @@ pub fn serve(
             current.clone(),
             builder.clone(),
             conns.clone(),
-            acceptor,
+            (acceptor, deadlines),
             shutdown.clone(),
         ));
     }
@@ -171,8 +178,12 @@ fn service(
         let gw = current.load_full();
         let peer = peer.clone();
         let mut guard = RequestGuard::new(state.clone());
-        // A WebSocket keeps its connection's slot for as long as the tunnel lives.
-        req.extensions_mut().insert(Hold(state.clone()));
+        // A WebSocket keeps its connection's slot for as long as the tunnel lives. Only a
+        // request asking to upgrade can become one (this spares every other request an
+        // extensions allocation).
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(Hold(state.clone()));
+        }
         async move {
             let resp = proxy::handle(gw, req, peer).await;
             guard.responded(matches!(resp.body(), http_body_util::Either::Left(_)));
@@ -186,7 +197,7 @@ async fn accept_loop(
     current: Current,
     builder: auto::Builder<TokioExecutor>,
     conns: Arc<Conns>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    (tls, deadlines): (Option<tokio_rustls::TlsAcceptor>, Deadlines),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut open = JoinSet::new();
@@ -223,7 +234,7 @@ async fn accept_loop(
         open.spawn(serve_connection(
             stream,
             peer,
-            tls.clone(),
+            (tls.clone(), deadlines),
             builder.clone(),
             current.clone(),
             state,
@@ -240,14 +251,13 @@ async fn accept_loop(
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    (tls, deadlines): (Option<tokio_rustls::TlsAcceptor>, Deadlines),
     builder: auto::Builder<TokioExecutor>,
     current: Current,
     state: Arc<ConnState>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let limits = current.load().config.limits.clone();
-    let deadline = limits.header_timeout;
+    let deadline = deadlines.header;
     match tls {
         None => {
             if let Some(io) = Prefixed::first_bytes(stream, deadline).await {
@@ -256,7 +266,7 @@ async fn serve_connection(
                     (peer, "http", false),
                     &builder,
                     current,
-                    state,
+                    (state, deadlines),
                     shutdown,
                 )
                 .await;
@@ -278,7 +288,7 @@ async fn serve_connection(
                     (peer, "https", client_cert),
                     &builder,
                     current,
-                    state,
+                    (state, deadlines),
                     shutdown,
                 )
                 .await;
@@ -292,12 +302,11 @@ async fn serve_io<I>(
     (peer, proto, client_cert): (SocketAddr, &'static str, bool),
     builder: &auto::Builder<TokioExecutor>,
     current: Current,
-    state: Arc<ConnState>,
+    (state, deadlines): (Arc<ConnState>, Deadlines),
     shutdown: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = current.load().config.limits.clone();
     let conn = builder.serve_connection_with_upgrades(
         TokioIo::new(io),
         service(current, peer, proto, client_cert, state.clone()),
@@ -307,11 +316,7 @@ async fn serve_io<I>(
         .drive(
             conn.as_mut(),
             |c| c.graceful_shutdown(),
-            Deadlines {
-                header: limits.header_timeout,
-                idle: limits.idle_timeout,
-                body: limits.body_timeout,
-            },
+            deadlines,
             shutdown,
         )
         .await;
