@@ -27,33 +27,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Revoke a token (`--jti`), a session (`--sid`) or a subject's tokens (`--sub`).
-    Revoke {
-        /// The control plane (or a single-node gateway's admin listener), e.g. http://127.0.0.1:9901.
-        #[arg(long, value_name = "URL")]
-        control: String,
-        /// The issuer (`iss`) of the tokens to revoke.
-        #[arg(long)]
-        iss: String,
-        #[arg(long, group = "what", requires = "exp")]
-        jti: Option<String>,
-        #[arg(long, group = "what")]
-        sid: Option<String>,
-        #[arg(long, group = "what")]
-        sub: Option<String>,
-        /// With --jti: the token's `exp` (Unix seconds). With --sid: when to forget the session.
-        #[arg(long, value_name = "UNIX_SECONDS")]
-        exp: Option<u64>,
-        /// With --sub: revoke tokens issued before this time (Unix seconds; default: every
-        /// token issued so far, this second included).
-        #[arg(long, value_name = "UNIX_SECONDS")]
-        before: Option<u64>,
-        #[arg(long)]
-        reason: Option<String>,
-        /// Environment variable holding the writer API key.
-        #[arg(long, default_value = "JWTGATE_API_KEY")]
-        key_env: String,
-    },
+    /// Revoke a token (`--jti`), a session (`--sid`) or a subject's tokens (`--sub`); many
+    /// at once from a file (`--file`); or delete a revocation (`--delete ID`).
+    Revoke(Box<RevokeArgs>),
     /// Validate a configuration file offline; exit status 0 when it is valid.
     Check {
         #[arg(short, long, value_name = "FILE")]
@@ -65,6 +41,47 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+}
+
+/// `jwtgate revoke`.
+#[derive(clap::Args)]
+struct RevokeArgs {
+    /// The control plane (or a single-node gateway's admin listener), e.g. http://127.0.0.1:9901.
+    #[arg(long, value_name = "URL")]
+    control: String,
+    /// The issuer (`iss`) of the tokens to revoke.
+    #[arg(long, required_unless_present_any = ["file", "delete"])]
+    iss: Option<String>,
+    /// Revoke one token by its `jti` (give its `exp` with --exp).
+    #[arg(long, group = "what", requires_all = ["exp", "iss"])]
+    jti: Option<String>,
+    /// Revoke every token of one session (`sid`).
+    #[arg(long, group = "what", requires = "iss")]
+    sid: Option<String>,
+    /// Revoke every token of one subject (`sub`) issued before --before.
+    #[arg(long, group = "what", requires = "iss")]
+    sub: Option<String>,
+    /// Revoke every entry of a file in batches of 5,000 (one durable commit each): a
+    /// JSON array, or one JSON object per line, each as `POST /v1/revocations` takes it.
+    #[arg(long, group = "what", value_name = "FILE", conflicts_with_all = ["iss", "reason"])]
+    file: Option<PathBuf>,
+    /// Delete the revocation with this id (as returned when it was written, or listed by
+    /// `GET /v1/revocations`); gateways drop it within a second.
+    #[arg(long, group = "what", value_name = "ID", conflicts_with_all = ["iss", "reason"])]
+    delete: Option<u64>,
+    /// With --jti: the token's `exp` (Unix seconds). With --sid: when to forget the session.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    exp: Option<u64>,
+    /// With --sub: revoke tokens issued before this time (Unix seconds; default: every
+    /// token issued so far, this second included).
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    before: Option<u64>,
+    /// Why (kept with the entry, shown in listings; never a secret).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Environment variable holding the writer API key.
+    #[arg(long, default_value = "JWTGATE_API_KEY")]
+    key_env: String,
 }
 
 fn main() -> ExitCode {
@@ -82,19 +99,38 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Control { config } => runtime.block_on(jwtgate::app::run_control(&config)),
-        Command::Revoke {
-            control,
-            iss,
-            jti,
-            sid,
-            sub,
-            exp,
-            before,
-            reason,
-            key_env,
-        } => runtime.block_on(revoke(
-            &control, iss, jti, sid, sub, exp, before, reason, &key_env,
-        )),
+        Command::Revoke(args) => {
+            let RevokeArgs {
+                control,
+                iss,
+                jti,
+                sid,
+                sub,
+                file,
+                delete,
+                exp,
+                before,
+                reason,
+                key_env,
+            } = *args;
+            let Ok(key) = std::env::var(&key_env) else {
+                eprintln!("jwtgate revoke: set {key_env} to a writer API key of the control plane");
+                return ExitCode::FAILURE;
+            };
+            runtime.block_on(async {
+                match (file, delete, iss) {
+                    (Some(file), _, _) => revoke_file(&control, &key, &file).await,
+                    (None, Some(id), _) => delete_revocation(&control, &key, id).await,
+                    (None, None, Some(iss)) => {
+                        revoke(&control, &key, iss, jti, sid, sub, exp, before, reason).await
+                    }
+                    (None, None, None) => {
+                        eprintln!("jwtgate revoke: give --iss with --jti, --sid or --sub; or --file; or --delete");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Command::Serve { config } => runtime.block_on(jwtgate::app::run_gateway(&config)),
         Command::Dev { port } => match runtime.block_on(jwtgate::dev::run(port)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +202,7 @@ fn check(path: &Path) -> ExitCode {
 #[allow(clippy::too_many_arguments)]
 async fn revoke(
     control: &str,
+    key: &str,
     iss: String,
     jti: Option<String>,
     sid: Option<String>,
@@ -173,12 +210,7 @@ async fn revoke(
     exp: Option<u64>,
     before: Option<u64>,
     reason: Option<String>,
-    key_env: &str,
 ) -> ExitCode {
-    let Ok(key) = std::env::var(key_env) else {
-        eprintln!("jwtgate revoke: set {key_env} to a writer API key of the control plane");
-        return ExitCode::FAILURE;
-    };
     let mut body = serde_json::json!({ "iss": iss });
     match (jti, sid, sub) {
         (Some(j), None, None) => {
@@ -206,9 +238,15 @@ async fn revoke(
     if let Some(r) = reason {
         body["reason"] = r.into();
     }
-    match jwtgate::control::client::post_revocation(control, &key, &body).await {
+    let sent = jwtgate::control::client::post_revocation(control, key, &body).await;
+    answered("revoked", sent)
+}
+
+/// Print the control plane's answer; success for a 2xx.
+fn answered(what: &str, sent: anyhow::Result<(u16, String)>) -> ExitCode {
+    match sent {
         Ok((status, text)) if (200..300).contains(&status) => {
-            println!("revoked ({status}): {text}");
+            println!("{what} ({status}): {text}");
             ExitCode::SUCCESS
         }
         Ok((status, text)) => {
@@ -220,4 +258,80 @@ async fn revoke(
             ExitCode::FAILURE
         }
     }
+}
+
+async fn delete_revocation(control: &str, key: &str, id: u64) -> ExitCode {
+    let sent = jwtgate::control::client::send(
+        control,
+        key,
+        http::Method::DELETE,
+        &format!("/v1/revocations/{id}"),
+        None,
+    )
+    .await;
+    answered("deleted", sent)
+}
+
+/// Entries per request of `--file` (the API takes up to 10,000).
+const FILE_BATCH: usize = 5_000;
+
+/// Read a file of revocations (a JSON array, or one object per line).
+fn read_revocations(path: &Path) -> Result<Vec<serde_json::Value>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a JSON array of revocations: {e}", path.display()));
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| format!("{}:{}: not a JSON revocation: {e}", path.display(), n + 1))
+        })
+        .collect()
+}
+
+async fn revoke_file(control: &str, key: &str, path: &Path) -> ExitCode {
+    let entries = match read_revocations(path) {
+        Ok(e) if e.is_empty() => {
+            eprintln!("jwtgate revoke: {} holds no revocations", path.display());
+            return ExitCode::FAILURE;
+        }
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("jwtgate revoke: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut done = 0;
+    for chunk in entries.chunks(FILE_BATCH) {
+        let body = serde_json::Value::Array(chunk.to_vec());
+        match jwtgate::control::client::post_revocation(control, key, &body).await {
+            Ok((status, _)) if (200..300).contains(&status) => done += chunk.len(),
+            Ok((status, text)) => {
+                eprintln!(
+                    "jwtgate revoke: entries {}..{} refused ({status}): {text}\n{done} of {} written before it (durable); fix the file and run again (repeats are harmless)",
+                    done,
+                    done + chunk.len() - 1,
+                    entries.len()
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!(
+                    "jwtgate revoke: {e:#}\n{done} of {} written (durable); run again to finish (repeats are harmless)",
+                    entries.len()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "revoked {done} entries in {} ms",
+        started.elapsed().as_millis()
+    );
+    ExitCode::SUCCESS
 }

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use jwtgate::config::{AccessConfig, ControlConfig};
-use jwtgate::control::api::parse_revocation;
+use jwtgate::control::api::{parse_batch, parse_revocation};
 use jwtgate::control::idp::form;
 use libfuzzer_sys::fuzz_target;
 
@@ -27,6 +27,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(!r.iss.is_empty() && r.iss.len() <= 1024);
         assert!(!r.value.is_empty() && r.value.len() <= 1024);
         assert!(r.reason.as_ref().is_none_or(|x| x.len() <= 1024));
+    }
+    if let Ok(batch) = parse_batch(data, access(), 1_700_000_000) {
+        assert!(!batch.is_empty() && batch.len() <= 10_000);
+        for r in &batch {
+            assert!(!r.iss.is_empty() && r.iss.len() <= 1024);
+            assert!(!r.value.is_empty() && r.value.len() <= 1024);
+            assert!(!r.value.chars().any(char::is_control));
+        }
     }
     if let Ok(fields) = form(data) {
         let mut names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();

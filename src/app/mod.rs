@@ -214,12 +214,16 @@ async fn close_live_when_stale(
 }
 
 /// An entry goes into the set, and live connections of that token, session or subject end
-/// now.
+/// now; a tombstone takes its entry out.
 fn apply_to(set: Arc<RevocationSet>, live: Arc<LiveRegistry>) -> Apply {
     Arc::new(move |e: &Entry| {
-        if let Some((kind, value)) = e.key() {
-            set.insert(kind, &e.iss, value, e.expires_at, e.issued_before);
-            live.revoke(kind, set.key(kind, &e.iss, value), e.issued_before);
+        match e.key() {
+            Some((kind, value)) if e.deleted => set.remove(kind, &e.iss, value),
+            Some((kind, value)) => {
+                set.insert(kind, &e.iss, value, e.expires_at, e.issued_before);
+                live.revoke(kind, set.key(kind, &e.iss, value), e.issued_before);
+            }
+            None => {}
         }
         set.set_cursor(e.cursor);
     })

@@ -24,6 +24,10 @@ use crate::revocation::Kind;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest batch body a writer may send (`POST /v1/revocations` with an array).
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most entries in one batch (one durable commit).
+pub const MAX_BATCH: usize = 10_000;
 /// Largest body the unauthenticated endpoints (back-channel logout, RFC 7009) read.
 pub const MAX_FORM_BYTES: usize = 16 * 1024;
 /// Time a client has to send a whole request body.
@@ -153,6 +157,12 @@ async fn route(
             Some(Role::Reader) => Err(ApiError::ReadOnlyKey),
             None => Err(ApiError::Unauthorized),
         },
+        (Method::DELETE, p) if revocation_id(p).is_some() => match authenticate(cp, &req).await {
+            Some(Role::Writer) => delete_revocation(cp, revocation_id(p).unwrap_or_default()).await,
+            Some(Role::Reader) => Err(ApiError::ReadOnlyKey),
+            None => Err(ApiError::Unauthorized),
+        },
+        (_, p) if revocation_id(p).is_some() => Err(ApiError::MethodNotAllowed),
         (Method::POST, "/v1/backchannel-logout") => super::idp::backchannel_logout(cp, req).await,
         (Method::POST, "/v1/revoke") => {
             let api_key = authenticate(cp, &req).await == Some(Role::Writer);
@@ -314,14 +324,116 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
     })
 }
 
+/// `POST /v1/revocations`: one entry (an object) or a batch (an array), written in one
+/// durable commit, all or none.
 async fn post_revocation(
     cp: &ControlPlane,
     req: Request<Incoming>,
 ) -> Result<Response<ControlBody>, ApiError> {
-    let body = read_body(req, MAX_BODY_BYTES).await?;
+    // Only writers get here (authenticated before the body is read).
+    let body = read_body(req, MAX_BATCH_BYTES).await?;
     let now = cp.clock.unix();
-    let new = parse_revocation(&body, &cp.access, now)?;
-    record(cp, &new, now).await
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::BodyTooLarge);
+        }
+        let new = parse_revocation(&body, &cp.access, now)?;
+        return record(cp, &new, now).await;
+    }
+    let batch = parse_batch(&body, &cp.access, now)?;
+    let written = cp.store.insert_many(&batch, now).await.map_err(|e| {
+        tracing::error!(error = %e, entries = batch.len(), "revocation batch not stored");
+        ApiError::WriteFailed
+    })?;
+    let mut created = 0;
+    for (new, w) in batch.iter().zip(&written) {
+        if w.changed {
+            created += 1;
+            cp.metrics.count_written(new.kind.as_str());
+        }
+    }
+    let cursor = written.iter().map(|w| w.cursor).max().unwrap_or(0);
+    tracing::info!(
+        entries = batch.len(),
+        created,
+        cursor,
+        "revocation batch written"
+    );
+    let ids: Vec<String> = written.iter().map(|w| w.cursor.to_string()).collect();
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "count": batch.len(),
+            "created": created,
+            "cursor": cursor.to_string(),
+            "ids": ids,
+        }),
+    ))
+}
+
+/// A batch body: a JSON array of what `POST /v1/revocations` takes, each validated (the
+/// first invalid one refuses the whole batch, naming its index).
+pub fn parse_batch(
+    body: &[u8],
+    access: &AccessConfig,
+    now: u64,
+) -> Result<Vec<NewRevocation>, ApiError> {
+    let parsed: Vec<RevokeBody> =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedRevocation(e.to_string()))?;
+    if parsed.is_empty() {
+        return Err(ApiError::InvalidRevocation("the batch is empty"));
+    }
+    if parsed.len() > MAX_BATCH {
+        return Err(ApiError::InvalidRevocation(
+            "a batch holds at most 10000 entries; split it",
+        ));
+    }
+    parsed
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            validate(b, access, now)
+                .and_then(|n| check_fields(&n).map(|()| n))
+                .map_err(|e| ApiError::InBatch(i, Box::new(e)))
+        })
+        .collect()
+}
+
+/// `DELETE /v1/revocations/{id}`: the live entry with that id goes, at every gateway.
+async fn delete_revocation(cp: &ControlPlane, id: u64) -> Result<Response<ControlBody>, ApiError> {
+    let deleted = cp
+        .store
+        .delete(id, cp.clock.unix())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "revocation not deleted");
+            ApiError::WriteFailed
+        })?
+        .ok_or(ApiError::NoSuchRevocation)?;
+    cp.metrics.count_written("delete");
+    tracing::warn!(
+        id,
+        kind = deleted.kind.as_str(),
+        cursor = deleted.cursor,
+        "revocation deleted"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id.to_string(),
+            "deleted": true,
+            "cursor": deleted.cursor.to_string(),
+        }),
+    ))
+}
+
+/// The id in `/v1/revocations/{id}`: decimal digits only (no sign, no padding tricks).
+fn revocation_id(path: &str) -> Option<u64> {
+    let id = path.strip_prefix("/v1/revocations/")?;
+    if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
 }
 
 /// A `POST /v1/revocations` body, parsed and validated into what the store records.
@@ -335,23 +447,29 @@ pub fn parse_revocation(
     validate(parsed, access, now)
 }
 
+/// Whatever wrote it (the API, a logout token, an RFC 7009 token): entries travel to every
+/// gateway and into logs, so the same field rules hold for all.
+fn check_fields(new: &NewRevocation) -> Result<(), ApiError> {
+    let fields_ok = [Some(&new.iss), Some(&new.value), new.reason.as_ref()]
+        .into_iter()
+        .flatten()
+        .all(|f| !f.is_empty() && f.len() <= MAX_FIELD && !f.chars().any(char::is_control));
+    if fields_ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRevocation(
+            "fields are 1 to 1024 characters without control characters",
+        ))
+    }
+}
+
 /// Write and answer `201 {"id","cursor"}` once durable (`200` for a repeat that changed nothing).
 pub async fn record(
     cp: &ControlPlane,
     new: &NewRevocation,
     now: u64,
 ) -> Result<Response<ControlBody>, ApiError> {
-    // Whatever wrote it (the API, a logout token, an RFC 7009 token): entries travel to
-    // every gateway and into logs, so the same field rules hold for all.
-    let fields_ok = [Some(&new.iss), Some(&new.value), new.reason.as_ref()]
-        .into_iter()
-        .flatten()
-        .all(|f| !f.is_empty() && f.len() <= MAX_FIELD && !f.chars().any(char::is_control));
-    if !fields_ok {
-        return Err(ApiError::InvalidRevocation(
-            "fields are 1 to 1024 characters without control characters",
-        ));
-    }
+    check_fields(new)?;
     let w = cp.store.insert(new, now).await.map_err(|e| {
         tracing::error!(error = %e, "revocation not stored");
         ApiError::WriteFailed
@@ -545,6 +663,7 @@ mod tests {
             issued_before: None,
             expires_at: 1,
             reason: None,
+            deleted: false,
         }
     }
 

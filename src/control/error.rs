@@ -44,6 +44,10 @@ pub enum ApiError {
     MalformedRevocation(String),
     /// The revocation is well-formed JSON but not a valid revocation.
     InvalidRevocation(&'static str),
+    /// Entry `.0` of a batch was refused for `.1` (the whole batch was).
+    InBatch(usize, Box<ApiError>),
+    /// `DELETE /v1/revocations/{id}` of an id that is no live entry.
+    NoSuchRevocation,
     /// An empty `jti`, `sid` or `sub`.
     EmptyValue(Kind),
     /// `since` (or `Last-Event-ID`) is not a cursor of this API.
@@ -153,6 +157,21 @@ impl ApiError {
             InvalidRevocation(why) => {
                 (StatusCode::BAD_REQUEST, "invalid_request", fixed(why), None)
             }
+            InBatch(index, inner) => {
+                let (status, error, why, _) = inner.answer();
+                (
+                    status,
+                    error,
+                    Cow::Owned(format!("entry {index} of the batch: {why}; nothing was written")),
+                    None,
+                )
+            }
+            NoSuchRevocation => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                fixed("no live revocation has this id (never written, expired, deleted, or replaced by a stronger write: list to find its id)"),
+                None,
+            ),
             EmptyValue(kind) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request",

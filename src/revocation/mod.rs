@@ -132,6 +132,10 @@ pub struct Entry {
     pub expires_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A tombstone: the entry with this key was deleted (`DELETE /v1/revocations/{id}`);
+    /// gateways drop it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -145,6 +145,16 @@ impl RevocationSet {
         self.version.fetch_add(1, Ordering::Release);
     }
 
+    /// Drop an entry (a delete written at the control plane). Tokens found clean stay
+    /// clean, so the version is left alone.
+    pub fn remove(&self, kind: Kind, iss: &str, value: &str) {
+        let key = self.key(kind, iss, value);
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.remove(&key).is_some() {
+            self.counts[kind as usize].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Whether a token with these keys is revoked. `checked` is the token's memo of the
     /// last version it was found clean at: unchanged set, no lookup.
     pub fn is_revoked(&self, keys: &TokenKeys, checked: &AtomicU64) -> bool {

@@ -20,3 +20,4 @@ mod store;
 mod tls;
 mod verify;
 mod websocket;
+mod writes;

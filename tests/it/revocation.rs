@@ -8,17 +8,17 @@ use crate::support::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
-struct World {
-    idp: Idp,
+pub(crate) struct World {
+    pub(crate) idp: Idp,
     _echo: Echo,
-    control: Option<jwtgate::app::RunningControl>,
-    control_addr: std::net::SocketAddr,
-    gw: jwtgate::app::Running,
+    pub(crate) control: Option<jwtgate::app::RunningControl>,
+    pub(crate) control_addr: std::net::SocketAddr,
+    pub(crate) gw: jwtgate::app::Running,
     key: Signer,
-    dir: std::path::PathBuf,
+    pub(crate) dir: std::path::PathBuf,
 }
 
-fn gateway_yaml(idp: &Idp, echo: &Echo, revocation: &str) -> String {
+pub(crate) fn gateway_yaml(idp: &Idp, echo: &Echo, revocation: &str) -> String {
     format!(
         r#"
 listeners: [ {{ address: "127.0.0.1:0" }} ]
@@ -37,7 +37,7 @@ revocation:
     )
 }
 
-async fn world(control_extra: &str, revocation_extra: &str) -> World {
+pub(crate) async fn world(control_extra: &str, revocation_extra: &str) -> World {
     let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let echo = Echo::start().await.expect("echo");
@@ -65,21 +65,21 @@ async fn world(control_extra: &str, revocation_extra: &str) -> World {
 }
 
 impl World {
-    fn token(&self, extra: Value) -> (String, Value) {
+    pub(crate) fn token(&self, extra: Value) -> (String, Value) {
         let mut c = claims(&self.idp.url);
         for (k, v) in extra.as_object().expect("object") {
             c[k] = v.clone();
         }
         (self.key.mint(&c), c)
     }
-    fn a(&self) -> std::net::SocketAddr {
+    pub(crate) fn a(&self) -> std::net::SocketAddr {
         self.gw.addrs[0]
     }
-    async fn status(&self, token: &str) -> u16 {
+    pub(crate) async fn status(&self, token: &str) -> u16 {
         get(self.a(), "/", &[&bearer(token)]).await.status
     }
     /// Poll until the token is refused as revoked; the time it took.
-    async fn until_refused(&self, token: &str, limit: Duration) -> Duration {
+    pub(crate) async fn until_refused(&self, token: &str, limit: Duration) -> Duration {
         let start = Instant::now();
         loop {
             let r = get(self.a(), "/", &[&bearer(token)]).await;

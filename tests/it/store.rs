@@ -167,6 +167,76 @@ async fn suite(url: StoreUrl) {
     let (all, _) = reopened.list(0, 1000, now).await.expect("list");
     assert_eq!(all.len(), 54);
     assert!(reopened.ping().await);
+
+    // Delete: the entry is replaced by a tombstone with a newer cursor, which followers see
+    // and writer checks ignore; only live ids can be deleted; the key can be revoked again.
+    let mut latest = reopened.subscribe();
+    latest.mark_unchanged();
+    let gone = reopened
+        .delete(next.cursor, now)
+        .await
+        .expect("delete")
+        .expect("a live id");
+    assert!(gone.cursor > next.cursor && gone.kind == Kind::Jti);
+    assert!(
+        latest.has_changed().expect("watch"),
+        "a delete wakes followers"
+    );
+    let (tail, _) = reopened
+        .list(next.cursor - 1, 1000, now)
+        .await
+        .expect("list");
+    assert!(
+        tail.iter().all(|e| e.cursor != next.cursor),
+        "the entry is gone"
+    );
+    let tomb = tail
+        .iter()
+        .find(|e| e.cursor == gone.cursor)
+        .expect("tombstone");
+    assert!(tomb.deleted && tomb.jti.as_deref() == Some("b"));
+    assert!(!reopened
+        .revokes(iss, [Some("b"), None, None], Some(now), now)
+        .await
+        .expect("revokes"));
+    assert_eq!(
+        reopened.delete(next.cursor, now).await.expect("delete"),
+        None
+    );
+    assert_eq!(
+        reopened.delete(gone.cursor, now).await.expect("delete"),
+        None,
+        "a tombstone is no live id"
+    );
+    assert_eq!(reopened.delete(u64::MAX, now).await.expect("delete"), None);
+    let again = reopened
+        .insert(&jti("b", now + 100), now)
+        .await
+        .expect("insert");
+    assert!(again.changed && again.cursor > gone.cursor);
+    assert!(reopened
+        .revokes(iss, [Some("b"), None, None], Some(now), now)
+        .await
+        .expect("revokes"));
+
+    // A batch: one commit, ids in order, repeats inside it merge.
+    let batch: Vec<NewRevocation> = (0..500)
+        .map(|i| jti(&format!("batch{}", i % 400), now + 100 + i))
+        .collect();
+    let written = reopened.insert_many(&batch, now).await.expect("batch");
+    assert_eq!(written.len(), 500);
+    assert!(
+        written.iter().all(|w| w.changed),
+        "later repeats strengthen"
+    );
+    assert!(written.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    let (live, _) = reopened.list(again.cursor, 1000, now).await.expect("list");
+    assert_eq!(live.len(), 400, "a key once, at its strongest");
+    assert!(reopened
+        .insert_many(&[], now)
+        .await
+        .expect("empty")
+        .is_empty());
 }
 
 /// The store suite on SQLite.
@@ -179,4 +249,41 @@ async fn sqlite_store() {
 #[tokio::test]
 async fn postgres_store() {
     suite(StoreUrl::Postgres(pg_url().await)).await;
+}
+
+/// A SQLite store written by an earlier version (schema 1, no tombstones) opens, keeps its
+/// entries, and takes deletes.
+#[tokio::test]
+async fn sqlite_schema_1_is_migrated() {
+    let path = temp_dir().join("v1.db");
+    let now = now();
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE revocations (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, iss TEXT NOT NULL,
+                 value TEXT NOT NULL, expires_at INTEGER NOT NULL, issued_before INTEGER,
+                 reason TEXT, created_at INTEGER NOT NULL, UNIQUE (kind, iss, value));
+             PRAGMA user_version = 1;",
+        )
+        .expect("schema 1");
+        conn.execute(
+            "INSERT INTO revocations (kind, iss, value, expires_at, created_at) VALUES ('jti', 'https://iss', 'old', ?1, ?2)",
+            [now as i64 + 100, now as i64],
+        )
+        .expect("row");
+    }
+    let store = Store::open(&StoreUrl::Sqlite(path)).await.expect("migrate");
+    let (all, _) = store.list(0, 10, now).await.expect("list");
+    assert_eq!(all.len(), 1);
+    assert!(!all[0].deleted && all[0].jti.as_deref() == Some("old"));
+    assert!(store
+        .delete(all[0].cursor, now)
+        .await
+        .expect("delete")
+        .is_some());
+    assert!(!store
+        .revokes("https://iss", [Some("old"), None, None], Some(now), now)
+        .await
+        .expect("revokes"));
 }

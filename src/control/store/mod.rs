@@ -78,31 +78,39 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn row_entry(
+/// The columns `list` reads, in order: id, kind, iss, value, expires_at, issued_before,
+/// reason, deleted.
+struct Row {
     id: i64,
-    kind: &str,
+    kind: String,
     iss: String,
     value: String,
     expires_at: i64,
     issued_before: Option<i64>,
     reason: Option<String>,
-) -> Entry {
-    let mut e = Entry {
-        cursor: to_u64(id),
-        iss,
-        jti: None,
-        sid: None,
-        sub: None,
-        issued_before: issued_before.map(to_u64),
-        expires_at: to_u64(expires_at),
-        reason,
-    };
-    match Kind::parse(kind) {
-        Some(Kind::Jti) => e.jti = Some(value),
-        Some(Kind::Sid) => e.sid = Some(value),
-        _ => e.sub = Some(value),
+    deleted: bool,
+}
+
+impl Row {
+    fn entry(self) -> Entry {
+        let mut e = Entry {
+            cursor: to_u64(self.id),
+            iss: self.iss,
+            jti: None,
+            sid: None,
+            sub: None,
+            issued_before: self.issued_before.map(to_u64),
+            expires_at: to_u64(self.expires_at),
+            reason: self.reason,
+            deleted: self.deleted,
+        };
+        match Kind::parse(&self.kind) {
+            Some(Kind::Jti) => e.jti = Some(self.value),
+            Some(Kind::Sid) => e.sid = Some(self.value),
+            _ => e.sub = Some(self.value),
+        }
+        e
     }
-    e
 }
 
 impl Store {
@@ -173,20 +181,59 @@ impl Store {
 
     /// Record a revocation; durable when this returns.
     pub async fn insert(&self, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+        let written = self.insert_many(std::slice::from_ref(r), now).await?;
+        written
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Other("the write returned nothing".into()))
+    }
+
+    /// Record revocations in one transaction (one durable commit): all or none.
+    pub async fn insert_many(
+        &self,
+        rs: &[NewRevocation],
+        now: u64,
+    ) -> Result<Vec<Written>, StoreError> {
+        if rs.is_empty() {
+            return Ok(Vec::new());
+        }
         let written = match &self.backend {
             Backend::Sqlite(conn) => {
                 let conn = conn.clone();
-                let r = r.clone();
-                tokio::task::spawn_blocking(move || sqlite_insert(&conn, &r, now)).await??
+                let rs = rs.to_vec();
+                tokio::task::spawn_blocking(move || sqlite_insert(&conn, &rs, now)).await??
             }
-            Backend::Postgres(pg) => pg.insert(r, now).await?,
+            Backend::Postgres(pg) => pg.insert(rs, now).await?,
         };
+        let newest = written.iter().map(|w| w.cursor).max().unwrap_or(0);
+        self.advance(newest);
+        Ok(written)
+    }
+
+    /// Delete the live entry with this id: it is replaced by a tombstone with a new cursor,
+    /// which gateways follow like any write and drop the entry. `None` when no live entry
+    /// has the id (never written, purged, deleted, or replaced by a stronger write).
+    pub async fn delete(&self, id: u64, now: u64) -> Result<Option<Deleted>, StoreError> {
+        let deleted = match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || sqlite_delete(&conn, id, now)).await??
+            }
+            Backend::Postgres(pg) => pg.delete(id, now).await?,
+        };
+        if let Some(d) = &deleted {
+            self.advance(d.cursor);
+        }
+        Ok(deleted)
+    }
+
+    /// Wake the followers of this process when a write committed a newer cursor.
+    fn advance(&self, cursor: u64) {
         self.latest.send_if_modified(|v| {
-            let grew = written.cursor > *v;
-            *v = (*v).max(written.cursor);
+            let grew = cursor > *v;
+            *v = (*v).max(cursor);
             grew
         });
-        Ok(written)
     }
 
     /// Live entries after `since`, oldest first, at most `limit`; and whether more follow.
@@ -203,11 +250,20 @@ impl Store {
                 tokio::task::spawn_blocking(move || -> Result<Vec<Entry>, StoreError> {
                     let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
                     let mut stmt = conn.prepare_cached(
-                        "SELECT id, kind, iss, value, expires_at, issued_before, reason FROM revocations WHERE id > ?1 AND expires_at > ?2 ORDER BY id LIMIT ?3",
+                        "SELECT id, kind, iss, value, expires_at, issued_before, reason, deleted FROM revocations WHERE id > ?1 AND expires_at > ?2 ORDER BY id LIMIT ?3",
                     )?;
                     let rows = stmt.query_map(rusqlite::params![to_i64(since), to_i64(now), to_i64(fetch as u64)], |row| {
-                        let kind: String = row.get(1)?;
-                        Ok(row_entry(row.get(0)?, &kind, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
+                        Ok(Row {
+                            id: row.get(0)?,
+                            kind: row.get(1)?,
+                            iss: row.get(2)?,
+                            value: row.get(3)?,
+                            expires_at: row.get(4)?,
+                            issued_before: row.get(5)?,
+                            reason: row.get(6)?,
+                            deleted: row.get::<_, i64>(7)? != 0,
+                        }
+                        .entry())
                     })?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
                 })
@@ -216,21 +272,23 @@ impl Store {
             Backend::Postgres(pg) => {
                 let rows = pg
                     .query(
-                        "SELECT id, kind, iss, value, expires_at, issued_before, reason FROM jwtgate_revocations WHERE id > $1 AND expires_at > $2 ORDER BY id LIMIT $3",
+                        "SELECT id, kind, iss, value, expires_at, issued_before, reason, deleted FROM jwtgate_revocations WHERE id > $1 AND expires_at > $2 ORDER BY id LIMIT $3",
                         &[&to_i64(since), &to_i64(now), &to_i64(fetch as u64)],
                     )
                     .await?;
                 rows.iter()
                     .map(|r| {
-                        row_entry(
-                            r.get(0),
-                            r.get::<_, &str>(1),
-                            r.get(2),
-                            r.get(3),
-                            r.get(4),
-                            r.get(5),
-                            r.get(6),
-                        )
+                        Row {
+                            id: r.get(0),
+                            kind: r.get(1),
+                            iss: r.get(2),
+                            value: r.get(3),
+                            expires_at: r.get(4),
+                            issued_before: r.get(5),
+                            reason: r.get(6),
+                            deleted: r.get::<_, i16>(7) != 0,
+                        }
+                        .entry()
                     })
                     .collect()
             }
@@ -252,7 +310,7 @@ impl Store {
         let [jti, sid, sub] = keys.map(|k| k.map(str::to_owned));
         let iss = iss.to_owned();
         let iat = to_i64(iat.unwrap_or(0));
-        const WHERE: &str = "iss = ?1 AND expires_at > ?2 AND ((kind = 'jti' AND value = ?3) OR (kind = 'sid' AND value = ?4) OR (kind = 'sub' AND value = ?5 AND issued_before > ?6))";
+        const WHERE: &str = "iss = ?1 AND expires_at > ?2 AND deleted = 0 AND ((kind = 'jti' AND value = ?3) OR (kind = 'sid' AND value = ?4) OR (kind = 'sub' AND value = ?5 AND issued_before > ?6))";
         match &self.backend {
             Backend::Sqlite(conn) => {
                 let conn = conn.clone();
@@ -395,6 +453,15 @@ async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, StoreError> 
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // Version 2: deletes leave a tombstone row that gateways follow.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE revocations ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(conn)
     })
     .await?
@@ -414,44 +481,104 @@ fn strengthen(
     (expires != old_expires || cutoff != old_cutoff).then_some((expires, cutoff))
 }
 
+use rusqlite::OptionalExtension;
+
 fn sqlite_insert(
     conn: &Mutex<rusqlite::Connection>,
+    rs: &[NewRevocation],
+    now: u64,
+) -> Result<Vec<Written>, StoreError> {
+    let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let written = rs
+        .iter()
+        .map(|r| sqlite_insert_one(&tx, r, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.commit()?;
+    Ok(written)
+}
+
+fn sqlite_insert_one(
+    tx: &rusqlite::Transaction<'_>,
     r: &NewRevocation,
     now: u64,
 ) -> Result<Written, StoreError> {
-    let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let existing: Option<(i64, i64, Option<i64>)> = tx
-        .query_row(
-            "SELECT id, expires_at, issued_before FROM revocations WHERE kind = ?1 AND iss = ?2 AND value = ?3",
-            rusqlite::params![r.kind.as_str(), r.iss, r.value],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .ok();
+    let existing: Option<(i64, i64, Option<i64>, i64)> = tx
+        .prepare_cached(
+            "SELECT id, expires_at, issued_before, deleted FROM revocations WHERE kind = ?1 AND iss = ?2 AND value = ?3",
+        )?
+        .query_row(rusqlite::params![r.kind.as_str(), r.iss, r.value], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .optional()?;
     let (expires, cutoff) = match existing {
-        Some((id, old_exp, old_cut)) => match strengthen(to_u64(old_exp), old_cut.map(to_u64), r) {
-            None => {
-                return Ok(Written {
-                    cursor: to_u64(id),
-                    changed: false,
-                })
+        // A tombstone: the key was deleted, this is a new revocation.
+        Some((id, _, _, deleted)) if deleted != 0 => {
+            tx.execute("DELETE FROM revocations WHERE id = ?1", [id])?;
+            (r.expires_at, r.issued_before)
+        }
+        Some((id, old_exp, old_cut, _)) => {
+            match strengthen(to_u64(old_exp), old_cut.map(to_u64), r) {
+                None => {
+                    return Ok(Written {
+                        cursor: to_u64(id),
+                        changed: false,
+                    })
+                }
+                Some(merged) => {
+                    // A stronger entry gets a new cursor so every follower sees it.
+                    tx.execute("DELETE FROM revocations WHERE id = ?1", [id])?;
+                    merged
+                }
             }
-            Some(merged) => {
-                // A stronger entry gets a new cursor so every follower sees it.
-                tx.execute("DELETE FROM revocations WHERE id = ?1", [id])?;
-                merged
-            }
-        },
+        }
         None => (r.expires_at, r.issued_before),
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO revocations (kind, iss, value, expires_at, issued_before, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        rusqlite::params![r.kind.as_str(), r.iss, r.value, to_i64(expires), cutoff.map(to_i64), r.reason, to_i64(now)],
-    )?;
-    let id = tx.last_insert_rowid();
-    tx.commit()?;
+    )?
+    .execute(rusqlite::params![r.kind.as_str(), r.iss, r.value, to_i64(expires), cutoff.map(to_i64), r.reason, to_i64(now)])?;
     Ok(Written {
-        cursor: to_u64(id),
+        cursor: to_u64(tx.last_insert_rowid()),
         changed: true,
     })
+}
+
+/// What a delete did: the tombstone's cursor and the kind of the entry it removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    pub cursor: u64,
+    pub kind: Kind,
+}
+
+fn sqlite_delete(
+    conn: &Mutex<rusqlite::Connection>,
+    id: u64,
+    now: u64,
+) -> Result<Option<Deleted>, StoreError> {
+    let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let live: Option<(String, String, String, i64)> = tx
+        .query_row(
+            "SELECT kind, iss, value, expires_at FROM revocations WHERE id = ?1 AND deleted = 0 AND expires_at > ?2",
+            rusqlite::params![to_i64(id), to_i64(now)],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .optional()?;
+    let Some((kind, iss, value, expires_at)) = live else {
+        return Ok(None);
+    };
+    tx.execute("DELETE FROM revocations WHERE id = ?1", [to_i64(id)])?;
+    // The tombstone lives as long as the entry would have: a gateway that missed it drops
+    // the entry by then anyway.
+    tx.execute(
+        "INSERT INTO revocations (kind, iss, value, expires_at, created_at, deleted) VALUES (?1, ?2, ?3, ?4, ?5, 1)",
+        rusqlite::params![kind, iss, value, expires_at, to_i64(now)],
+    )?;
+    let cursor = to_u64(tx.last_insert_rowid());
+    tx.commit()?;
+    Ok(Some(Deleted {
+        cursor,
+        kind: Kind::parse(&kind).unwrap_or(Kind::Sub),
+    }))
 }

@@ -5,7 +5,8 @@ use tokio::sync::watch;
 
 use std::time::Duration;
 
-use super::{strengthen, to_i64, to_u64, NewRevocation, StoreError, Written};
+use super::{strengthen, to_i64, to_u64, Deleted, NewRevocation, StoreError, Written};
+use crate::revocation::Kind;
 
 /// A small connection pool: at most `POOL_SIZE` connections, idle ones reused.
 pub(super) struct Pg {
@@ -45,6 +46,7 @@ pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), St
              INSERT INTO jwtgate_schema (version) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM jwtgate_schema);
              CREATE TABLE IF NOT EXISTS jwtgate_meta (epoch TEXT NOT NULL);
              ALTER TABLE jwtgate_meta ADD COLUMN IF NOT EXISTS head BIGINT NOT NULL DEFAULT 0;
+             ALTER TABLE jwtgate_revocations ADD COLUMN IF NOT EXISTS deleted SMALLINT NOT NULL DEFAULT 0;
              SELECT pg_advisory_unlock(1785951335);",
         )
         .await?;
@@ -139,50 +141,100 @@ impl Pg {
         Ok(result?)
     }
 
-    pub(super) async fn insert(&self, r: &NewRevocation, now: u64) -> Result<Written, StoreError> {
+    pub(super) async fn insert(
+        &self,
+        rs: &[NewRevocation],
+        now: u64,
+    ) -> Result<Vec<Written>, StoreError> {
         let mut pooled = self.client().await?;
-        let result = pg_insert(&mut pooled.client, r, now).await;
+        let result = pg_insert(&mut pooled.client, rs, now).await;
+        self.release(pooled, result.is_ok());
+        result
+    }
+
+    pub(super) async fn delete(&self, id: u64, now: u64) -> Result<Option<Deleted>, StoreError> {
+        let mut pooled = self.client().await?;
+        let result = pg_delete(&mut pooled.client, id, now).await;
         self.release(pooled, result.is_ok());
         result
     }
 }
 
+/// Open a write transaction: writers are serialized (an id is drawn only while holding the
+/// lock, so ids commit in order).
+async fn write_tx(
+    client: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .await?;
+    Ok(tx)
+}
+
+/// Raise the high-water head, tell every listening replica (delivered when, and only if,
+/// the transaction commits), and commit.
+async fn commit_write(tx: tokio_postgres::Transaction<'_>, newest: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE jwtgate_meta SET head = GREATEST(head, $1)",
+        &[&newest],
+    )
+    .await?;
+    tx.execute(&format!("NOTIFY {CHANNEL}, '{newest}'"), &[])
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 pub(super) async fn pg_insert(
     client: &mut tokio_postgres::Client,
+    rs: &[NewRevocation],
+    now: u64,
+) -> Result<Vec<Written>, StoreError> {
+    let tx = write_tx(client).await?;
+    let mut written = Vec::with_capacity(rs.len());
+    for r in rs {
+        written.push(pg_insert_one(&tx, r, now).await?);
+    }
+    let newest = written.iter().map(|w| w.cursor).max().unwrap_or(0);
+    commit_write(tx, to_i64(newest)).await?;
+    Ok(written)
+}
+
+async fn pg_insert_one(
+    tx: &tokio_postgres::Transaction<'_>,
     r: &NewRevocation,
     now: u64,
 ) -> Result<Written, StoreError> {
-    let tx = client.transaction().await?;
-    // Serialize writers: an id is drawn only while holding the lock, so ids commit in order.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-        .await?;
     let existing = tx
         .query_opt(
-            "SELECT id, expires_at, issued_before FROM jwtgate_revocations WHERE kind = $1 AND iss = $2 AND value = $3",
+            "SELECT id, expires_at, issued_before, deleted FROM jwtgate_revocations WHERE kind = $1 AND iss = $2 AND value = $3",
             &[&r.kind.as_str(), &r.iss, &r.value],
         )
         .await?;
     let (expires, cutoff) = match existing {
-        Some(row) => match strengthen(
-            to_u64(row.get(1)),
-            row.get::<_, Option<i64>>(2).map(to_u64),
-            r,
-        ) {
-            None => {
-                return Ok(Written {
-                    cursor: to_u64(row.get(0)),
-                    changed: false,
-                })
-            }
-            Some(merged) => {
-                tx.execute(
-                    "DELETE FROM jwtgate_revocations WHERE id = $1",
-                    &[&row.get::<_, i64>(0)],
+        Some(row) => {
+            let id: i64 = row.get(0);
+            // A tombstone: the key was deleted, this is a new revocation.
+            let merged = if row.get::<_, i16>(3) != 0 {
+                Some((r.expires_at, r.issued_before))
+            } else {
+                strengthen(
+                    to_u64(row.get(1)),
+                    row.get::<_, Option<i64>>(2).map(to_u64),
+                    r,
                 )
+            };
+            let Some(merged) = merged else {
+                return Ok(Written {
+                    cursor: to_u64(id),
+                    changed: false,
+                });
+            };
+            // A stronger entry gets a new cursor so every follower sees it.
+            tx.execute("DELETE FROM jwtgate_revocations WHERE id = $1", &[&id])
                 .await?;
-                merged
-            }
-        },
+            merged
+        }
         None => (r.expires_at, r.issued_before),
     };
     let row = tx
@@ -191,17 +243,42 @@ pub(super) async fn pg_insert(
             &[&r.kind.as_str(), &r.iss, &r.value, &to_i64(expires), &cutoff.map(to_i64), &r.reason, &to_i64(now)],
         )
         .await?;
-    let id: i64 = row.get(0);
-    tx.execute("UPDATE jwtgate_meta SET head = GREATEST(head, $1)", &[&id])
-        .await?;
-    // Delivered to every listening replica when (and only if) the transaction commits.
-    tx.execute(&format!("NOTIFY {CHANNEL}, '{id}'"), &[])
-        .await?;
-    tx.commit().await?;
     Ok(Written {
-        cursor: to_u64(id),
+        cursor: to_u64(row.get(0)),
         changed: true,
     })
+}
+
+async fn pg_delete(
+    client: &mut tokio_postgres::Client,
+    id: u64,
+    now: u64,
+) -> Result<Option<Deleted>, StoreError> {
+    let tx = write_tx(client).await?;
+    let live = tx
+        .query_opt(
+            "DELETE FROM jwtgate_revocations WHERE id = $1 AND deleted = 0 AND expires_at > $2 RETURNING kind, iss, value, expires_at",
+            &[&to_i64(id), &to_i64(now)],
+        )
+        .await?;
+    let Some(row) = live else {
+        return Ok(None);
+    };
+    let kind: String = row.get(0);
+    // The tombstone lives as long as the entry would have: a gateway that missed it drops
+    // the entry by then anyway.
+    let tomb = tx
+        .query_one(
+            "INSERT INTO jwtgate_revocations (kind, iss, value, expires_at, created_at, deleted) VALUES ($1, $2, $3, $4, $5, 1) RETURNING id",
+            &[&kind, &row.get::<_, String>(1), &row.get::<_, String>(2), &row.get::<_, i64>(3), &to_i64(now)],
+        )
+        .await?;
+    let cursor: i64 = tomb.get(0);
+    commit_write(tx, cursor).await?;
+    Ok(Some(Deleted {
+        cursor: to_u64(cursor),
+        kind: Kind::parse(&kind).unwrap_or(Kind::Sub),
+    }))
 }
 
 /// Follow writes made through other replicas: LISTEN for their notifications, and poll the
