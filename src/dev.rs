@@ -11,8 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-use base64::Engine;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -20,7 +18,6 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -211,13 +208,9 @@ async fn demo_revocation(gw: SocketAddr, admin: &str, api_key: &str, issuer: &st
 
 /// Run the all-in-one demo until Ctrl-C.
 pub async fn run(port: u16) -> anyhow::Result<()> {
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-        .map_err(|_| anyhow::anyhow!("cannot generate a key"))?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|_| anyhow::anyhow!("cannot load the key"))?;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
-    let jwks = json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": x, "kid": "dev-1", "alg": "EdDSA", "use": "sig" }] });
+    // A fresh key every run: nothing here is a published example key.
+    let signing = crate::keygen::SigningKey::generate()?;
+    let jwks = signing.jwks();
     let jwks_addr = serve_document(jwks.to_string()).await?;
     let echo = Echo::start().await?;
     let listen = bind_or_any(port).await;
@@ -226,13 +219,8 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     // The embedded control plane (single-node mode): a throwaway store and writer key.
     let data = std::env::temp_dir().join(format!("jwtgate-dev-{}", std::process::id()));
     std::fs::create_dir_all(&data).context("creating the dev data folder")?;
-    let api_key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    let key_hash: String =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, api_key.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    let api_key = crate::keygen::api_key()?;
+    let key_hash = crate::keygen::api_key_sha256(&api_key);
     let store = data.join("revocations.db");
 
     let yaml = format!(
@@ -278,15 +266,10 @@ revocation:
     let gw = running.addrs[0];
     let admin = running.admin.map(|a| a.to_string()).unwrap_or_default();
 
-    let key = EncodingKey::from_ed_der(pkcs8.as_ref());
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some("dev-1".to_owned());
     let now = crate::clock::now_unix();
     let mint = |exp: u64, scope: &str, jti: &str| {
-        jsonwebtoken::encode(
-            &header,
+        signing.sign(
             &json!({ "iss": issuer, "aud": "dev-api", "sub": "42", "email": "ada@example.com", "scope": scope, "iat": now.min(exp), "exp": exp, "jti": jti }),
-            &key,
         )
     };
     let good_jti = format!("{:x}", fastrand::u64(..));

@@ -82,3 +82,5 @@ pub mod control;
 pub mod app;
 
 pub mod dev;
+
+pub mod keygen;

@@ -35,6 +35,37 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Make an Ed25519 signing key, its JWKS and random writer/reader API keys in a folder,
+    /// unless they are there already (first run only).
+    Keygen {
+        /// The folder (created if needed); the private files are readable by their owner only.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Mint a token with a `keygen` signing key (for demos and tests).
+    Token {
+        /// The signing key `keygen` wrote (`signing-key.pem`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The issuer (`iss`), as the gateway's issuer configures it.
+        #[arg(long)]
+        iss: String,
+        /// The audience (`aud`).
+        #[arg(long)]
+        aud: String,
+        /// The subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Seconds until `exp`.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Space-separated scopes (`scope`).
+        #[arg(long)]
+        scope: Option<String>,
+        /// A session id (`sid`), for session revocation demos.
+        #[arg(long)]
+        sid: Option<String>,
+    },
     /// Everything on loopback in one process for a first look.
     Dev {
         /// Gateway port (falls back to a free one when taken).
@@ -131,6 +162,16 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Keygen { dir } => keygen(&dir),
+        Command::Token {
+            key,
+            iss,
+            aud,
+            sub,
+            ttl,
+            scope,
+            sid,
+        } => mint(&key, iss, aud, sub, ttl, scope, sid),
         Command::Serve { config } => runtime.block_on(jwtgate::app::run_gateway(&config)),
         Command::Dev { port } => match runtime.block_on(jwtgate::dev::run(port)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -139,6 +180,59 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn keygen(dir: &Path) -> ExitCode {
+    match jwtgate::keygen::ensure(dir) {
+        Ok(written) => {
+            for f in &written {
+                println!("wrote {}", f.display());
+            }
+            if written.is_empty() {
+                println!("{}: keys already there, kept", dir.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jwtgate keygen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mint(
+    key: &Path,
+    iss: String,
+    aud: String,
+    sub: String,
+    ttl: u64,
+    scope: Option<String>,
+    sid: Option<String>,
+) -> ExitCode {
+    let minted = jwtgate::keygen::SigningKey::load(key).and_then(|k| {
+        let now = jwtgate::clock::now_unix();
+        let jti = jwtgate::keygen::api_key()?;
+        let mut claims = serde_json::json!({
+            "iss": iss, "aud": aud, "sub": sub, "iat": now, "exp": now + ttl, "jti": &jti[..32],
+        });
+        if let Some(s) = scope {
+            claims["scope"] = s.into();
+        }
+        if let Some(s) = sid {
+            claims["sid"] = s.into();
+        }
+        k.sign(&claims)
+    });
+    match minted {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jwtgate token: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -180,6 +274,24 @@ fn check(path: &Path) -> ExitCode {
         Ok(config) => {
             for w in &config.warnings {
                 eprintln!("{}:{w} (warning)", path.display());
+            }
+            let mut refused = false;
+            for issuer in &config.issuers {
+                match jwtgate::verify::keys::audit_jwks_file(issuer) {
+                    Ok(warnings) => {
+                        for w in warnings {
+                            eprintln!("{}: {w} (warning)", path.display());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {e}", path.display());
+                        refused = true;
+                    }
+                }
+            }
+            if refused {
+                eprintln!("{}: key files refused", path.display());
+                return ExitCode::FAILURE;
             }
             println!(
                 "{}: ok ({} listener(s), {} issuer(s), {} upstream(s), {} route(s))",

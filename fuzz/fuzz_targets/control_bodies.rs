@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use jwtgate::config::{AccessConfig, ControlConfig};
-use jwtgate::control::api::{parse_batch, parse_revocation};
+use jwtgate::control::writes::{parse_batch, parse_revocation};
 use jwtgate::control::idp::form;
 use libfuzzer_sys::fuzz_target;
 

@@ -99,7 +99,10 @@ pub struct RawApiKey {
     /// Who holds it (for the operator).
     pub name: String,
     /// Hex SHA-256 of the key; the key itself never appears in configuration.
-    pub sha256: String,
+    pub sha256: Option<String>,
+    /// Or a file holding the key itself (a mounted secret, or `jwtgate keygen`'s
+    /// `writer.key`/`reader.key`), hashed when the configuration is loaded.
+    pub key_file: Option<String>,
 }
 
 /// The access-related keys shared by `control.yaml` and a single-node `revocation` block.
@@ -294,10 +297,11 @@ impl Validator<'_> {
             .iter()
             .map(|c| RawApiKey {
                 name: c.client_id.clone(),
-                sha256: c.secret_sha256.clone(),
+                sha256: Some(c.secret_sha256.clone()),
+                key_file: None,
             })
             .collect();
-        let revoke_clients = self.api_keys("revoke_clients", &clients);
+        let revoke_clients = self.api_keys("revoke_clients", &clients, Path::new("."));
         IdpConfig {
             token_issuers,
             backchannel,
@@ -332,30 +336,71 @@ impl Validator<'_> {
         None
     }
 
-    pub(super) fn api_keys(&mut self, path: &str, keys: &[RawApiKey]) -> Vec<ApiKey> {
+    pub(super) fn api_keys(&mut self, path: &str, keys: &[RawApiKey], base: &Path) -> Vec<ApiKey> {
         let mut out = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            let p = format!("{path}[{i}].sha256");
-            let hex = k.sha256.trim();
-            let bytes: Option<Vec<u8>> = (hex.len() == 64 && hex.is_ascii())
-                .then(|| {
-                    (0..32)
-                        .map(|j| u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).ok())
-                        .collect()
-                })
-                .flatten();
-            match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
-                Some(sha256) => out.push(ApiKey {
+            let sha256 = match (&k.sha256, &k.key_file) {
+                (Some(hex), None) => self.sha256_hex(&format!("{path}[{i}].sha256"), hex),
+                (None, Some(file)) => {
+                    self.key_file(&format!("{path}[{i}].key_file"), &base.join(file))
+                }
+                _ => {
+                    self.err(&format!("{path}[{i}]"), "give exactly one of `sha256` (the key's hex SHA-256) or `key_file` (a file holding the key)");
+                    None
+                }
+            };
+            if let Some(sha256) = sha256 {
+                out.push(ApiKey {
                     name: k.name.clone(),
                     sha256,
-                }),
-                None => self.err(
-                    &p,
-                    "the hex SHA-256 of the key (64 hex digits): `printf %s KEY | sha256sum`",
-                ),
+                });
             }
         }
         out
+    }
+
+    fn sha256_hex(&mut self, p: &str, hex: &str) -> Option<[u8; 32]> {
+        let hex = hex.trim();
+        let bytes: Option<Vec<u8>> = (hex.len() == 64 && hex.is_ascii())
+            .then(|| {
+                (0..32)
+                    .map(|j| u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).ok())
+                    .collect()
+            })
+            .flatten();
+        let sha256 = bytes.and_then(|b| <[u8; 32]>::try_from(b).ok());
+        if sha256.is_none() {
+            self.err(
+                p,
+                "the hex SHA-256 of the key (64 hex digits): `printf %s KEY | sha256sum`",
+            );
+        }
+        sha256
+    }
+
+    /// The SHA-256 of the key a file holds (surrounding whitespace ignored). A file that does
+    /// not exist yet is a warning: the key authenticates nobody until it does.
+    fn key_file(&mut self, p: &str, file: &Path) -> Option<[u8; 32]> {
+        let key = match super::secret_file(file) {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                self.warn(p, format!("{} does not exist yet: this key authenticates nobody until it does (`jwtgate keygen --dir DIR` writes writer.key and reader.key)", file.display()));
+                return None;
+            }
+            Err(e) => {
+                self.err(p, e);
+                return None;
+            }
+        };
+        if key.len() < 16 {
+            self.err(
+                p,
+                format!("{} holds a key shorter than 16 characters", file.display()),
+            );
+            return None;
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+        <[u8; 32]>::try_from(digest.as_ref()).ok()
     }
 
     pub(super) fn access(&mut self, prefix: &str, a: RawAccess<'_>, base: &Path) -> AccessConfig {
@@ -370,8 +415,8 @@ impl Validator<'_> {
         AccessConfig {
             writer_issuers,
             writer_scope: w.scope.clone().unwrap_or_default(),
-            writer_keys: self.api_keys(&format!("{prefix}writers.api_keys"), &w.api_keys),
-            reader_keys: self.api_keys(&format!("{prefix}readers.api_keys"), &r.api_keys),
+            writer_keys: self.api_keys(&format!("{prefix}writers.api_keys"), &w.api_keys, base),
+            reader_keys: self.api_keys(&format!("{prefix}readers.api_keys"), &r.api_keys, base),
             default_retention: self.positive(
                 &format!("{prefix}default_retention"),
                 a.retention,

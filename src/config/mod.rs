@@ -199,6 +199,24 @@ struct Validator<'a> {
     warnings: Vec<Problem>,
 }
 
+/// A secret held in a file (a mounted secret): its trimmed text, `None` when the file does
+/// not exist (yet), an error naming the file otherwise. Never echoes the content.
+pub(crate) fn secret_file(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() > 4096 => Err(format!(
+            "{} is larger than 4 KiB: not a key",
+            path.display()
+        )),
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
+            Ok(_) => Err(format!("{} is empty", path.display())),
+            Err(_) => Err(format!("{} is not UTF-8 text", path.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 impl<'a> Validator<'a> {
     fn new(pos: &'a Positions) -> Validator<'a> {
         Validator {

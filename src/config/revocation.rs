@@ -22,6 +22,8 @@ pub struct RawRevocation {
     pub store: Option<String>,
     /// The bearer (a reader API key) the gateway presents to the control plane.
     pub token: Option<String>,
+    /// Or a file holding it (a mounted secret, or `jwtgate keygen`'s `reader.key`).
+    pub token_file: Option<String>,
     /// Where the last known set is kept across restarts.
     pub snapshot_file: Option<String>,
     /// How long the set may go without word from the control plane (default 60s).
@@ -108,10 +110,31 @@ impl Validator<'_> {
                 let uri = self
                     .fetch_url(&format!("{p}.control_url"), url)
                     .unwrap_or_default();
-                RevocationSource::Control {
-                    url: uri,
-                    token: r.token.clone(),
-                }
+                let token = match (&r.token, &r.token_file) {
+                    (Some(_), Some(_)) => {
+                        self.err(
+                            &format!("{p}.token_file"),
+                            "give `token` or `token_file`, not both",
+                        );
+                        None
+                    }
+                    (t, None) => t.clone(),
+                    (None, Some(file)) => {
+                        let path = base.join(file);
+                        match super::secret_file(&path) {
+                            Ok(Some(t)) => Some(t),
+                            Ok(None) => {
+                                self.warn(&format!("{p}.token_file"), format!("{} does not exist yet: the control plane will refuse this gateway (and protected routes answer 503) until it does", path.display()));
+                                None
+                            }
+                            Err(e) => {
+                                self.err(&format!("{p}.token_file"), e);
+                                None
+                            }
+                        }
+                    }
+                };
+                RevocationSource::Control { url: uri, token }
             }
             (None, Some(store)) => {
                 let access = self.access(

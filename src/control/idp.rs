@@ -10,9 +10,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::api::{read_body, record, ControlBody, MAX_FORM_BYTES, MAX_LEEWAY_SECS};
+use super::api::{read_body, ControlBody, MAX_FORM_BYTES};
 use super::error::{empty_ok, ApiError};
 use super::store::NewRevocation;
+use super::writes::{record, MAX_LEEWAY_SECS};
 use super::ControlPlane;
 use crate::config::{ApiKey, BackchannelConfig, IdpConfig, IssuerConfig, TokenCacheConfig};
 use crate::path::percent_decode;

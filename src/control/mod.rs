@@ -13,6 +13,7 @@ pub mod client;
 pub mod error;
 pub mod idp;
 pub mod store;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,59 +13,19 @@ use crate::clock::Clock;
 use crate::http_client::{self, HttpsClient, Protocol};
 
 use arc_swap::ArcSwap;
-use base64::Engine;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
-use crate::config::{parse_algorithm, IssuerConfig, KeySource};
+pub use super::jwk::{alg_bit, alg_index, audit_jwks_file, parse_jwks, parse_jwks_explained, Key};
+use crate::config::{IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 
 /// Largest key document accepted: a JWKS is a few KiB; more is an attack or a mistake.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Bit for each algorithm, so a key's permitted algorithms are one mask test.
-pub fn alg_bit(alg: Algorithm) -> u16 {
-    1 << alg_index(alg)
-}
-
-/// A dense index per algorithm (0..12).
-pub fn alg_index(alg: Algorithm) -> usize {
-    match alg {
-        Algorithm::HS256 => 0,
-        Algorithm::HS384 => 1,
-        Algorithm::HS512 => 2,
-        Algorithm::ES256 => 3,
-        Algorithm::ES384 => 4,
-        Algorithm::RS256 => 5,
-        Algorithm::RS384 => 6,
-        Algorithm::RS512 => 7,
-        Algorithm::PS256 => 8,
-        Algorithm::PS384 => 9,
-        Algorithm::PS512 => 10,
-        Algorithm::EdDSA => 11,
-    }
-}
-
-const RSA_ALGS: [Algorithm; 6] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-];
-
-pub struct Key {
-    pub kid: Option<Box<str>>,
-    pub key: DecodingKey,
-    /// Algorithms this key may verify (`alg_bit` mask).
-    pub algs: u16,
-}
 
 /// One generation of an issuer's keys.
 pub struct KeySet {
@@ -351,108 +311,6 @@ fn fingerprint(doc: &[u8]) -> u64 {
     let mut h = foldhash::quality::FixedState::default().build_hasher();
     h.write(doc);
     h.finish().max(1)
-}
-
-/// Parse a JWKS document key by key: an unusable key is skipped with a log line instead of
-/// failing the whole set.
-pub fn parse_jwks(doc: &[u8], cfg: &IssuerConfig) -> Vec<Key> {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        keys: Vec<Value>,
-    }
-    let doc: Doc = match serde_json::from_slice(doc) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(issuer = %cfg.name, error = %e, "JWKS document is not a JSON object with a `keys` array");
-            return Vec::new();
-        }
-    };
-    let allowed = cfg.algorithms.iter().fold(0u16, |m, a| m | alg_bit(*a));
-    let mut out = Vec::new();
-    for (i, raw) in doc.keys.into_iter().enumerate() {
-        match parse_key(&raw) {
-            Ok((kid, key, algs)) => {
-                if algs & allowed == 0 {
-                    tracing::info!(issuer = %cfg.name, index = i, kid = kid.as_deref().unwrap_or(""), "JWKS key skipped: none of its algorithms is allowed for this issuer");
-                    continue;
-                }
-                out.push(Key {
-                    kid: kid.map(Into::into),
-                    key,
-                    algs: algs & allowed,
-                });
-            }
-            Err(why) => {
-                let kid = raw.get("kid").and_then(Value::as_str).unwrap_or("");
-                tracing::warn!(issuer = %cfg.name, index = i, kid, reason = why, "JWKS key skipped");
-            }
-        }
-    }
-    out
-}
-
-fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static str> {
-    let obj = raw.as_object().ok_or("not an object")?;
-    let kid = match obj.get("kid") {
-        None => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err("kid is not a string"),
-    };
-    if obj.get("use").is_some_and(|u| u != "sig") {
-        return Err("use is not `sig`");
-    }
-    // RFC 7517 §4.3: a key whose `key_ops` do not include `verify` is not for verifying.
-    if let Some(ops) = obj.get("key_ops") {
-        let verifies = ops
-            .as_array()
-            .is_some_and(|ops| ops.iter().any(|o| o == "verify"));
-        if !verifies {
-            return Err("key_ops does not include `verify`");
-        }
-    }
-    let kty = obj.get("kty").and_then(Value::as_str).ok_or("no kty")?;
-    let family: u16 = match kty {
-        "RSA" => {
-            let n = obj
-                .get("n")
-                .and_then(Value::as_str)
-                .ok_or("RSA key without n")?;
-            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(n.trim_end_matches('='))
-                .map_err(|_| "RSA modulus is not base64url")?;
-            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
-            if bits < 2048 {
-                return Err("RSA modulus shorter than 2048 bits");
-            }
-            RSA_ALGS.iter().fold(0, |m, a| m | alg_bit(*a))
-        }
-        "EC" => match obj.get("crv").and_then(Value::as_str) {
-            Some("P-256") => alg_bit(Algorithm::ES256),
-            Some("P-384") => alg_bit(Algorithm::ES384),
-            _ => return Err("unsupported EC curve"),
-        },
-        "OKP" => match obj.get("crv").and_then(Value::as_str) {
-            Some("Ed25519") => alg_bit(Algorithm::EdDSA),
-            _ => return Err("unsupported OKP curve"),
-        },
-        "oct" => return Err("symmetric keys are never taken from a JWKS"),
-        _ => return Err("unknown kty"),
-    };
-    let algs = match obj.get("alg") {
-        None => family,
-        Some(Value::String(a)) => {
-            let bit = parse_algorithm(a).map(alg_bit).ok_or("unknown alg")?;
-            if bit & family == 0 {
-                return Err("alg does not fit the key type");
-            }
-            bit
-        }
-        Some(_) => return Err("alg is not a string"),
-    };
-    // `from_jwk` wants a well-formed JWK; give it only the members it understands.
-    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|_| "malformed JWK")?;
-    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "unusable key material")?;
-    Ok((kid, key, algs))
 }
 
 /// Fetches key documents over http(s) with a size limit and a timeout.

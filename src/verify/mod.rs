@@ -2,6 +2,7 @@
 //! the registered claims — and the verified-token cache that lets a repeated token skip
 //! the signature while `exp` is still checked on every request.
 
+pub mod jwk;
 pub mod keys;
 pub mod policy;
 

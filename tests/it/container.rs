@@ -81,6 +81,45 @@ fn compose_file_wires_the_stack() {
     ] {
         assert!(services.contains_key(s), "missing service {s}");
     }
+    // Keys are generated at first run by `keys`, never shipped: every jwtgate service waits
+    // for it and mounts its volume; no port is published beyond loopback.
+    assert_eq!(
+        compose["services"]["keys"]["command"][0].as_str(),
+        Some("keygen")
+    );
+    for s in ["control", "gateway-1", "gateway-2"] {
+        let svc = &compose["services"][s];
+        assert_eq!(
+            svc["depends_on"]["keys"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{s}"
+        );
+        assert!(
+            svc["volumes"]
+                .as_sequence()
+                .is_some_and(|v| v.iter().any(|m| m.as_str() == Some("keys:/keys:ro"))),
+            "{s} does not mount the generated keys"
+        );
+    }
+    for (name, svc) in services {
+        for port in svc["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap_or("");
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name:?} publishes {port} beyond loopback"
+            );
+        }
+    }
+    for file in [
+        "docker/config/gateway.yaml",
+        "docker/config/control.yaml",
+        "docker/compose.yaml",
+    ] {
+        let text = std::fs::read_to_string(root().join(file)).expect("file");
+        for shipped in ["jwks.example.json", "demo-key", "sha256:"] {
+            assert!(!text.contains(shipped), "{file} ships a key ({shipped})");
+        }
+    }
     let control = &compose["services"]["control"];
     assert_eq!(control["command"][0].as_str(), Some("control"));
     assert!(control["environment"]["JWTGATE_PG_URL"]
@@ -110,7 +149,6 @@ fn bundled_configs_pass_check() {
         let out = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
             .args(["check", "-c"])
             .arg(root().join(file))
-            .env("JWTGATE_SYNC_TOKEN", "gateways-demo-key")
             .env(
                 "JWTGATE_PG_URL",
                 "postgres://jwtgate:jwtgate@postgres:5432/jwtgate",

@@ -7,6 +7,7 @@ mod support;
 mod availability;
 mod cli;
 mod container;
+mod demo_keys;
 mod durability;
 mod hardening;
 mod idp;

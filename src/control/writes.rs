@@ -1,0 +1,291 @@
+//! Writing revocations: one entry, a batch in one durable commit, or a delete — whatever
+//! wrote it (the API, a logout token, an RFC 7009 token), the same field rules hold.
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::api::{read_body, ControlBody, MAX_BODY_BYTES};
+use super::error::{json_response, ApiError};
+use super::store::NewRevocation;
+use super::ControlPlane;
+use crate::config::AccessConfig;
+use crate::revocation::Kind;
+
+/// Largest batch body a writer may send (`POST /v1/revocations` with an array).
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most entries in one batch (one durable commit).
+pub const MAX_BATCH: usize = 10_000;
+/// The largest `leeway` an issuer may have (`config` refuses more): entries naming a token's
+/// `exp` are kept this much longer.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Longest accepted `iss`, `jti`, `sid`, `sub` or `reason`.
+const MAX_FIELD: usize = 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    iss: String,
+    jti: Option<String>,
+    sid: Option<String>,
+    sub: Option<String>,
+    expires_at: Option<u64>,
+    issued_before: Option<u64>,
+    reason: Option<String>,
+}
+
+/// Validate a revocation request into what the store records.
+fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevocation, ApiError> {
+    use ApiError::InvalidRevocation as Invalid;
+    let long = |s: &Option<String>| s.as_ref().is_some_and(|v| v.len() > MAX_FIELD);
+    if body.iss.is_empty() || body.iss.len() > MAX_FIELD {
+        return Err(Invalid("`iss` must be 1 to 1024 characters"));
+    }
+    if long(&body.jti) || long(&body.sid) || long(&body.sub) || long(&body.reason) {
+        return Err(Invalid("fields are at most 1024 characters"));
+    }
+    // Entries travel to every gateway and into logs: no control characters.
+    let clean = |s: &str| !s.chars().any(char::is_control);
+    let all_clean = clean(&body.iss)
+        && [&body.jti, &body.sid, &body.sub, &body.reason]
+            .iter()
+            .all(|f| f.as_deref().is_none_or(clean));
+    if !all_clean {
+        return Err(Invalid("fields must not hold control characters"));
+    }
+    let (kind, value) = match (body.jti, body.sid, body.sub) {
+        (Some(v), None, None) => (Kind::Jti, v),
+        (None, Some(v), None) => (Kind::Sid, v),
+        (None, None, Some(v)) => (Kind::Sub, v),
+        _ => return Err(Invalid("give exactly one of `jti`, `sid` or `sub`")),
+    };
+    if value.is_empty() {
+        return Err(ApiError::EmptyValue(kind));
+    }
+    let retention = access.default_retention.as_secs();
+    let lifetime = access.max_token_lifetime.as_secs();
+    let (expires_at, issued_before) = match kind {
+        Kind::Jti => {
+            if body.issued_before.is_some() {
+                return Err(Invalid("`issued_before` goes with `sub`"));
+            }
+            let exp = body.expires_at.ok_or(Invalid(
+                "a `jti` revocation needs `expires_at` (the token's exp)",
+            ))?;
+            // No token lives past now + max_token_lifetime: a later `exp` is no token's,
+            // and would keep the entry (at every gateway) for nothing.
+            if exp > now.saturating_add(lifetime).saturating_add(MAX_LEEWAY_SECS) {
+                return Err(Invalid(
+                    "`expires_at` is later than any token of these issuers can live (max_token_lifetime)",
+                ));
+            }
+            // A gateway accepts the token until `exp` + its leeway: keep the entry as long
+            // as the largest leeway a gateway may have.
+            (exp.saturating_add(MAX_LEEWAY_SECS), None)
+        }
+        Kind::Sid => {
+            if body.issued_before.is_some() {
+                return Err(Invalid("`issued_before` goes with `sub`"));
+            }
+            let bound = now.saturating_add(retention.max(lifetime));
+            let expires_at = body.expires_at.unwrap_or(now.saturating_add(retention));
+            if expires_at > bound {
+                return Err(Invalid(
+                    "a session is kept at most max(default_retention, max_token_lifetime)",
+                ));
+            }
+            (expires_at, None)
+        }
+        Kind::Sub => {
+            if body.expires_at.is_some() {
+                return Err(Invalid("a `sub` revocation is kept for max_token_lifetime after `issued_before`; do not give `expires_at`"));
+            }
+            let cutoff = body.issued_before.ok_or(Invalid(
+                "a `sub` revocation needs `issued_before` (Unix seconds)",
+            ))?;
+            // Tokens issued before the cutoff live up to `lifetime`, accepted `leeway` longer.
+            (
+                cutoff
+                    .saturating_add(lifetime)
+                    .saturating_add(MAX_LEEWAY_SECS),
+                Some(cutoff),
+            )
+        }
+    };
+    Ok(NewRevocation {
+        kind,
+        iss: body.iss,
+        value,
+        expires_at,
+        issued_before,
+        reason: body.reason,
+    })
+}
+
+/// `POST /v1/revocations`: one entry (an object) or a batch (an array), written in one
+/// durable commit, all or none.
+pub async fn post_revocation(
+    cp: &ControlPlane,
+    req: Request<Incoming>,
+) -> Result<Response<ControlBody>, ApiError> {
+    // Only writers get here (authenticated before the body is read).
+    let body = read_body(req, MAX_BATCH_BYTES).await?;
+    let now = cp.clock.unix();
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::BodyTooLarge);
+        }
+        let new = parse_revocation(&body, &cp.access, now)?;
+        return record(cp, &new, now).await;
+    }
+    let batch = parse_batch(&body, &cp.access, now)?;
+    let written = cp.store.insert_many(&batch, now).await.map_err(|e| {
+        tracing::error!(error = %e, entries = batch.len(), "revocation batch not stored");
+        ApiError::WriteFailed
+    })?;
+    let mut created = 0;
+    for (new, w) in batch.iter().zip(&written) {
+        if w.changed {
+            created += 1;
+            cp.metrics.count_written(new.kind.as_str());
+        }
+    }
+    let cursor = written.iter().map(|w| w.cursor).max().unwrap_or(0);
+    tracing::info!(
+        entries = batch.len(),
+        created,
+        cursor,
+        "revocation batch written"
+    );
+    let ids: Vec<String> = written.iter().map(|w| w.cursor.to_string()).collect();
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "count": batch.len(),
+            "created": created,
+            "cursor": cursor.to_string(),
+            "ids": ids,
+        }),
+    ))
+}
+
+/// A batch body: a JSON array of what `POST /v1/revocations` takes, each validated (the
+/// first invalid one refuses the whole batch, naming its index).
+pub fn parse_batch(
+    body: &[u8],
+    access: &AccessConfig,
+    now: u64,
+) -> Result<Vec<NewRevocation>, ApiError> {
+    let parsed: Vec<RevokeBody> =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedRevocation(e.to_string()))?;
+    if parsed.is_empty() {
+        return Err(ApiError::InvalidRevocation("the batch is empty"));
+    }
+    if parsed.len() > MAX_BATCH {
+        return Err(ApiError::InvalidRevocation(
+            "a batch holds at most 10000 entries; split it",
+        ));
+    }
+    parsed
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            validate(b, access, now)
+                .and_then(|n| check_fields(&n).map(|()| n))
+                .map_err(|e| ApiError::InBatch(i, Box::new(e)))
+        })
+        .collect()
+}
+
+/// `DELETE /v1/revocations/{id}`: the live entry with that id goes, at every gateway.
+pub async fn delete_revocation(
+    cp: &ControlPlane,
+    id: u64,
+) -> Result<Response<ControlBody>, ApiError> {
+    let deleted = cp
+        .store
+        .delete(id, cp.clock.unix())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "revocation not deleted");
+            ApiError::WriteFailed
+        })?
+        .ok_or(ApiError::NoSuchRevocation)?;
+    cp.metrics.count_written("delete");
+    tracing::warn!(
+        id,
+        kind = deleted.kind.as_str(),
+        cursor = deleted.cursor,
+        "revocation deleted"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id.to_string(),
+            "deleted": true,
+            "cursor": deleted.cursor.to_string(),
+        }),
+    ))
+}
+
+/// The id in `/v1/revocations/{id}`: decimal digits only (no sign, no padding tricks).
+pub fn revocation_id(path: &str) -> Option<u64> {
+    let id = path.strip_prefix("/v1/revocations/")?;
+    if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+/// A `POST /v1/revocations` body, parsed and validated into what the store records.
+pub fn parse_revocation(
+    body: &[u8],
+    access: &AccessConfig,
+    now: u64,
+) -> Result<NewRevocation, ApiError> {
+    let parsed: RevokeBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedRevocation(e.to_string()))?;
+    validate(parsed, access, now)
+}
+
+/// Whatever wrote it (the API, a logout token, an RFC 7009 token): entries travel to every
+/// gateway and into logs, so the same field rules hold for all.
+fn check_fields(new: &NewRevocation) -> Result<(), ApiError> {
+    let fields_ok = [Some(&new.iss), Some(&new.value), new.reason.as_ref()]
+        .into_iter()
+        .flatten()
+        .all(|f| !f.is_empty() && f.len() <= MAX_FIELD && !f.chars().any(char::is_control));
+    if fields_ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRevocation(
+            "fields are 1 to 1024 characters without control characters",
+        ))
+    }
+}
+
+/// Write and answer `201 {"id","cursor"}` once durable (`200` for a repeat that changed nothing).
+pub async fn record(
+    cp: &ControlPlane,
+    new: &NewRevocation,
+    now: u64,
+) -> Result<Response<ControlBody>, ApiError> {
+    check_fields(new)?;
+    let w = cp.store.insert(new, now).await.map_err(|e| {
+        tracing::error!(error = %e, "revocation not stored");
+        ApiError::WriteFailed
+    })?;
+    if w.changed {
+        cp.metrics.count_written(new.kind.as_str());
+    }
+    let status = if w.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(
+        status,
+        &json!({ "id": w.cursor.to_string(), "cursor": w.cursor.to_string() }),
+    ))
+}
