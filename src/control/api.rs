@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::error::{json_response, ApiError};
+use super::error::{json_body_response, json_response, ApiError};
 use super::writes::revocation_id;
 use super::ControlPlane;
 
@@ -252,48 +252,47 @@ async fn list(
             ApiError::StoreUnavailable
         })?;
     // Pages are bounded in bytes too, far below what a gateway accepts, so no mix of
-    // large entries can make a page no gateway can take.
-    let (entries, more) = cap_bytes(entries, more);
-    let cursor = match entries.last() {
-        Some(e) => e.cursor,
-        None => since.max(head),
-    };
+    // large entries can make a page no gateway can take. Entries are serialized once.
+    let (array, last, more) = page_entries(&entries, more);
+    let cursor = last.unwrap_or(since.max(head));
     // `epoch` and `head` let a gateway see that the store was recreated or restored from an
-    // older backup (its cursor then means nothing here) and resync from zero.
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "entries": entries,
-            "cursor": cursor.to_string(),
-            "more": more,
-            "epoch": cp.store.epoch(),
-            "head": head.to_string(),
-            // How long this control plane keeps a `sub` cutoff: gateways refuse tokens
-            // that live longer, whatever their own setting says.
-            "max_token_lifetime": cp.access.max_token_lifetime.as_secs(),
-        }),
-    ))
+    // older backup (its cursor then means nothing here) and resync from zero;
+    // `max_token_lifetime` is how long this control plane keeps a `sub` cutoff: gateways
+    // refuse tokens that live longer, whatever their own setting says.
+    let mut body = array;
+    body.splice(0..0, b"{\"entries\":".iter().copied());
+    let tail = format!(
+        ",\"cursor\":\"{cursor}\",\"more\":{more},\"epoch\":{},\"head\":\"{head}\",\"max_token_lifetime\":{}}}",
+        serde_json::Value::from(cp.store.epoch()),
+        cp.access.max_token_lifetime.as_secs()
+    );
+    body.extend_from_slice(tail.as_bytes());
+    Ok(json_body_response(StatusCode::OK, body))
 }
 
 /// Bytes of entries one page carries (gateways accept 16 MiB).
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// The longest prefix of `entries` within [`PAGE_BYTES`] (at least one entry).
-fn cap_bytes(
-    mut entries: Vec<crate::revocation::Entry>,
-    more: bool,
-) -> (Vec<crate::revocation::Entry>, bool) {
-    let mut total = 0;
-    let keep = entries
-        .iter()
-        .position(|e| {
-            total += serde_json::to_string(e).map_or(0, |t| t.len()) + 1;
-            total > PAGE_BYTES
-        })
-        .map_or(entries.len(), |i| i.max(1));
-    let cut = keep < entries.len();
-    entries.truncate(keep);
-    (entries, more || cut)
+/// The longest prefix of `entries` within [`PAGE_BYTES`] (at least one entry), serialized
+/// once as a JSON array; the cursor of its last entry; whether more follow.
+fn page_entries(entries: &[crate::revocation::Entry], more: bool) -> (Vec<u8>, Option<u64>, bool) {
+    let mut out = Vec::with_capacity(entries.len().saturating_mul(128).min(PAGE_BYTES) + 64);
+    out.push(b'[');
+    let mut last = None;
+    for (i, e) in entries.iter().enumerate() {
+        let before = out.len();
+        if i > 0 {
+            out.push(b',');
+        }
+        if serde_json::to_writer(&mut out, e).is_err() || (i > 0 && out.len() + 1 > PAGE_BYTES) {
+            out.truncate(before);
+            out.push(b']');
+            return (out, last, true);
+        }
+        last = Some(e.cursor);
+    }
+    out.push(b']');
+    (out, last, more)
 }
 
 /// `text/event-stream`: every entry after the cursor, then new ones as they commit, with
@@ -393,19 +392,33 @@ mod tests {
         }
     }
 
-    /// A page stops at its byte budget (keeping at least one entry) and says more follow.
+    /// A page stops at its byte budget (keeping at least one entry), says more follow, and
+    /// is valid JSON.
     #[test]
     fn pages_are_bounded_in_bytes() {
         let big: Vec<Entry> = (1..=5000).map(|c| entry(c, 1024)).collect();
-        let (page, more) = cap_bytes(big, false);
+        let (page, last, more) = page_entries(&big, false);
         assert!(more);
-        assert!(page.len() < 5000 && page.len() > 3000, "{}", page.len());
-        let bytes: usize = page
-            .iter()
-            .map(|e| serde_json::to_string(e).map_or(0, |t| t.len()))
-            .sum();
-        assert!(bytes <= PAGE_BYTES);
-        let (page, more) = cap_bytes(vec![entry(1, 10), entry(2, 10)], false);
-        assert_eq!((page.len(), more), (2, false));
+        assert!(page.len() <= PAGE_BYTES);
+        let parsed: Vec<Entry> = serde_json::from_slice(&page).expect("JSON");
+        assert!(
+            parsed.len() < 5000 && parsed.len() > 3000,
+            "{}",
+            parsed.len()
+        );
+        assert_eq!(last, parsed.last().map(|e| e.cursor));
+        assert_eq!(parsed[..], big[..parsed.len()]);
+        let (page, last, more) = page_entries(&[entry(1, 10), entry(2, 10)], false);
+        assert_eq!((last, more), (Some(2), false));
+        assert_eq!(
+            serde_json::from_slice::<Vec<Entry>>(&page)
+                .expect("JSON")
+                .len(),
+            2
+        );
+        let (page, last, more) = page_entries(&[entry(1, 5 * 1024 * 1024)], false);
+        assert_eq!((last, more), (Some(1), false), "one entry always fits");
+        assert!(page.len() > PAGE_BYTES);
+        assert_eq!(page_entries(&[], true), (b"[]".to_vec(), None, true));
     }
 }

@@ -239,7 +239,12 @@ impl ApiError {
 
 /// A JSON answer that is never cached.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ControlBody> {
-    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
+    json_body_response(status, body.to_string().into_bytes())
+}
+
+/// A JSON answer already serialized, never cached.
+pub fn json_body_response(status: StatusCode, body: Vec<u8>) -> Response<ControlBody> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

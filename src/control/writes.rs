@@ -159,8 +159,14 @@ pub async fn post_revocation(
         "revocation batch written"
     );
     let ids: Vec<String> = written.iter().map(|w| w.cursor.to_string()).collect();
+    // As for one entry: 201 when something was written, 200 for a repeat that changed nothing.
+    let status = if created > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(json_response(
-        StatusCode::CREATED,
+        status,
         &json!({
             "count": batch.len(),
             "created": created,
