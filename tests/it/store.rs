@@ -219,19 +219,52 @@ async fn suite(url: StoreUrl) {
         .await
         .expect("revokes"));
 
-    // A batch: one commit, ids in order, repeats inside it merge.
+    // A batch: one commit, ids in order of first appearance, repeats inside it merged into
+    // one write at their strongest (sharing its cursor).
     let batch: Vec<NewRevocation> = (0..500)
         .map(|i| jti(&format!("batch{}", i % 400), now + 100 + i))
         .collect();
     let written = reopened.insert_many(&batch, now).await.expect("batch");
     assert_eq!(written.len(), 500);
-    assert!(
-        written.iter().all(|w| w.changed),
-        "later repeats strengthen"
-    );
-    assert!(written.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    assert!(written.iter().all(|w| w.changed));
+    assert!(written[..400].windows(2).all(|w| w[0].cursor < w[1].cursor));
+    assert!((400..500).all(|i| written[i] == written[i - 400]));
     let (live, _) = reopened.list(again.cursor, 1000, now).await.expect("list");
     assert_eq!(live.len(), 400, "a key once, at its strongest");
+    assert_eq!(live[0].expires_at, now + 500, "the later repeat's expiry");
+    assert_eq!(live[399].expires_at, now + 499);
+    // Against what is stored: unchanged keys keep their cursor, stronger ones get a new one,
+    // a deleted key is written again; one batch mixing all three.
+    let gone = reopened
+        .delete(written[5].cursor, now)
+        .await
+        .expect("delete")
+        .expect("live");
+    let mixed = vec![
+        jti("batch1", now + 50),   // weaker: unchanged
+        jti("batch2", now + 9999), // stronger: new cursor
+        jti("batch5", now + 100),  // deleted: written again
+        jti("fresh", now + 100),
+    ];
+    let w = reopened.insert_many(&mixed, now).await.expect("mixed");
+    assert_eq!(
+        w[0],
+        jwtgate::control::store::Written {
+            changed: false,
+            ..written[1]
+        }
+    );
+    assert!(w[1].changed && w[1].cursor > gone.cursor);
+    assert!(w[2].changed && w[2].cursor > w[1].cursor && w[3].cursor > w[2].cursor);
+    assert!(reopened
+        .revokes(iss, [Some("batch5"), None, None], Some(now), now)
+        .await
+        .expect("revokes"));
+    let unchanged = reopened
+        .insert_many(&mixed[..1], now)
+        .await
+        .expect("repeat");
+    assert_eq!(unchanged, vec![w[0]]);
     assert!(reopened
         .insert_many(&[], now)
         .await

@@ -197,14 +197,17 @@ impl Store {
         if rs.is_empty() {
             return Ok(Vec::new());
         }
-        let written = match &self.backend {
+        // Repeats of a key inside the batch are one write (its strongest form), so both stores
+        // write each key once, in order of first appearance.
+        let (merged, slot) = merge_batch(rs);
+        let per_key = match &self.backend {
             Backend::Sqlite(conn) => {
                 let conn = conn.clone();
-                let rs = rs.to_vec();
-                tokio::task::spawn_blocking(move || sqlite_insert(&conn, &rs, now)).await??
+                tokio::task::spawn_blocking(move || sqlite_insert(&conn, &merged, now)).await??
             }
-            Backend::Postgres(pg) => pg.insert(rs, now).await?,
+            Backend::Postgres(pg) => pg.insert(&merged, now).await?,
         };
+        let written: Vec<Written> = slot.iter().map(|&i| per_key[i]).collect();
         let newest = written.iter().map(|w| w.cursor).max().unwrap_or(0);
         self.advance(newest);
         Ok(written)
@@ -465,6 +468,37 @@ async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, StoreError> 
         Ok(conn)
     })
     .await?
+}
+
+/// The batch with each key once (later expiry and cutoff win, the last reason given), in
+/// order of first appearance; and for each entry of `rs`, its key's index in it.
+fn merge_batch(rs: &[NewRevocation]) -> (Vec<NewRevocation>, Vec<usize>) {
+    use std::collections::hash_map::Entry as Slot;
+    let mut index: std::collections::HashMap<(Kind, &str, &str), usize> =
+        std::collections::HashMap::with_capacity(rs.len());
+    let mut merged: Vec<NewRevocation> = Vec::with_capacity(rs.len());
+    let mut slot = Vec::with_capacity(rs.len());
+    for r in rs {
+        match index.entry((r.kind, r.iss.as_str(), r.value.as_str())) {
+            Slot::Occupied(o) => {
+                let m = &mut merged[*o.get()];
+                if let Some((expires, cutoff)) = strengthen(m.expires_at, m.issued_before, r) {
+                    m.expires_at = expires;
+                    m.issued_before = cutoff;
+                }
+                if r.reason.is_some() {
+                    m.reason.clone_from(&r.reason);
+                }
+                slot.push(*o.get());
+            }
+            Slot::Vacant(v) => {
+                v.insert(merged.len());
+                slot.push(merged.len());
+                merged.push(r.clone());
+            }
+        }
+    }
+    (merged, slot)
 }
 
 /// The merged entry when `new` strengthens `old` (later expiry or cutoff), else `None`.

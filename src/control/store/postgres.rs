@@ -185,68 +185,127 @@ async fn commit_write(tx: tokio_postgres::Transaction<'_>, newest: i64) -> Resul
     Ok(())
 }
 
+/// Write a batch (each key once, see `merge_batch`) in one transaction with a fixed number of
+/// statements whatever its size: read the existing rows of its keys, delete the ones being
+/// replaced, insert the new rows in batch order (ids ascend in that order).
 pub(super) async fn pg_insert(
     client: &mut tokio_postgres::Client,
     rs: &[NewRevocation],
     now: u64,
 ) -> Result<Vec<Written>, StoreError> {
     let tx = write_tx(client).await?;
-    let mut written = Vec::with_capacity(rs.len());
-    for r in rs {
-        written.push(pg_insert_one(&tx, r, now).await?);
+    let kinds: Vec<&str> = rs.iter().map(|r| r.kind.as_str()).collect();
+    let isss: Vec<&str> = rs.iter().map(|r| r.iss.as_str()).collect();
+    let values: Vec<&str> = rs.iter().map(|r| r.value.as_str()).collect();
+    let rows = tx
+        .query(
+            "SELECT r.id, r.kind, r.iss, r.value, r.expires_at, r.issued_before, r.deleted FROM jwtgate_revocations r JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(kind, iss, value) ON r.kind = k.kind AND r.iss = k.iss AND r.value = k.value",
+            &[&kinds, &isss, &values],
+        )
+        .await?;
+    let mut existing = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let key = (
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3),
+        );
+        existing.insert(
+            key,
+            (
+                row.get::<_, i64>(0),
+                to_u64(row.get(4)),
+                row.get::<_, Option<i64>>(5).map(to_u64),
+                row.get::<_, i16>(6) != 0,
+            ),
+        );
     }
-    let newest = written.iter().map(|w| w.cursor).max().unwrap_or(0);
-    commit_write(tx, to_i64(newest)).await?;
-    Ok(written)
-}
-
-async fn pg_insert_one(
-    tx: &tokio_postgres::Transaction<'_>,
-    r: &NewRevocation,
-    now: u64,
-) -> Result<Written, StoreError> {
-    let existing = tx
-        .query_opt(
-            "SELECT id, expires_at, issued_before, deleted FROM jwtgate_revocations WHERE kind = $1 AND iss = $2 AND value = $3",
-            &[&r.kind.as_str(), &r.iss, &r.value],
-        )
-        .await?;
-    let (expires, cutoff) = match existing {
-        Some(row) => {
-            let id: i64 = row.get(0);
+    // Per entry: unchanged (its cursor), or a write of (expires, cutoff) replacing an old row.
+    let mut written: Vec<Option<Written>> = vec![None; rs.len()];
+    let mut replaced: Vec<i64> = Vec::new();
+    let mut writes: Vec<(usize, u64, Option<u64>)> = Vec::new();
+    for (i, r) in rs.iter().enumerate() {
+        let key = (r.kind.as_str().to_owned(), r.iss.clone(), r.value.clone());
+        match existing.get(&key) {
             // A tombstone: the key was deleted, this is a new revocation.
-            let merged = if row.get::<_, i16>(3) != 0 {
-                Some((r.expires_at, r.issued_before))
-            } else {
-                strengthen(
-                    to_u64(row.get(1)),
-                    row.get::<_, Option<i64>>(2).map(to_u64),
-                    r,
-                )
-            };
-            let Some(merged) = merged else {
-                return Ok(Written {
-                    cursor: to_u64(id),
-                    changed: false,
-                });
-            };
-            // A stronger entry gets a new cursor so every follower sees it.
-            tx.execute("DELETE FROM jwtgate_revocations WHERE id = $1", &[&id])
-                .await?;
-            merged
+            Some(&(id, _, _, true)) => {
+                replaced.push(id);
+                writes.push((i, r.expires_at, r.issued_before));
+            }
+            Some(&(id, old_exp, old_cut, false)) => match strengthen(old_exp, old_cut, r) {
+                None => {
+                    written[i] = Some(Written {
+                        cursor: to_u64(id),
+                        changed: false,
+                    })
+                }
+                // A stronger entry gets a new cursor so every follower sees it.
+                Some((exp, cut)) => {
+                    replaced.push(id);
+                    writes.push((i, exp, cut));
+                }
+            },
+            None => writes.push((i, r.expires_at, r.issued_before)),
         }
-        None => (r.expires_at, r.issued_before),
-    };
-    let row = tx
-        .query_one(
-            "INSERT INTO jwtgate_revocations (kind, iss, value, expires_at, issued_before, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            &[&r.kind.as_str(), &r.iss, &r.value, &to_i64(expires), &cutoff.map(to_i64), &r.reason, &to_i64(now)],
+    }
+    if !replaced.is_empty() {
+        tx.execute(
+            "DELETE FROM jwtgate_revocations WHERE id = ANY($1::int8[])",
+            &[&replaced],
         )
         .await?;
-    Ok(Written {
-        cursor: to_u64(row.get(0)),
-        changed: true,
-    })
+    }
+    if !writes.is_empty() {
+        let ord: Vec<i64> = (0..writes.len() as i64).collect();
+        let kinds: Vec<&str> = writes.iter().map(|w| rs[w.0].kind.as_str()).collect();
+        let isss: Vec<&str> = writes.iter().map(|w| rs[w.0].iss.as_str()).collect();
+        let values: Vec<&str> = writes.iter().map(|w| rs[w.0].value.as_str()).collect();
+        let expires: Vec<i64> = writes.iter().map(|w| to_i64(w.1)).collect();
+        let cutoffs: Vec<Option<i64>> = writes.iter().map(|w| w.2.map(to_i64)).collect();
+        let reasons: Vec<Option<&str>> = writes.iter().map(|w| rs[w.0].reason.as_deref()).collect();
+        // Rows leave the sort in `ord` order and draw their ids as they are inserted.
+        let rows = tx
+            .query(
+                "INSERT INTO jwtgate_revocations (kind, iss, value, expires_at, issued_before, reason, created_at) SELECT kind, iss, value, expires_at, issued_before, reason, $8 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::int8[]) AS t(kind, iss, value, expires_at, issued_before, reason, ord) ORDER BY ord RETURNING id, kind, iss, value",
+                &[&kinds, &isss, &values, &expires, &cutoffs, &reasons, &ord, &to_i64(now)],
+            )
+            .await?;
+        let mut ids = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            ids.insert(
+                (
+                    row.get::<_, String>(1),
+                    row.get::<_, String>(2),
+                    row.get::<_, String>(3),
+                ),
+                row.get::<_, i64>(0),
+            );
+        }
+        for &(i, _, _) in &writes {
+            let r = &rs[i];
+            let key = (r.kind.as_str().to_owned(), r.iss.clone(), r.value.clone());
+            let id = ids
+                .get(&key)
+                .ok_or_else(|| StoreError::Other("an inserted row was not returned".into()))?;
+            written[i] = Some(Written {
+                cursor: to_u64(*id),
+                changed: true,
+            });
+        }
+    }
+    let written: Vec<Written> = written.into_iter().flatten().collect();
+    if written.len() != rs.len() {
+        return Err(StoreError::Other(
+            "a batch entry was neither written nor found".into(),
+        ));
+    }
+    if written.iter().any(|w| w.changed) {
+        let newest = written.iter().map(|w| w.cursor).max().unwrap_or(0);
+        commit_write(tx, to_i64(newest)).await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(written)
 }
 
 async fn pg_delete(
