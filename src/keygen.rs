@@ -126,7 +126,19 @@ pub fn ensure(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         key
     };
     let jwks_path = dir.join(JWKS);
-    if !jwks_path.exists() {
+    if jwks_path.exists() {
+        // A JWKS from another key would make every token this key signs fail.
+        let held = std::fs::read_to_string(&jwks_path)
+            .with_context(|| format!("cannot read {}", jwks_path.display()))?;
+        if !held.contains(&key.kid()) {
+            anyhow::bail!(
+                "{} does not hold the public key of {} (kid {}): remove one of them and run again",
+                jwks_path.display(),
+                dir.join(SIGNING_KEY).display(),
+                key.kid()
+            );
+        }
+    } else {
         std::fs::write(&jwks_path, format!("{}\n", key.jwks()))
             .with_context(|| format!("cannot write {}", jwks_path.display()))?;
         written.push(jwks_path);

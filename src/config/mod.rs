@@ -202,19 +202,38 @@ struct Validator<'a> {
 /// A secret held in a file (a mounted secret): its trimmed text, `None` when the file does
 /// not exist (yet), an error naming the file otherwise. Never echoes the content.
 pub(crate) fn secret_file(path: &Path) -> Result<Option<String>, String> {
-    match std::fs::read(path) {
-        Ok(bytes) if bytes.len() > 4096 => Err(format!(
+    use std::io::Read;
+    const MAX: u64 = 4096;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    // At most one byte past the limit: `/dev/zero` or a huge file is refused, not read.
+    let mut bytes = Vec::new();
+    file.take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX {
+        return Err(format!(
             "{} is larger than 4 KiB: not a key",
             path.display()
-        )),
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
-            Ok(_) => Err(format!("{} is empty", path.display())),
-            Err(_) => Err(format!("{} is not UTF-8 text", path.display())),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        ));
     }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    // The key travels in an HTTP header: one line of visible characters.
+    if key.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "{} holds more than one line or control characters: a key is one line",
+            path.display()
+        ));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 impl<'a> Validator<'a> {

@@ -45,18 +45,29 @@ impl Body for EventBody {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Role {
-    Writer,
+    /// A writer API key (its configured name).
+    Writer(String),
+    /// A writer JWT (an issuer's token with the writers' scope).
+    WriterJwt,
     Reader,
 }
 
-/// Constant-time comparison of the key's SHA-256 against each configured hash.
-fn key_matches(key: &str, keys: &[crate::config::ApiKey]) -> bool {
+impl Role {
+    fn writes(&self) -> bool {
+        matches!(self, Role::Writer(_) | Role::WriterJwt)
+    }
+}
+
+/// Constant-time comparison of the key's SHA-256 against each configured hash; the name of
+/// the key it is.
+fn key_matches<'k>(key: &str, keys: &'k [crate::config::ApiKey]) -> Option<&'k str> {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-    keys.iter().fold(false, |found, k| {
-        found
-            | aws_lc_rs::constant_time::verify_slices_are_equal(digest.as_ref(), &k.sha256).is_ok()
+    keys.iter().fold(None, |found, k| {
+        let equal =
+            aws_lc_rs::constant_time::verify_slices_are_equal(digest.as_ref(), &k.sha256).is_ok();
+        found.or(equal.then_some(k.name.as_str()))
     })
 }
 
@@ -69,10 +80,10 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 /// The caller's role: a writer API key or JWT (with the scope), or a reader API key.
 async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Option<Role> {
     let token = bearer(req)?;
-    if key_matches(token, &cp.access.writer_keys) {
-        return Some(Role::Writer);
+    if let Some(name) = key_matches(token, &cp.access.writer_keys) {
+        return Some(Role::Writer(name.to_owned()));
     }
-    if key_matches(token, &cp.access.reader_keys) {
+    if key_matches(token, &cp.access.reader_keys).is_some() {
         return Some(Role::Reader);
     }
     let verifier = cp.writer_verifier.as_ref()?;
@@ -111,7 +122,7 @@ async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Option<Role
         )
         .await
         .unwrap_or(true);
-    (!revoked).then_some(Role::Writer)
+    (!revoked).then_some(Role::WriterJwt)
 }
 
 pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<ControlBody> {
@@ -141,21 +152,25 @@ async fn route(
             Ok(r)
         }
         (Method::POST, "/v1/revocations") => match authenticate(cp, &req).await {
-            Some(Role::Writer) => super::writes::post_revocation(cp, req).await,
-            Some(Role::Reader) => Err(ApiError::ReadOnlyKey),
+            Some(r) if r.writes() => super::writes::post_revocation(cp, req).await,
+            Some(_) => Err(ApiError::ReadOnlyKey),
             None => Err(ApiError::Unauthorized),
         },
         (Method::DELETE, p) if revocation_id(p).is_some() => match authenticate(cp, &req).await {
-            Some(Role::Writer) => {
-                super::writes::delete_revocation(cp, revocation_id(p).unwrap_or_default()).await
+            // Lifting a revocation can re-enable a stolen token: only a writer API key may,
+            // never a writer JWT an identity provider issues.
+            Some(Role::Writer(by)) => {
+                super::writes::delete_revocation(cp, revocation_id(p).unwrap_or_default(), &by)
+                    .await
             }
+            Some(Role::WriterJwt) => Err(ApiError::DeleteNeedsKey),
             Some(Role::Reader) => Err(ApiError::ReadOnlyKey),
             None => Err(ApiError::Unauthorized),
         },
         (_, p) if revocation_id(p).is_some() => Err(ApiError::MethodNotAllowed),
         (Method::POST, "/v1/backchannel-logout") => super::idp::backchannel_logout(cp, req).await,
         (Method::POST, "/v1/revoke") => {
-            let api_key = authenticate(cp, &req).await == Some(Role::Writer);
+            let api_key = authenticate(cp, &req).await.is_some_and(|r| r.writes());
             super::idp::revoke(cp, req, api_key).await
         }
         (Method::GET, "/v1/revocations") => match authenticate(cp, &req).await {
@@ -253,8 +268,14 @@ async fn list(
         })?;
     // Pages are bounded in bytes too, far below what a gateway accepts, so no mix of
     // large entries can make a page no gateway can take. Entries are serialized once.
-    let (array, last, more) = page_entries(&entries, more);
-    let cursor = last.unwrap_or(since.max(head));
+    // Gateways of this version ask for tombstones (deletes); older ones would refuse a page
+    // holding one and stop syncing, so they are not sent any (they keep a deleted entry
+    // until it expires: the safe side).
+    let tombstones = query_param(req, "tombstones") == Some("1");
+    let (array, last, more) = page_entries(&entries, more, tombstones);
+    // Jump to the head only on the last page: a page that could not hold its first entry
+    // must not skip past it.
+    let cursor = last.unwrap_or(if more { since } else { since.max(head) });
     // `epoch` and `head` let a gateway see that the store was recreated or restored from an
     // older backup (its cursor then means nothing here) and resync from zero;
     // `max_token_lifetime` is how long this control plane keeps a `sub` cutoff: gateways
@@ -274,21 +295,34 @@ async fn list(
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The longest prefix of `entries` within [`PAGE_BYTES`] (at least one entry), serialized
-/// once as a JSON array; the cursor of its last entry; whether more follow.
-fn page_entries(entries: &[crate::revocation::Entry], more: bool) -> (Vec<u8>, Option<u64>, bool) {
+/// once as a JSON array — tombstones only for clients that asked for them; the cursor of
+/// the last entry it covers (a tombstone left out included); whether more follow.
+fn page_entries(
+    entries: &[crate::revocation::Entry],
+    more: bool,
+    tombstones: bool,
+) -> (Vec<u8>, Option<u64>, bool) {
     let mut out = Vec::with_capacity(entries.len().saturating_mul(128).min(PAGE_BYTES) + 64);
     out.push(b'[');
     let mut last = None;
-    for (i, e) in entries.iter().enumerate() {
+    let mut written = 0;
+    for e in entries {
+        if e.deleted && !tombstones {
+            last = Some(e.cursor);
+            continue;
+        }
         let before = out.len();
-        if i > 0 {
+        if written > 0 {
             out.push(b',');
         }
-        if serde_json::to_writer(&mut out, e).is_err() || (i > 0 && out.len() + 1 > PAGE_BYTES) {
+        if serde_json::to_writer(&mut out, e).is_err()
+            || (written > 0 && out.len() + 1 > PAGE_BYTES)
+        {
             out.truncate(before);
             out.push(b']');
             return (out, last, true);
         }
+        written += 1;
         last = Some(e.cursor);
     }
     out.push(b']');
@@ -318,6 +352,7 @@ fn stream(
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_secs(5), Duration::from_millis)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let tombstones = query_param(req, "tombstones") == Some("1");
     let (tx, rx) = mpsc::channel(64);
     let store = cp.store.clone();
     let clients = cp.metrics.control_stream_clients.clone();
@@ -338,6 +373,9 @@ fn stream(
             };
             for e in entries {
                 cursor = e.cursor;
+                if e.deleted && !tombstones {
+                    continue;
+                }
                 let data = serde_json::to_string(&e).unwrap_or_default();
                 let event = format!("id: {}\nevent: revocation\ndata: {data}\n\n", e.cursor);
                 if tx.send(Bytes::from(event)).await.is_err() {
@@ -397,7 +435,7 @@ mod tests {
     #[test]
     fn pages_are_bounded_in_bytes() {
         let big: Vec<Entry> = (1..=5000).map(|c| entry(c, 1024)).collect();
-        let (page, last, more) = page_entries(&big, false);
+        let (page, last, more) = page_entries(&big, false, true);
         assert!(more);
         assert!(page.len() <= PAGE_BYTES);
         let parsed: Vec<Entry> = serde_json::from_slice(&page).expect("JSON");
@@ -408,7 +446,7 @@ mod tests {
         );
         assert_eq!(last, parsed.last().map(|e| e.cursor));
         assert_eq!(parsed[..], big[..parsed.len()]);
-        let (page, last, more) = page_entries(&[entry(1, 10), entry(2, 10)], false);
+        let (page, last, more) = page_entries(&[entry(1, 10), entry(2, 10)], false, true);
         assert_eq!((last, more), (Some(2), false));
         assert_eq!(
             serde_json::from_slice::<Vec<Entry>>(&page)
@@ -416,9 +454,31 @@ mod tests {
                 .len(),
             2
         );
-        let (page, last, more) = page_entries(&[entry(1, 5 * 1024 * 1024)], false);
+        let (page, last, more) = page_entries(&[entry(1, 5 * 1024 * 1024)], false, true);
         assert_eq!((last, more), (Some(1), false), "one entry always fits");
         assert!(page.len() > PAGE_BYTES);
-        assert_eq!(page_entries(&[], true), (b"[]".to_vec(), None, true));
+        assert_eq!(page_entries(&[], true, true), (b"[]".to_vec(), None, true));
+        // A client that did not ask for tombstones gets none, and its cursor passes them.
+        let tomb = Entry {
+            deleted: true,
+            ..entry(3, 10)
+        };
+        let (page, last, _) =
+            page_entries(&[entry(1, 10), entry(2, 10), tomb.clone()], false, false);
+        assert_eq!(
+            serde_json::from_slice::<Vec<Entry>>(&page)
+                .expect("JSON")
+                .len(),
+            2
+        );
+        assert_eq!(last, Some(3));
+        let (page, last, _) = page_entries(&[entry(1, 10), tomb], false, true);
+        assert_eq!(
+            serde_json::from_slice::<Vec<Entry>>(&page)
+                .expect("JSON")
+                .len(),
+            2
+        );
+        assert_eq!(last, Some(3));
     }
 }

@@ -20,6 +20,8 @@ pub enum ApiError {
     Unauthorized,
     /// A reader key tried to write.
     ReadOnlyKey,
+    /// A writer JWT tried to delete a revocation (only writer API keys may).
+    DeleteNeedsKey,
     /// `/v1/revoke` without valid client credentials (RFC 7009 §2.1).
     InvalidClient,
     /// `/v1/revoke` of a token issued to another client (RFC 7009 §2.1).
@@ -80,6 +82,12 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
                 fixed("this key may only read"),
+                None,
+            ),
+            DeleteNeedsKey => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                fixed("deleting a revocation needs a writer API key"),
                 None,
             ),
             InvalidClient => (

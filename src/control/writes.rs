@@ -20,6 +20,9 @@ pub const MAX_BATCH: usize = 10_000;
 /// The largest `leeway` an issuer may have (`config` refuses more): entries naming a token's
 /// `exp` are kept this much longer.
 pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Large (batch) bodies read at once.
+const BATCH_READERS: usize = 4;
+static BATCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BATCH_READERS);
 /// Longest accepted `iss`, `jti`, `sid`, `sub` or `reason`.
 const MAX_FIELD: usize = 1024;
 
@@ -129,8 +132,21 @@ pub async fn post_revocation(
     cp: &ControlPlane,
     req: Request<Incoming>,
 ) -> Result<Response<ControlBody>, ApiError> {
-    // Only writers get here (authenticated before the body is read).
-    let body = read_body(req, MAX_BATCH_BYTES).await?;
+    // Only writers get here (authenticated before the body is read). A body declared small
+    // is read as such; anything larger (or undeclared) may be a batch, read by at most
+    // BATCH_READERS requests at once so that memory stays bounded.
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let _permit;
+    let body = if declared.is_some_and(|n| n <= MAX_BODY_BYTES as u64) {
+        read_body(req, MAX_BODY_BYTES).await?
+    } else {
+        _permit = BATCHES.acquire().await.map_err(|_| ApiError::WriteFailed)?;
+        read_body(req, MAX_BATCH_BYTES).await?
+    };
     let now = cp.clock.unix();
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
         if body.len() > MAX_BODY_BYTES {
@@ -144,11 +160,15 @@ pub async fn post_revocation(
         tracing::error!(error = %e, entries = batch.len(), "revocation batch not stored");
         ApiError::WriteFailed
     })?;
+    // Repeats of a key inside the batch were one write: counted once.
+    let mut counted = std::collections::HashSet::new();
     let mut created = 0;
     for (new, w) in batch.iter().zip(&written) {
         if w.changed {
             created += 1;
-            cp.metrics.count_written(new.kind.as_str());
+            if counted.insert(w.cursor) {
+                cp.metrics.count_written(new.kind.as_str());
+            }
         }
     }
     let cursor = written.iter().map(|w| w.cursor).max().unwrap_or(0);
@@ -183,15 +203,11 @@ pub fn parse_batch(
     access: &AccessConfig,
     now: u64,
 ) -> Result<Vec<NewRevocation>, ApiError> {
-    let parsed: Vec<RevokeBody> =
+    // Parsing stops at the first entry past MAX_BATCH: no body makes a larger vector.
+    let Bounded(parsed) =
         serde_json::from_slice(body).map_err(|e| ApiError::MalformedRevocation(e.to_string()))?;
     if parsed.is_empty() {
         return Err(ApiError::InvalidRevocation("the batch is empty"));
-    }
-    if parsed.len() > MAX_BATCH {
-        return Err(ApiError::InvalidRevocation(
-            "a batch holds at most 10000 entries; split it",
-        ));
     }
     parsed
         .into_iter()
@@ -204,10 +220,42 @@ pub fn parse_batch(
         .collect()
 }
 
+/// A JSON array of at most [`MAX_BATCH`] revocation bodies.
+struct Bounded(Vec<RevokeBody>);
+
+impl<'de> Deserialize<'de> for Bounded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items;
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = Vec<RevokeBody>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of revocations")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH));
+                while let Some(item) = seq.next_element()? {
+                    if out.len() == MAX_BATCH {
+                        return Err(serde::de::Error::custom(
+                            "a batch holds at most 10000 entries; split it",
+                        ));
+                    }
+                    out.push(item);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Items).map(Bounded)
+    }
+}
+
 /// `DELETE /v1/revocations/{id}`: the live entry with that id goes, at every gateway.
 pub async fn delete_revocation(
     cp: &ControlPlane,
     id: u64,
+    by: &str,
 ) -> Result<Response<ControlBody>, ApiError> {
     let deleted = cp
         .store
@@ -223,6 +271,7 @@ pub async fn delete_revocation(
         id,
         kind = deleted.kind.as_str(),
         cursor = deleted.cursor,
+        by,
         "revocation deleted"
     );
     Ok(json_response(
@@ -238,7 +287,11 @@ pub async fn delete_revocation(
 /// The id in `/v1/revocations/{id}`: decimal digits only (no sign, no padding tricks).
 pub fn revocation_id(path: &str) -> Option<u64> {
     let id = path.strip_prefix("/v1/revocations/")?;
-    if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
+    if id.is_empty()
+        || id.len() > 19
+        || id.starts_with('0')
+        || !id.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     id.parse().ok()

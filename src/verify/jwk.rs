@@ -240,6 +240,16 @@ const PUBLISHED: &[(&str, &str, &str)] = &[
         "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78L",
         "the RFC 7517 example RSA key, whose private half is published: never trusted",
     ),
+    (
+        "n",
+        "n4EPtAOCc9AlkeQHPzHStgAbgs7bTZLwUBZdR8_KuKPEHLd4",
+        "the RFC 7520 example RSA key (bilbo.baggins), whose private half is published: never trusted",
+    ),
+    (
+        "n",
+        "nzyis1ZjfNB0bBgKFMSvvkTtwlvBsaJq7S5wA-kzeVOVpVWw",
+        "the jwt.io example RSA key, whose private half is published: never trusted",
+    ),
 ];
 
 /// Why this JWK is a published example key, if it is one.

@@ -156,6 +156,12 @@ async fn keygen_token_and_key_files_work_end_to_end() {
         std::fs::read_to_string(dir.join("writer.key")).expect("writer"),
         writer
     );
+    // A JWKS that is not the signing key's is refused, not silently kept.
+    let mismatched = temp_dir().join("keys");
+    run(&["keygen", "--dir", mismatched.to_str().expect("utf8")]);
+    std::fs::copy(dir.join("jwks.json"), mismatched.join("jwks.json")).expect("copy");
+    let (ok, _, err) = run(&["keygen", "--dir", mismatched.to_str().expect("utf8")]);
+    assert!(!ok && err.contains("does not hold the public key"), "{err}");
     // Two runs elsewhere make different keys.
     let other = temp_dir().join("keys");
     run(&["keygen", "--dir", other.to_str().expect("utf8")]);
@@ -214,12 +220,14 @@ async fn keygen_token_and_key_files_work_end_to_end() {
     assert_eq!(r.status, 401);
 }
 
-/// Config problems with key files: both forms at once, an empty file, a short key.
+/// Config problems with key files: both forms at once, an empty file, a short key, two
+/// lines (a header cannot carry them), an endless file.
 #[test]
 fn key_file_mistakes_are_reported() {
     let dir = temp_dir();
     std::fs::write(dir.join("empty.key"), "\n").expect("write");
     std::fs::write(dir.join("short.key"), "abc\n").expect("write");
+    std::fs::write(dir.join("two.key"), "0123456789abcdef0123\nsecond-line\n").expect("write");
     for (entry, why) in [
         (
             format!(
@@ -232,6 +240,11 @@ fn key_file_mistakes_are_reported() {
         (
             "{ name: a, key_file: short.key }".to_owned(),
             "shorter than 16",
+        ),
+        ("{ name: a, key_file: two.key }".to_owned(), "one line"),
+        (
+            "{ name: a, key_file: /dev/zero }".to_owned(),
+            "larger than 4 KiB",
         ),
     ] {
         let yaml = format!(

@@ -642,12 +642,18 @@ async fn jwt_writers_need_the_scope() {
     // cut off).
     c["scope"] = json!("jwtgate:revoke");
     let writer = key.mint(&c);
-    assert_eq!(
-        post_json(control.addr, "/v1/revocations", &writer, &body)
-            .await
-            .status,
-        200
-    );
+    let r = post_json(control.addr, "/v1/revocations", &writer, &body).await;
+    assert_eq!(r.status, 200);
+    // Lifting a revocation could re-enable a stolen token: a writer JWT may not, only a
+    // writer API key.
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let r = raw(
+        control.addr,
+        &format!("DELETE /v1/revocations/{id} HTTP/1.1\nHost: c\nAuthorization: Bearer {writer}\nContent-Length: 0"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
     // (This control plane has JWT writers only: the writer revokes its own token.)
     let own = json!({ "iss": idp.url, "jti": c["jti"], "expires_at": c["exp"] });
     let r = post_json(control.addr, "/v1/revocations", &writer, &own).await;

@@ -61,6 +61,7 @@ async fn delete_is_streamed_to_gateways() {
         ("-1", WRITER_KEY, 404),
         ("1e3", WRITER_KEY, 404),
         ("99999999999999999999999", WRITER_KEY, 404),
+        (&format!("0{id}"), WRITER_KEY, 404),
     ] {
         let r = raw(c_addr, &delete(target, key), b"").await;
         assert_eq!(r.status, want, "DELETE {target} with {key}");
@@ -83,6 +84,27 @@ async fn delete_is_streamed_to_gateways() {
     assert_eq!(w.status(&other).await, 401, "the other revocation holds");
     let r = raw(c_addr, &delete(&id, WRITER_KEY), b"").await;
     assert_eq!(r.status, 404, "a second delete of the same id");
+
+    // Gateways of this version ask for tombstones; a client that does not (an older
+    // gateway, which would refuse the unknown field) gets none, and its cursor passes them.
+    let auth = format!("Authorization: Bearer {READER_KEY}");
+    let old_client = get(c_addr, "/v1/revocations", &[auth.as_str()])
+        .await
+        .json();
+    let new_client = get(c_addr, "/v1/revocations?tombstones=1", &[auth.as_str()])
+        .await
+        .json();
+    let deleted = |page: &Value| {
+        page["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["deleted"] == true)
+            .count()
+    };
+    assert_eq!((deleted(&old_client), deleted(&new_client)), (0, 1));
+    assert_eq!(old_client["cursor"], new_client["cursor"]);
+    assert_eq!(old_client["entries"].as_array().map(Vec::len), Some(1));
 
     // A gateway starting cold now never holds the deleted entry; the other still holds.
     let cold = start_gateway(&gateway_yaml(

@@ -27,7 +27,24 @@ pub(super) struct Pooled<'a> {
 const WRITE_LOCK: i64 = 0x6a77_7467;
 const CHANNEL: &str = "jwtgate_revocations";
 
+/// The schema version this binary writes (2: tombstones).
+const SCHEMA: i32 = 2;
+
 pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    // A store a newer jwtgate migrated may hold rows this one would misread.
+    let newer = client
+        .query_opt(
+            "SELECT MAX(version) FROM jwtgate_schema WHERE to_regclass('jwtgate_schema') IS NOT NULL",
+            &[],
+        )
+        .await;
+    if let Ok(Some(row)) = newer {
+        if let Some(v) = row.get::<_, Option<i32>>(0).filter(|v| *v > SCHEMA) {
+            return Err(StoreError::Other(format!(
+                "the PostgreSQL store has schema version {v}, newer than this jwtgate knows ({SCHEMA}): run the newer jwtgate"
+            )));
+        }
+    }
     client
         .batch_execute(
             "SELECT pg_advisory_lock(1785951335);
@@ -47,6 +64,7 @@ pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), St
              CREATE TABLE IF NOT EXISTS jwtgate_meta (epoch TEXT NOT NULL);
              ALTER TABLE jwtgate_meta ADD COLUMN IF NOT EXISTS head BIGINT NOT NULL DEFAULT 0;
              ALTER TABLE jwtgate_revocations ADD COLUMN IF NOT EXISTS deleted SMALLINT NOT NULL DEFAULT 0;
+             UPDATE jwtgate_schema SET version = 2 WHERE version < 2;
              SELECT pg_advisory_unlock(1785951335);",
         )
         .await?;

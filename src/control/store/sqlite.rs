@@ -9,6 +9,9 @@ use rusqlite::OptionalExtension;
 use super::{strengthen, to_i64, to_u64, Deleted, NewRevocation, StoreError, Written};
 use crate::revocation::Kind;
 
+/// The schema version this binary writes (2: tombstones).
+const SCHEMA: i64 = 2;
+
 pub(super) async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, StoreError> {
     tokio::task::spawn_blocking(move || -> Result<rusqlite::Connection, StoreError> {
         if let Some(dir) = path.parent() {
@@ -24,6 +27,12 @@ pub(super) async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, S
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA {
+            return Err(StoreError::Other(format!(
+                "{} has schema version {version}, newer than this jwtgate knows ({SCHEMA}): run the newer jwtgate",
+                path.display()
+            )));
+        }
         if version < 1 {
             conn.execute_batch(
                 "BEGIN;
