@@ -1,9 +1,9 @@
 //! Reading a JWKS: key by key, each checked (use, key_ops, type, size, algorithm) and never a
 //! published example key; what was skipped and why, for logs and `jwtgate check`.
 
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use base64::Engine;
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 use crate::config::{parse_algorithm, IssuerConfig, KeySource};
@@ -42,9 +42,134 @@ const RSA_ALGS: [Algorithm; 6] = [
 
 pub struct Key {
     pub kid: Option<Box<str>>,
-    pub key: DecodingKey,
+    /// The key, parsed once at load for each algorithm it may verify.
+    pub material: Material,
     /// Algorithms this key may verify (`alg_bit` mask).
     pub algs: u16,
+}
+
+/// Verification keys ready to use: public keys parsed once (aws-lc-rs `ParsedPublicKey`), an
+/// HMAC secret keyed once per algorithm.
+pub enum Material {
+    Public(Vec<(Algorithm, ParsedPublicKey)>),
+    Secret(Vec<(Algorithm, aws_lc_rs::hmac::Key)>),
+}
+
+impl Key {
+    /// Whether `signature` is this key's signature of `message` under `alg` (an algorithm
+    /// the key was not loaded for verifies nothing).
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        match &self.material {
+            Material::Public(keys) => keys
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .is_some_and(|(_, k)| k.verify_sig(message, signature).is_ok()),
+            Material::Secret(keys) => keys
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .is_some_and(|(_, k)| aws_lc_rs::hmac::verify(k, message, signature).is_ok()),
+        }
+    }
+
+    /// An HMAC secret's key for `algs` (HS256/384/512 bits).
+    pub fn secret(secret: &[u8], algs: u16) -> Key {
+        let keyed = [
+            (Algorithm::HS256, aws_lc_rs::hmac::HMAC_SHA256),
+            (Algorithm::HS384, aws_lc_rs::hmac::HMAC_SHA384),
+            (Algorithm::HS512, aws_lc_rs::hmac::HMAC_SHA512),
+        ]
+        .into_iter()
+        .filter(|(a, _)| algs & alg_bit(*a) != 0)
+        .map(|(a, h)| (a, aws_lc_rs::hmac::Key::new(h, secret)))
+        .collect();
+        Key {
+            kid: None,
+            material: Material::Secret(keyed),
+            algs,
+        }
+    }
+}
+
+/// The aws-lc-rs verification algorithm of a JWS `alg` (the same ones jsonwebtoken uses:
+/// RSA 2048–8192 bits, fixed-length ECDSA signatures).
+fn verification(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &sig::ED25519,
+        _ => return None,
+    })
+}
+
+/// All algorithms, for walking a mask.
+const ALL_ALGS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::EdDSA,
+];
+
+/// Parse the public key bytes once for each algorithm of `algs`.
+fn parse_public(bytes: &[u8], algs: u16) -> Result<Material, &'static str> {
+    let mut keys = Vec::new();
+    for alg in ALL_ALGS.into_iter().filter(|a| algs & alg_bit(*a) != 0) {
+        let v = verification(alg).ok_or("unsupported algorithm")?;
+        keys.push((
+            alg,
+            ParsedPublicKey::new(v, bytes).map_err(|_| "unusable key material")?,
+        ));
+    }
+    Ok(Material::Public(keys))
+}
+
+/// DER of a PKCS#1 `RSAPublicKey` (RFC 8017 A.1.1): SEQUENCE { n INTEGER, e INTEGER }.
+fn rsa_public_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn integer(v: &[u8]) -> Vec<u8> {
+        let v = match v.iter().position(|b| *b != 0) {
+            Some(i) => &v[i..],
+            None => &[0u8][..],
+        };
+        let mut body = Vec::with_capacity(v.len() + 1);
+        if v[0] & 0x80 != 0 {
+            body.push(0);
+        }
+        body.extend_from_slice(v);
+        tlv(0x02, &body)
+    }
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = body.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend_from_slice(&bytes);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    let mut seq = integer(n);
+    seq.extend_from_slice(&integer(e));
+    tlv(0x30, &seq)
 }
 
 /// Parse a JWKS document key by key: an unusable key is skipped with a log line instead of
@@ -83,15 +208,15 @@ pub fn parse_jwks_explained(doc: &[u8], cfg: &IssuerConfig) -> (Vec<Key>, Vec<St
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        match parse_key(&raw) {
-            Ok((kid, key, algs)) => {
+        match parse_key(&raw, allowed) {
+            Ok((kid, material, algs)) => {
                 if algs & allowed == 0 {
                     skipped.push(format!("key {i} (kid {:?}) skipped: none of its algorithms is allowed for this issuer", kid.as_deref().unwrap_or("")));
                     continue;
                 }
                 out.push(Key {
                     kid: kid.map(Into::into),
-                    key,
+                    material,
                     algs: algs & allowed,
                 });
             }
@@ -144,7 +269,9 @@ pub fn audit_jwks_file(cfg: &IssuerConfig) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static str> {
+/// One JWK: its `kid`, its key parsed for the algorithms of `allowed` it may verify, and
+/// the mask of those it may verify at all.
+fn parse_key(raw: &Value, allowed: u16) -> Result<(Option<String>, Material, u16), &'static str> {
     let obj = raw.as_object().ok_or("not an object")?;
     let kid = match obj.get("kid") {
         None => None,
@@ -164,28 +291,51 @@ fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static
         }
     }
     let kty = obj.get("kty").and_then(Value::as_str).ok_or("no kty")?;
-    let family: u16 = match kty {
+    let b64 = |name: &str, missing: &'static str| -> Result<Vec<u8>, &'static str> {
+        let v = obj.get(name).and_then(Value::as_str).ok_or(missing)?;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.trim_end_matches('='))
+            .map_err(|_| "a key member is not base64url")
+    };
+    // The public key in the bytes aws-lc-rs parses: PKCS#1 for RSA, the uncompressed
+    // point for EC, the raw key for Ed25519.
+    let (family, bytes): (u16, Vec<u8>) = match kty {
         "RSA" => {
-            let n = obj
-                .get("n")
-                .and_then(Value::as_str)
-                .ok_or("RSA key without n")?;
-            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(n.trim_end_matches('='))
-                .map_err(|_| "RSA modulus is not base64url")?;
+            let n = b64("n", "RSA key without n")?;
+            let e = b64("e", "RSA key without e")?;
             let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
             if bits < 2048 {
                 return Err("RSA modulus shorter than 2048 bits");
             }
-            RSA_ALGS.iter().fold(0, |m, a| m | alg_bit(*a))
+            (
+                RSA_ALGS.iter().fold(0, |m, a| m | alg_bit(*a)),
+                rsa_public_der(&n, &e),
+            )
         }
-        "EC" => match obj.get("crv").and_then(Value::as_str) {
-            Some("P-256") => alg_bit(Algorithm::ES256),
-            Some("P-384") => alg_bit(Algorithm::ES384),
-            _ => return Err("unsupported EC curve"),
-        },
+        "EC" => {
+            let (alg, size) = match obj.get("crv").and_then(Value::as_str) {
+                Some("P-256") => (Algorithm::ES256, 32),
+                Some("P-384") => (Algorithm::ES384, 48),
+                _ => return Err("unsupported EC curve"),
+            };
+            let x = b64("x", "EC key without x")?;
+            let y = b64("y", "EC key without y")?;
+            if x.len() != size || y.len() != size {
+                return Err("EC coordinates of the wrong length");
+            }
+            let mut point = vec![4u8];
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            (alg_bit(alg), point)
+        }
         "OKP" => match obj.get("crv").and_then(Value::as_str) {
-            Some("Ed25519") => alg_bit(Algorithm::EdDSA),
+            Some("Ed25519") => {
+                let x = b64("x", "OKP key without x")?;
+                if x.len() != 32 {
+                    return Err("Ed25519 key of the wrong length");
+                }
+                (alg_bit(Algorithm::EdDSA), x)
+            }
             _ => return Err("unsupported OKP curve"),
         },
         "oct" => return Err("symmetric keys are never taken from a JWKS"),
@@ -205,10 +355,10 @@ fn parse_key(raw: &Value) -> Result<(Option<String>, DecodingKey, u16), &'static
         }
         Some(_) => return Err("alg is not a string"),
     };
-    // `from_jwk` wants a well-formed JWK; give it only the members it understands.
-    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|_| "malformed JWK")?;
-    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "unusable key material")?;
-    Ok((kid, key, algs))
+    // Parsed (and so validated: a point on the curve, a well-formed modulus) for every
+    // algorithm it will verify here.
+    let material = parse_public(&bytes, algs & allowed)?;
+    Ok((kid, material, algs))
 }
 
 /// Public keys whose private halves are printed in RFCs (and copied into countless
@@ -270,11 +420,11 @@ mod tests {
     #[test]
     fn published_example_keys_are_refused() {
         let rfc7515_ec = serde_json::json!({ "kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0" });
-        assert!(parse_key(&rfc7515_ec)
+        assert!(parse_key(&rfc7515_ec, u16::MAX)
             .err()
             .is_some_and(|e| e.contains("RFC 7515")));
         let rfc7517_ec = serde_json::json!({ "kty": "EC", "crv": "P-256", "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4", "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM", "use": "sig" });
-        assert!(parse_key(&rfc7517_ec)
+        assert!(parse_key(&rfc7517_ec, u16::MAX)
             .err()
             .is_some_and(|e| e.contains("RFC 7517")));
     }

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 pub use super::jwk::{alg_bit, alg_index, audit_jwks_file, parse_jwks, parse_jwks_explained, Key};
@@ -81,11 +81,10 @@ impl IssuerKeys {
     pub fn new(cfg: IssuerConfig, ctx: &super::Context) -> Arc<IssuerKeys> {
         let set = match &cfg.keys {
             KeySource::Secret(s) => KeySet {
-                keys: vec![Key {
-                    kid: None,
-                    key: DecodingKey::from_secret(s),
-                    algs: cfg.algorithms.iter().fold(0, |m, a| m | alg_bit(*a)),
-                }],
+                keys: vec![Key::secret(
+                    s,
+                    cfg.algorithms.iter().fold(0, |m, a| m | alg_bit(*a)),
+                )],
                 confirmed: None,
                 epoch: 1,
                 fingerprint: 1,

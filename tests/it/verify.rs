@@ -1,6 +1,7 @@
 //! Token verification over loopback: a real IdP serving JWKS, the gateway, the echo upstream.
 
 use crate::support::*;
+use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
@@ -169,6 +170,38 @@ async fn broken_tokens_refused() {
     let mut c = claims(&iss);
     c.as_object_mut().expect("obj").remove("aud");
     s.refused("/x", &rs.mint(&c), "audience not allowed").await;
+    // `aud` forms that name no audience of ours: empty, not a string, a non-string member.
+    for aud in [
+        json!([]),
+        json!(42),
+        json!(["api", 7]),
+        json!(null),
+        json!({ "api": true }),
+    ] {
+        let mut c = claims(&iss);
+        c["aud"] = aud.clone();
+        s.refused("/x", &rs.mint(&c), "audience not allowed").await;
+    }
+    // An HMAC signature of the right length under a wrong secret, and an HS256 token whose
+    // issuer has only public keys.
+    let wrong = Signer::hmac(b"another-secret-of-32-bytes-000000", Algorithm::HS256);
+    s.refused(
+        "/hmac",
+        &wrong.mint(&claims("https://hmac.example")),
+        "signature invalid",
+    )
+    .await;
+    // A truncated signature (not a valid length for the algorithm) and a padded one.
+    let good = rs.mint(&claims(&iss));
+    let (msg, sig) = good.rsplit_once('.').expect("three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .expect("signature");
+    let short = b64(&bytes[..bytes.len() - 1]);
+    s.refused("/x", &format!("{msg}.{short}"), "signature invalid")
+        .await;
+    s.refused("/x", &format!("{msg}.{sig}=="), "token malformed")
+        .await;
 
     // Bad signature: another RSA key under the same kid, and a flipped signature byte.
     let other = Signer::new("rsa2048b.pem", Algorithm::RS256, "rs256");
