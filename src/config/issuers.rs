@@ -55,6 +55,8 @@ pub struct RawIssuer {
 pub struct RawTokenCache {
     /// Tokens held (default 100000; 0 turns the cache off).
     pub max_entries: Option<u64>,
+    /// Memory the cached verifications may hold, tokens and claims included (default 64 MiB).
+    pub max_bytes: Option<u64>,
     /// How long a verification is reused (default 5m); `exp` is checked on every request.
     pub ttl: Option<Dur>,
 }
@@ -113,6 +115,8 @@ pub struct IssuerConfig {
 pub struct TokenCacheConfig {
     /// Entries held; 0 disables the cache.
     pub max_entries: u64,
+    /// Bytes the entries may hold (tokens, claims and per-entry structures, estimated).
+    pub max_bytes: u64,
     /// How long a verification is reused.
     pub ttl: Duration,
 }
@@ -142,6 +146,7 @@ impl Validator<'_> {
     pub(super) fn token_cache(&mut self, raw: &RawTokenCache) -> TokenCacheConfig {
         TokenCacheConfig {
             max_entries: raw.max_entries.unwrap_or(100_000),
+            max_bytes: raw.max_bytes.unwrap_or(64 * 1024 * 1024),
             ttl: self.positive("token_cache.ttl", raw.ttl, Duration::from_secs(300)),
         }
     }

@@ -42,6 +42,7 @@ fn verifier(issuers: &[IssuerConfig], ctx: &verify::Context) -> Verifier {
     // Every presented token is checked afresh: nothing to gain from the cache.
     let cache = TokenCacheConfig {
         max_entries: 0,
+        max_bytes: 0,
         ttl: Duration::from_secs(1),
     };
     Verifier::new(issuers, &cache, ctx, &[])

@@ -60,6 +60,7 @@ impl ControlPlane {
         let writer_verifier = (!access.writer_issuers.is_empty()).then(|| {
             let cache = TokenCacheConfig {
                 max_entries: 10_000,
+                max_bytes: 16 * 1024 * 1024,
                 ttl: Duration::from_secs(60),
             };
             Verifier::new(&access.writer_issuers, &cache, ctx, &[])

@@ -45,9 +45,45 @@ pub struct Verified {
     pub revocation_keys: TokenKeys,
     /// The revocation-set version this token was last found clean at.
     pub revocation_checked: AtomicU64,
+    /// What this verification holds in memory (estimated), for the cache's byte budget.
+    bytes: u32,
+}
+
+/// Bytes one cache entry costs beyond its token and claims: the entry's own structures
+/// (moka's entry and deque nodes, the `Arc`s, this struct), measured with
+/// `cargo bench --bench cache_memory`.
+const ENTRY_OVERHEAD: usize = 1_100;
+
+/// Heap bytes a parsed JSON value holds (strings, map nodes, arrays), estimated.
+fn json_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.len() * 32 + a.iter().map(json_bytes).sum::<usize>(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| k.len() + 24 + 32 + 16 + json_bytes(v))
+            .sum(),
+        _ => 0,
+    }
 }
 
 impl Verified {
+    /// What this verification holds in memory beyond its token, estimated.
+    fn heap_bytes(&self) -> u32 {
+        let claims: usize = self
+            .claims
+            .iter()
+            .map(|(k, v)| k.len() + 24 + 32 + 16 + json_bytes(v))
+            .sum();
+        let scopes: usize = self.scopes.iter().map(|s| s.len() + 16).sum();
+        let identity: usize = self
+            .identity
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 64)
+            .sum();
+        u32::try_from(ENTRY_OVERHEAD + claims + scopes + identity).unwrap_or(u32::MAX)
+    }
+
     /// Time left until `exp` (+ leeway): when a live connection of this token must end.
     pub fn expires_in(&self, now: u64) -> Duration {
         Duration::from_secs(self.exp.saturating_add(self.leeway).saturating_sub(now))
@@ -122,8 +158,19 @@ impl Verifier {
             .enumerate()
             .map(|(i, c)| (c.issuer.clone(), i))
             .collect();
+        // Bounded in bytes: each entry weighs what it holds (the token, its claims), and at
+        // least `max_bytes / max_entries`, so neither bound is passed.
+        let floor =
+            (cache.max_bytes / cache.max_entries.max(1)).clamp(1, u64::from(u32::MAX)) as u32;
         let cache = moka::sync::Cache::builder()
-            .max_capacity(cache.max_entries)
+            .max_capacity(if cache.max_entries == 0 {
+                0
+            } else {
+                cache.max_bytes
+            })
+            .weigher(move |token: &Arc<str>, v: &Arc<Verified>| {
+                (token.len() as u32).saturating_add(v.bytes).max(floor)
+            })
             .time_to_live(cache.ttl)
             .build_with_hasher(foldhash::fast::RandomState::default());
         Verifier {
@@ -330,7 +377,7 @@ impl Verifier {
             }
             None => TokenKeys::default(),
         };
-        let verified = Verified {
+        let mut verified = Verified {
             revocation_keys,
             revocation_checked: AtomicU64::new(0),
             issuer,
@@ -342,7 +389,9 @@ impl Verifier {
             scopes,
             identity,
             key_epoch,
+            bytes: 0,
         };
+        verified.bytes = verified.heap_bytes();
         verified.check_time(now)?;
         Ok(verified)
     }
@@ -350,6 +399,12 @@ impl Verifier {
     /// Drop every cached verification (used when the configuration changes).
     pub fn clear_cache(&self) {
         self.cache.invalidate_all();
+    }
+
+    /// Cached verifications and the bytes they weigh (after pending evictions run).
+    pub fn cache_usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
     }
 
     pub fn cache_ttl(&self) -> Option<Duration> {
@@ -370,7 +425,6 @@ pub fn token_ref(token: &str) -> String {
     )
 }
 
-/// Every field set explicitly: the library defaults are too lax for a gateway.
 /// A NumericDate claim (RFC 7519 §2): a non-negative number, fractions rounded as
 /// jsonwebtoken did; absent is `None`, anything else malformed.
 fn numeric_date(v: Option<&Value>) -> Result<Option<u64>, Reject> {

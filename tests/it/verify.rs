@@ -344,3 +344,52 @@ async fn cached_token_still_expires() {
     assert_eq!(r.json()["error_description"], "token expired");
     let _ = &s.idp;
 }
+
+/// The verified-token cache is bounded in bytes: big tokens (an 8 KB claim each) past the
+/// budget evict others instead of growing memory, and each entry weighs at least its token;
+/// `max_entries` still bounds small ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_cache_is_bounded_in_bytes() {
+    let signer = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![signer.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let yaml = |cache: &str| {
+        format!(
+            "listeners: [ {{ address: \"127.0.0.1:0\" }} ]\ntoken_cache: {cache}\nissuers:\n  - {{ name: idp, issuer: \"{}\", jwks_uri: \"{}\", audiences: [api], algorithms: [ES256] }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}\n",
+            idp.url,
+            idp.jwks_url(),
+            echo.addr
+        )
+    };
+    let gw = start_gateway(&yaml("{ max_entries: 100000, max_bytes: 1048576 }")).await;
+    let mut sizes = Vec::new();
+    for i in 0..200 {
+        let mut c = claims(&idp.url);
+        c["profile"] = json!(format!("{i:05}{}", "p".repeat(8_000)));
+        let token = signer.mint(&c);
+        sizes.push(token.len());
+        assert_eq!(get(gw.addrs[0], "/", &[&bearer(&token)]).await.status, 200);
+    }
+    let (entries, bytes) = gw.gateway.verifier.cache_usage();
+    println!(
+        "200 tokens of {} bytes: {entries} cached, {bytes} bytes weighed",
+        sizes[0]
+    );
+    assert!(bytes <= 1024 * 1024, "{bytes} bytes over the 1 MiB budget");
+    assert!(entries > 10 && entries < 100, "{entries} entries");
+    // Each entry weighs at least its token plus its claims (about twice the token's payload).
+    assert!(
+        bytes / entries >= sizes[0] as u64,
+        "{} per entry",
+        bytes / entries
+    );
+
+    // Small tokens: `max_entries` holds.
+    let gw = start_gateway(&yaml("{ max_entries: 50 }")).await;
+    for _ in 0..200 {
+        let token = signer.mint(&claims(&idp.url));
+        assert_eq!(get(gw.addrs[0], "/", &[&bearer(&token)]).await.status, 200);
+    }
+    let (entries, _) = gw.gateway.verifier.cache_usage();
+    assert!(entries <= 50, "{entries} entries past max_entries 50");
+}
