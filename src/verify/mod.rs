@@ -120,6 +120,8 @@ pub struct Verifier {
     /// The library wants one algorithm family per `Validation`, so there is one per alg.
     by_iss: HashMap<String, usize, foldhash::fast::RandomState>,
     cache: TokenCache,
+    /// `max_entries: 0` turns the cache off: no lookup, no insertion (and no eviction work).
+    caching: bool,
     identity_headers: Vec<IdentityHeader>,
     strict_identity: bool,
     revocations: Option<Arc<RevocationSet>>,
@@ -160,6 +162,7 @@ impl Verifier {
             .collect();
         // Bounded in bytes: each entry weighs what it holds (the token, its claims), and at
         // least `max_bytes / max_entries`, so neither bound is passed.
+        let caching = cache.max_entries > 0;
         let floor =
             (cache.max_bytes / cache.max_entries.max(1)).clamp(1, u64::from(u32::MAX)) as u32;
         let cache = moka::sync::Cache::builder()
@@ -176,6 +179,7 @@ impl Verifier {
         Verifier {
             issuers,
             by_iss,
+            caching,
             cache,
             identity_headers: Vec::new(),
             strict_identity: false,
@@ -216,7 +220,7 @@ impl Verifier {
         allowed: &[usize],
         now: u64,
     ) -> Result<Arc<Verified>, Reject> {
-        if let Some(hit) = self.cache.get(token) {
+        if let Some(hit) = self.caching.then(|| self.cache.get(token)).flatten() {
             let keys = &self.issuers[hit.issuer];
             let set = keys.snapshot();
             if keys.is_stale(&set) {
@@ -233,7 +237,9 @@ impl Verifier {
         }
         self.metrics.token_cache_misses.inc();
         let verified = Arc::new(self.verify_signature(token, allowed, now).await?);
-        self.cache.insert(Arc::from(token), verified.clone());
+        if self.caching {
+            self.cache.insert(Arc::from(token), verified.clone());
+        }
         Ok(verified)
     }
 
