@@ -31,17 +31,7 @@ async fn main() {
         _ => format!("sqlite://{}", dir.join("rev.db").display()),
     };
     let control = start_control(&store, "").await;
-    let mut gateways = Vec::new();
-    for _ in 0..3 {
-        let yaml = format!(
-            "listeners: [ {{ address: \"127.0.0.1:0\" }} ]\nissuers:\n  - {{ name: idp, issuer: \"{}\", jwks_uri: \"{}\", audiences: [api], algorithms: [ES256] }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: api, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}\nrevocation:\n  control_url: http://{}\n  token: {READER_KEY}\n",
-            idp.url,
-            idp.jwks_url(),
-            echo.addr,
-            control.addr
-        );
-        gateways.push(start_gateway(&yaml).await);
-    }
+    let gateways = syncing_gateways(3, &idp, &echo, control.addr).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The last entry of the file is a live token's: refused at every gateway at the end.

@@ -275,21 +275,14 @@ fn check(path: &Path) -> ExitCode {
             for w in &config.warnings {
                 eprintln!("{}:{w} (warning)", path.display());
             }
-            let mut refused = false;
-            for issuer in &config.issuers {
-                match jwtgate::verify::keys::audit_jwks_file(issuer) {
-                    Ok(warnings) => {
-                        for w in warnings {
-                            eprintln!("{}: {w} (warning)", path.display());
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("{}: {e}", path.display());
-                        refused = true;
-                    }
-                }
+            let (warnings, errors) = jwtgate::verify::keys::audit_key_files(&config.issuers);
+            for w in warnings {
+                eprintln!("{}: {w} (warning)", path.display());
             }
-            if refused {
+            for e in &errors {
+                eprintln!("{}: {e}", path.display());
+            }
+            if !errors.is_empty() {
                 eprintln!("{}: key files refused", path.display());
                 return ExitCode::FAILURE;
             }

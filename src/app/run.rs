@@ -31,15 +31,12 @@ pub async fn run_gateway(path: &Path) -> ExitCode {
     }
     // A key file that can never verify a token (or one anybody can sign for) is refused
     // before binding, as `jwtgate check` refuses it.
-    for issuer in &config.issuers {
-        match crate::verify::keys::audit_jwks_file(issuer) {
-            Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("jwtgate: {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        }
+    let (warnings, errors) = crate::verify::keys::audit_key_files(&config.issuers);
+    warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    if let Some(e) = errors.first() {
+        tracing::error!("{e}");
+        eprintln!("jwtgate: {}: {e}", path.display());
+        return ExitCode::FAILURE;
     }
     let running = match super::start_gateway(config).await {
         Ok(r) => r,

@@ -226,6 +226,19 @@ pub fn parse_jwks_explained(doc: &[u8], cfg: &IssuerConfig) -> (Vec<Key>, Vec<St
     (out, skipped)
 }
 
+/// [`audit_jwks_file`] over every issuer: the warnings, and the errors (none: usable).
+pub fn audit_key_files(issuers: &[IssuerConfig]) -> (Vec<String>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
+    for issuer in issuers {
+        match audit_jwks_file(issuer) {
+            Ok(w) => warnings.extend(w),
+            Err(e) => errors.push(e),
+        }
+    }
+    (warnings, errors)
+}
+
 /// What `jwtgate check` and startup say of an issuer's `jwks_file`: an error when it holds a
 /// published example key or no usable key; a warning when it does not exist yet (it may be
 /// mounted or generated later) or skips some keys.

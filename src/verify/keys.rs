@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
-pub use super::jwk::{alg_bit, alg_index, audit_jwks_file, parse_jwks, parse_jwks_explained, Key};
+pub use super::jwk::{alg_bit, audit_key_files, parse_jwks, parse_jwks_explained, Key};
 use crate::config::{IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 

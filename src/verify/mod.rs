@@ -59,22 +59,22 @@ fn json_bytes(v: &Value) -> usize {
     match v {
         Value::String(s) => s.len(),
         Value::Array(a) => a.len() * 32 + a.iter().map(json_bytes).sum::<usize>(),
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| k.len() + 24 + 32 + 16 + json_bytes(v))
-            .sum(),
+        Value::Object(m) => map_bytes(m),
         _ => 0,
     }
+}
+
+/// Heap bytes of a JSON object's entries (key, value, map node), estimated.
+fn map_bytes(m: &Map<String, Value>) -> usize {
+    m.iter()
+        .map(|(k, v)| k.len() + 24 + 32 + 16 + json_bytes(v))
+        .sum()
 }
 
 impl Verified {
     /// What this verification holds in memory beyond its token, estimated.
     fn heap_bytes(&self) -> u32 {
-        let claims: usize = self
-            .claims
-            .iter()
-            .map(|(k, v)| k.len() + 24 + 32 + 16 + json_bytes(v))
-            .sum();
+        let claims = map_bytes(&self.claims);
         let scopes: usize = self.scopes.iter().map(|s| s.len() + 16).sum();
         let identity: usize = self
             .identity
@@ -116,8 +116,7 @@ type TokenCache = moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::Ran
 
 pub struct Verifier {
     pub issuers: Vec<Arc<IssuerKeys>>,
-    /// Per issuer, per algorithm (`keys::alg_index`): the library's validation settings.
-    /// The library wants one algorithm family per `Validation`, so there is one per alg.
+    /// The index of each issuer by its exact `iss`.
     by_iss: HashMap<String, usize, foldhash::fast::RandomState>,
     cache: TokenCache,
     /// `max_entries: 0` turns the cache off: no lookup, no insertion (and no eviction work).
@@ -460,12 +459,15 @@ fn check_registered(
     if !claims.contains_key("exp") {
         return Err(Reject::Malformed);
     }
-    let audiences: Option<Vec<&str>> = match claims.get("aud") {
-        Some(Value::String(a)) => Some(vec![a.as_str()]),
-        Some(Value::Array(list)) => list.iter().map(Value::as_str).collect(),
+    let ours = |a: &str| cfg.audiences.iter().any(|x| x == a);
+    let audience_ours = match claims.get("aud") {
+        Some(Value::String(a)) => Some(ours(a)),
+        Some(Value::Array(list)) if list.iter().all(Value::is_string) => {
+            Some(list.iter().filter_map(Value::as_str).any(ours))
+        }
         _ => None,
-    };
-    let audiences = audiences.ok_or(Reject::WrongAudience)?;
+    }
+    .ok_or(Reject::WrongAudience)?;
     let exp = numeric_date(claims.get("exp"))?.ok_or(Reject::Malformed)?;
     let nbf = numeric_date(claims.get("nbf"))?;
     let leeway = cfg.leeway.as_secs();
@@ -475,10 +477,7 @@ fn check_registered(
     if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
         return Err(Reject::NotYetValid);
     }
-    if !audiences
-        .iter()
-        .any(|a| cfg.audiences.iter().any(|ours| ours == a))
-    {
+    if !audience_ours {
         return Err(Reject::WrongAudience);
     }
     Ok(())

@@ -457,6 +457,27 @@ pub async fn start_control(store: &str, extra: &str) -> jwtgate::app::RunningCon
         .expect("control start")
 }
 
+/// `n` gateways trusting `idp` (ES256, audience `api`), forwarding to `echo`, syncing their
+/// revocations from `control` with the reader key.
+pub async fn syncing_gateways(
+    n: usize,
+    idp: &Idp,
+    echo: &Echo,
+    control: SocketAddr,
+) -> Vec<Running> {
+    let yaml = format!(
+        "listeners: [ {{ address: \"127.0.0.1:0\" }} ]\nissuers:\n  - {{ name: idp, issuer: \"{}\", jwks_uri: \"{}\", audiences: [api], algorithms: [ES256] }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: api, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}\nrevocation:\n  control_url: http://{control}\n  token: {READER_KEY}\n",
+        idp.url,
+        idp.jwks_url(),
+        echo.addr,
+    );
+    let mut gateways = Vec::with_capacity(n);
+    for _ in 0..n {
+        gateways.push(start_gateway(&yaml).await);
+    }
+    gateways
+}
+
 /// `POST /v1/revocations` with the writer key; returns (status, body).
 pub async fn revoke(control: SocketAddr, body: &Value) -> Resp {
     post_json(control, "/v1/revocations", WRITER_KEY, body).await
