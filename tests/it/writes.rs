@@ -62,6 +62,11 @@ async fn delete_is_streamed_to_gateways() {
         ("1e3", WRITER_KEY, 404),
         ("99999999999999999999999", WRITER_KEY, 404),
         (&format!("0{id}"), WRITER_KEY, 404),
+        // Encoded, trailing-slash and dotted forms name no id: only the exact decimal path.
+        (&format!("%3{}{}", &id[..1], &id[1..]), WRITER_KEY, 404),
+        (&format!("{id}/"), WRITER_KEY, 404),
+        (&format!("./{id}"), WRITER_KEY, 404),
+        (&format!("{id}%00"), WRITER_KEY, 404),
     ] {
         let r = raw(c_addr, &delete(target, key), b"").await;
         assert_eq!(r.status, want, "DELETE {target} with {key}");
