@@ -421,18 +421,22 @@ async fn rfc7009_end_to_end() {
     println!("RFC 7009 revoke → token refused after {took:?}");
 
     // A token without jti: revoked by its sid; without either: by its digest (this token only).
+    // One clock reading for all four: reading it again could cross a second and make the
+    // two bare tokens identical (same claims, same digest).
+    let t = now();
     let mut c = claims(&w.idp.url);
     c.as_object_mut().expect("o").remove("jti");
     c["sid"] = json!("s-9");
+    c["iat"] = json!(t);
     let sid_token = w.key.mint(&c);
     let sibling = {
-        c["iat"] = json!(now() - 1);
+        c["iat"] = json!(t - 1);
         w.key.mint(&c)
     };
     c.as_object_mut().expect("o").remove("sid");
     let bare = w.key.mint(&c);
     let bare_sibling = {
-        c["iat"] = json!(now() - 2);
+        c["iat"] = json!(t - 2);
         w.key.mint(&c)
     };
     let writer = format!("Authorization: Bearer {WRITER_KEY}");
