@@ -65,6 +65,9 @@ pub struct RawLimits {
     pub max_in_flight: Option<usize>,
     /// Connections one client address may hold at once (default: no limit of its own).
     pub max_connections_per_client: Option<usize>,
+    /// Threads serving client connections, each with its own single-threaded runtime
+    /// (default: one per CPU the process may run on).
+    pub workers: Option<usize>,
 }
 
 /// `log`.
@@ -116,6 +119,8 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Connections per client address (`None`: only `max_connections`).
     pub max_connections_per_client: Option<usize>,
+    /// Threads serving client connections.
+    pub workers: usize,
 }
 
 /// What happens to a request header whose name holds `_`. CGI, WSGI, PHP and Rack fold
@@ -293,6 +298,9 @@ impl Validator<'_> {
                 .max_in_flight
                 .unwrap_or(raw.max_connections.unwrap_or(10_000)),
             max_connections_per_client: raw.max_connections_per_client,
+            workers: raw.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
         };
         if limits.max_concurrent_streams == 0 {
             self.err("limits.max_concurrent_streams", "must be greater than zero");
@@ -311,6 +319,9 @@ impl Validator<'_> {
         }
         if limits.max_connections == 0 {
             self.err("limits.max_connections", "must be greater than zero");
+        }
+        if !(1..=1024).contains(&limits.workers) {
+            self.err("limits.workers", "must be between 1 and 1024");
         }
         limits
     }

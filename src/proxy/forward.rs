@@ -121,10 +121,14 @@ pub async fn send(
         }
     }
     let upstream = &gw.upstreams[route.upstream];
-    let slot = tokio::time::timeout(upstream.timeout, gw.in_flight.clone().acquire_owned())
-        .await
-        .map_err(|_| Reject::Overloaded)?
-        .map_err(|_| Reject::Overloaded)?;
+    // A free slot is taken without arming a timer.
+    let slot = match gw.in_flight.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => tokio::time::timeout(upstream.timeout, gw.in_flight.clone().acquire_owned())
+            .await
+            .map_err(|_| Reject::Overloaded)?
+            .map_err(|_| Reject::Overloaded)?,
+    };
     let body = RequestBody::new(body, route.max_body_bytes, gw.config.limits.body_timeout);
     let resp = upstream.forward(Request::from_parts(parts, body)).await?;
     Ok((resp, slot))

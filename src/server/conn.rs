@@ -137,6 +137,19 @@ impl Conns {
         Some(state)
     }
 
+    /// Until every connection, upgraded tunnels included, has ended.
+    pub async fn all_closed(&self) {
+        while !self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .conns
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     fn unregister(&self, id: u64, client: IpAddr) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.conns.remove(&id);

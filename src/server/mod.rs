@@ -3,6 +3,7 @@
 //! into the caller's task set and stops with the caller's shutdown signal.
 
 mod conn;
+mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -113,6 +114,7 @@ pub fn serve(
 
     let mut addrs = Vec::new();
     let mut certs = Vec::new();
+    let mut listeners = Vec::new();
     for (listener, tls) in bound.listeners {
         addrs.push(listener.local_addr()?);
         let acceptor = tls.map(|(config, cert)| {
@@ -120,15 +122,15 @@ pub fn serve(
             tasks.spawn(watch_certificate(cert, shutdown.clone()));
             tokio_rustls::TlsAcceptor::from(config)
         });
-        tasks.spawn(accept_loop(
-            listener,
-            current.clone(),
-            builder.clone(),
-            conns.clone(),
-            (acceptor, deadlines),
-            shutdown.clone(),
-        ));
+        listeners.push((listener.into_std()?, acceptor));
     }
+    let shared = workers::Shared {
+        current: current.clone(),
+        builder,
+        conns,
+        deadlines,
+    };
+    workers::spawn(limits.workers, &listeners, &shared, shutdown, tasks)?;
     let admin = match bound.admin {
         Some(l) => {
             let addr = l.local_addr()?;
@@ -192,7 +194,7 @@ fn service(
     })
 }
 
-async fn accept_loop(
+pub(super) async fn accept_loop(
     listener: TcpListener,
     current: Current,
     builder: auto::Builder<TokioExecutor>,
