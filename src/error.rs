@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use crate::path::PathError;
+pub use crate::reason::{Outcome, Reason};
 
 /// Why a request was not forwarded (or forwarding failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,55 +72,6 @@ pub enum Reject {
     UpstreamBadUpgrade,
 }
 
-/// The `outcome` label of `jwtgate_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Allowed,
-    BadRequest,
-    NotFound,
-    NoToken,
-    InvalidToken,
-    Expired,
-    Revoked,
-    Forbidden,
-    Unavailable,
-    UpstreamError,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Allowed,
-        Outcome::BadRequest,
-        Outcome::NotFound,
-        Outcome::NoToken,
-        Outcome::InvalidToken,
-        Outcome::Expired,
-        Outcome::Revoked,
-        Outcome::Forbidden,
-        Outcome::Unavailable,
-        Outcome::UpstreamError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Allowed => "allowed",
-            Outcome::BadRequest => "bad_request",
-            Outcome::NotFound => "not_found",
-            Outcome::NoToken => "no_token",
-            Outcome::InvalidToken => "invalid_token",
-            Outcome::Expired => "expired",
-            Outcome::Revoked => "revoked",
-            Outcome::Forbidden => "forbidden",
-            Outcome::Unavailable => "unavailable",
-            Outcome::UpstreamError => "upstream_error",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
 /// How a rejection answers.
 struct Answer {
     status: StatusCode,
@@ -127,264 +79,264 @@ struct Answer {
     challenge: Option<&'static str>,
     error: &'static str,
     description: &'static str,
-    outcome: Outcome,
+    reason: Reason,
 }
 
 impl Reject {
     fn answer(self) -> Answer {
         use Reject::*;
-        let (status, challenge, error, description, outcome) = match self {
+        let (status, challenge, error, description, reason) = match self {
             BadPath(e) => (
                 StatusCode::BAD_REQUEST,
                 None,
                 "invalid_request",
                 path_description(e),
-                Outcome::BadRequest,
+                Reason::BadPath,
             ),
             BadHost => (
                 StatusCode::BAD_REQUEST,
                 None,
                 "invalid_request",
                 "invalid host",
-                Outcome::BadRequest,
+                Reason::BadHost,
             ),
             MultipleTokens => (
                 StatusCode::BAD_REQUEST,
                 Some("invalid_request"),
                 "invalid_request",
                 "more than one token presented",
-                Outcome::BadRequest,
+                Reason::MultipleTokens,
             ),
             BodyTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 None,
                 "invalid_request",
                 "request body timed out",
-                Outcome::BadRequest,
+                Reason::BodyTimeout,
             ),
             BadBody => (
                 StatusCode::BAD_REQUEST,
                 None,
                 "invalid_request",
                 "malformed request body",
-                Outcome::BadRequest,
+                Reason::BadBody,
             ),
             BadMethod => (
                 StatusCode::BAD_REQUEST,
                 None,
                 "invalid_request",
                 "method not accepted",
-                Outcome::BadRequest,
+                Reason::BadMethod,
             ),
             BadForwardedFor => (
                 StatusCode::BAD_REQUEST,
                 None,
                 "invalid_request",
                 "X-Forwarded-For names no client address",
-                Outcome::BadRequest,
+                Reason::BadForwardedFor,
             ),
             UnderscoreHeader => (
                 StatusCode::BAD_REQUEST,
                 None,
                 "invalid_request",
                 "header names with underscores are not accepted",
-                Outcome::BadRequest,
+                Reason::UnderscoreHeader,
             ),
             BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 None,
                 "invalid_request",
                 "request body too large",
-                Outcome::BadRequest,
+                Reason::BodyTooLarge,
             ),
             NoRoute => (
                 StatusCode::NOT_FOUND,
                 None,
                 "not_found",
                 "no route",
-                Outcome::NotFound,
+                Reason::NoRoute,
             ),
             MissingToken => (
                 StatusCode::UNAUTHORIZED,
                 Some(""),
                 "invalid_token",
                 "token missing",
-                Outcome::NoToken,
+                Reason::NoToken,
             ),
             Malformed => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "token malformed",
-                Outcome::InvalidToken,
+                Reason::Malformed,
             ),
             AlgorithmNotAllowed => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "algorithm not allowed",
-                Outcome::InvalidToken,
+                Reason::Algorithm,
             ),
             UnsupportedCrit => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "unsupported critical header",
-                Outcome::InvalidToken,
+                Reason::UnsupportedCrit,
             ),
             UnknownIssuer => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "issuer not allowed",
-                Outcome::InvalidToken,
+                Reason::UnknownIssuer,
             ),
             UnknownKey => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "unknown key",
-                Outcome::InvalidToken,
+                Reason::UnknownKid,
             ),
             BadSignature => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "signature invalid",
-                Outcome::InvalidToken,
+                Reason::BadSignature,
             ),
             Expired => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "token expired",
-                Outcome::Expired,
+                Reason::Expired,
             ),
             NotYetValid => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "token not yet valid",
-                Outcome::InvalidToken,
+                Reason::NotYetValid,
             ),
             IssuedInFuture => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "token issued in the future",
-                Outcome::InvalidToken,
+                Reason::IssuedInFuture,
             ),
             WrongIssuer => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "issuer not allowed",
-                Outcome::InvalidToken,
+                Reason::Issuer,
             ),
             WrongAudience => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "audience not allowed",
-                Outcome::InvalidToken,
+                Reason::Audience,
             ),
             LifetimeTooLong => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "token lifetime too long",
-                Outcome::InvalidToken,
+                Reason::Lifetime,
             ),
             ClientCertRequired => (
                 StatusCode::FORBIDDEN,
                 None,
                 "invalid_request",
                 "client certificate required",
-                Outcome::Forbidden,
+                Reason::ClientCert,
             ),
             CrossOrigin => (
                 StatusCode::FORBIDDEN,
                 None,
                 "invalid_request",
                 "cross-origin request refused",
-                Outcome::Forbidden,
+                Reason::CrossOrigin,
             ),
             UnusableClaim => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "identity claims not usable",
-                Outcome::InvalidToken,
+                Reason::UnusableClaim,
             ),
             InsufficientScope => (
                 StatusCode::FORBIDDEN,
                 Some("insufficient_scope"),
                 "insufficient_scope",
                 "insufficient scope",
-                Outcome::Forbidden,
+                Reason::Scope,
             ),
             ClaimMismatch => (
                 StatusCode::FORBIDDEN,
                 Some("insufficient_scope"),
                 "insufficient_scope",
                 "claims do not satisfy the route policy",
-                Outcome::Forbidden,
+                Reason::Claim,
             ),
             Revoked => (
                 StatusCode::UNAUTHORIZED,
                 Some("invalid_token"),
                 "invalid_token",
                 "token revoked",
-                Outcome::Revoked,
+                Reason::Revoked,
             ),
             RevocationsNotReady => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
                 "temporarily_unavailable",
                 "revocation status not yet known",
-                Outcome::Unavailable,
+                Reason::RevocationsNotReady,
             ),
             RevocationsStale => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
                 "temporarily_unavailable",
                 "revocation status unavailable",
-                Outcome::Unavailable,
+                Reason::RevocationsStale,
             ),
             KeysUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
                 "temporarily_unavailable",
                 "signing keys unavailable",
-                Outcome::Unavailable,
+                Reason::KeysUnavailable,
             ),
             UpstreamUnavailable => (
                 StatusCode::BAD_GATEWAY,
                 None,
                 "bad_gateway",
                 "upstream unavailable",
-                Outcome::UpstreamError,
+                Reason::UpstreamUnavailable,
             ),
             UpstreamBadUpgrade => (
                 StatusCode::BAD_GATEWAY,
                 None,
                 "bad_gateway",
                 "upstream did not accept the upgrade",
-                Outcome::UpstreamError,
+                Reason::UpstreamBadUpgrade,
             ),
             Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
                 "temporarily_unavailable",
                 "gateway busy",
-                Outcome::Unavailable,
+                Reason::Overloaded,
             ),
             UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 None,
                 "gateway_timeout",
                 "upstream timed out",
-                Outcome::UpstreamError,
+                Reason::UpstreamTimeout,
             ),
         };
         Answer {
@@ -392,12 +344,17 @@ impl Reject {
             challenge,
             error,
             description,
-            outcome,
+            reason,
         }
     }
 
     pub fn outcome(self) -> Outcome {
-        self.answer().outcome
+        self.reason().outcome()
+    }
+
+    /// The bounded reason logged and counted.
+    pub fn reason(self) -> Reason {
+        self.answer().reason
     }
 
     pub fn status(self) -> StatusCode {

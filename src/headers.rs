@@ -161,10 +161,22 @@ pub struct Forwarding<'a> {
     pub proto: &'static str,
     /// The host the client addressed (`Host` or `:authority`), in canonical form.
     pub host: Option<HeaderValue>,
+    /// `X-Request-Id` ([`request_id`]).
+    pub request_id: &'a HeaderValue,
 }
 
-/// Prepare request headers for the upstream. Returns the request id used.
-pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderValue {
+/// The request's id: the client's `X-Request-Id` when there is exactly one, short and
+/// plain; otherwise a new random one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let mut given = headers.get_all(X_REQUEST_ID).iter();
+    match (given.next(), given.next()) {
+        (Some(v), None) if well_formed_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    }
+}
+
+/// Prepare request headers for the upstream.
+pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     strip_connection_named(headers);
     // The client's view of the chain is not trusted either (the gateway is the edge), nor
     // any copy of an identity header, nor a name an upstream folding `_` into `-` would
@@ -195,19 +207,7 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) -> HeaderVal
         headers.insert(HOST, host.clone());
         headers.insert(X_FORWARDED_HOST, host);
     }
-    let id = match headers.get(X_REQUEST_ID) {
-        Some(v)
-            if well_formed_request_id(v) && headers.get_all(X_REQUEST_ID).iter().count() == 1 =>
-        {
-            v.clone()
-        }
-        _ => {
-            let id = new_request_id();
-            headers.insert(X_REQUEST_ID, id.clone());
-            id
-        }
-    };
-    id
+    headers.insert(X_REQUEST_ID, f.request_id.clone());
 }
 
 /// `X-Forwarded-For` and the client address for a request from `peer` (whose own
@@ -292,9 +292,11 @@ mod tests {
                 client: &forwarded_for("127.0.0.1".parse().expect("ip")),
                 proto: "http",
                 host: Some(HeaderValue::from_static("a")),
+                request_id: &HeaderValue::from_static("r-1"),
             },
         );
         assert!(h.get("x-secret").is_none());
+        assert_eq!(h.get(X_REQUEST_ID), Some(&HeaderValue::from_static("r-1")));
         assert_eq!(
             h.get_all("x-user-id").iter().collect::<Vec<_>>(),
             vec![&HeaderValue::from_static("42")]
@@ -334,6 +336,7 @@ mod tests {
                     client: &forwarded_for("127.0.0.1".parse().expect("ip")),
                     proto: "http",
                     host: None,
+                    request_id: &HeaderValue::from_static("r-1"),
                 },
             );
             let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
@@ -353,5 +356,26 @@ mod tests {
             );
             assert_eq!(left.contains(&"x_app_flag"), policy == Underscores::Allow);
         }
+    }
+
+    /// A client's id is kept only when there is one, short and plain.
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-1.2:3_4"));
+        assert_eq!(request_id(&h), "abc-1.2:3_4");
+        h.append(X_REQUEST_ID, HeaderValue::from_static("second"));
+        assert_ne!(request_id(&h), "abc-1.2:3_4", "two ids: neither is trusted");
+        for bad in ["has space", "a\"b", ""] {
+            h.insert(X_REQUEST_ID, HeaderValue::from_str(bad).expect("value"));
+            let id = request_id(&h);
+            assert_ne!(id, bad);
+            assert_eq!(id.len(), 32, "a fresh random id");
+        }
+        h.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(&"a".repeat(129)).expect("value"),
+        );
+        assert_eq!(request_id(&h).len(), 32, "too long: replaced");
     }
 }

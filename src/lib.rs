@@ -51,6 +51,8 @@ pub mod path;
 
 pub mod config;
 
+pub mod reason;
+
 pub mod error;
 
 pub mod metrics;

@@ -30,6 +30,17 @@ enum Command {
     /// Revoke a token (`--jti`), a session (`--sid`) or a subject's tokens (`--sub`); many
     /// at once from a file (`--file`); or delete a revocation (`--delete ID`).
     Revoke(Box<RevokeArgs>),
+    /// Probe a running gateway or control plane (for container and Kubernetes health
+    /// checks: the image has no curl); exit status 0 when it answers 2xx.
+    Health {
+        /// What to ask: the gateway's admin `/healthz` (alive) or `/readyz` (keys and
+        /// revocations loaded), or the control plane's `/healthz`.
+        #[arg(long, default_value = "http://127.0.0.1:9900/readyz")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
+    },
     /// Validate a configuration file offline; exit status 0 when it is valid.
     Check {
         #[arg(short, long, value_name = "FILE")]
@@ -163,6 +174,19 @@ fn main() -> ExitCode {
             })
         }
         Command::Keygen { dir } => keygen(&dir),
+        Command::Health { url, timeout } => {
+            match health(&url, std::time::Duration::from_secs(timeout.max(1))) {
+                Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+                Ok(status) => {
+                    eprintln!("jwtgate health: {url} answered {status}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("jwtgate health: {url}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token {
             key,
             iss,
@@ -181,6 +205,50 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The status `url` (plain http) answers a GET with.
+fn health(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// URLs (the admin and control listeners)".into());
+    }
+    let authority = uri.authority().ok_or("the URL names no host")?;
+    let port = authority.port_u16().unwrap_or(80);
+    let addr = (authority.host().trim_matches(['[', ']']), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .next()
+        .ok_or("the host resolves to no address")?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("cannot send: {e}"))?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match conn.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("no answer: {e}")),
+        }
+    }
+    let line = std::str::from_utf8(&head[..n]).unwrap_or("");
+    line.strip_prefix("HTTP/1.1 ")
+        .or_else(|| line.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| "the answer is not HTTP".to_owned())
 }
 
 fn keygen(dir: &Path) -> ExitCode {

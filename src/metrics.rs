@@ -10,9 +10,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::error::Outcome;
+use crate::reason::Reason;
 
-/// Requests by route and outcome.
+/// Requests by route, outcome and reason.
 pub const REQUESTS_TOTAL: &str = "jwtgate_requests_total";
 /// Time from request head to response head, by route.
 pub const REQUEST_DURATION_SECONDS: &str = "jwtgate_request_duration_seconds";
@@ -54,8 +54,25 @@ const DURATION_BUCKETS: &[f64] = &[
 
 /// Series of one route, resolved at start-up.
 pub struct RouteSeries {
-    pub outcomes: [IntCounter; Outcome::ALL.len()],
+    /// By [`Reason::index`]; `None` where the reason cannot arise for this series.
+    reasons: Vec<Option<IntCounter>>,
+    route: String,
+    requests: IntCounterVec,
     pub duration: Histogram,
+}
+
+impl RouteSeries {
+    /// Count one request.
+    pub fn count(&self, reason: Reason) {
+        match &self.reasons[reason.index()] {
+            Some(c) => c.inc(),
+            // Not expected (see [`Reason::possible`]); counted rather than lost.
+            None => self
+                .requests
+                .with_label_values(&[&self.route, reason.outcome().as_str(), reason.as_str()])
+                .inc(),
+        }
+    }
 }
 
 /// The components running in a process; each exports its metrics through the one registry.
@@ -108,7 +125,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 
 fn help(name: &str) -> &'static str {
     match name {
-        REQUESTS_TOTAL => "Requests by route and outcome.",
+        REQUESTS_TOTAL => "Requests by route, outcome and reason (why allowed or refused).",
         REQUEST_DURATION_SECONDS => "Time from request head to response head.",
         UPSTREAM_DURATION_SECONDS => "Time the upstream took to send its response head.",
         JWKS_REFRESH_TOTAL => "JWKS fetch attempts by issuer and result.",
@@ -157,7 +174,7 @@ impl Metrics {
                 help(TOKEN_CACHE_MISSES_TOTAL),
             )
             .expect("valid metric"),
-            requests: counter_vec(REQUESTS_TOTAL, &["route", "outcome"]),
+            requests: counter_vec(REQUESTS_TOTAL, &["route", "outcome", "reason"]),
             request_duration: histogram_vec(REQUEST_DURATION_SECONDS, "route"),
             upstream_duration: histogram_vec(UPSTREAM_DURATION_SECONDS, "upstream"),
             revocations: gauge_vec(REVOCATIONS, &["kind"]),
@@ -199,10 +216,22 @@ impl Metrics {
         Metrics(Arc::new(m))
     }
 
-    /// Resolve a route's series once; every outcome starts at zero so dashboards see it.
-    pub fn route(&self, route: &str) -> RouteSeries {
+    /// Resolve a route's series once (`routed`: a configured route, not `(none)`); every
+    /// reason that can arise there starts at zero so dashboards see it, and none that
+    /// cannot is created.
+    pub fn route(&self, route: &str, routed: bool) -> RouteSeries {
         RouteSeries {
-            outcomes: Outcome::ALL.map(|o| self.requests.with_label_values(&[route, o.as_str()])),
+            reasons: Reason::ALL
+                .iter()
+                .map(|r| {
+                    r.possible(routed).then(|| {
+                        self.requests
+                            .with_label_values(&[route, r.outcome().as_str(), r.as_str()])
+                    })
+                })
+                .collect(),
+            route: route.to_owned(),
+            requests: self.requests.clone(),
             duration: self.request_duration.with_label_values(&[route]),
         }
     }

@@ -60,7 +60,7 @@ pub fn rewrite(
         &peer.forwarded_for,
         &parts.headers,
     )?;
-    let request_id = headers::prepare_request(
+    headers::prepare_request(
         &mut parts.headers,
         &Forwarding {
             underscores: gw.config.underscore_headers,
@@ -70,12 +70,12 @@ pub fn rewrite(
             client: &client,
             proto: peer.proto,
             host: admitted.host.clone(),
+            request_id: &trace.request_id,
         },
     );
     parts.uri = uri;
     // The version spoken is the upstream's, whatever the client spoke.
     parts.version = upstream.version;
-    trace.request_id = Some(request_id);
     if admitted.websocket.is_none() {
         return Ok(None);
     }

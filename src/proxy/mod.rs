@@ -17,10 +17,11 @@ use hyper::body::Incoming;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::error::{Outcome, Reject};
+use crate::error::Reject;
 use crate::headers;
 use crate::live::{LiveBody, LiveRegistry};
 use crate::metrics::{Metrics, RouteSeries, NO_ROUTE};
+use crate::reason::Reason;
 use crate::revocation::Revocations;
 use crate::route::Router;
 use crate::upstream::Upstream;
@@ -128,7 +129,7 @@ impl Gateway {
         let route_series = config
             .routes
             .iter()
-            .map(|r| metrics.route(&r.name))
+            .map(|r| metrics.route(&r.name, true))
             .collect();
         let identity_names = config
             .identity_headers
@@ -144,7 +145,7 @@ impl Gateway {
             verifier,
             upstreams,
             route_series,
-            no_route: metrics.route(NO_ROUTE),
+            no_route: metrics.route(NO_ROUTE, false),
             identity_names,
             metrics,
             config,
@@ -156,7 +157,9 @@ impl Gateway {
 /// What the access log and metrics need to know about a finished request.
 pub struct Trace {
     route: Option<usize>,
-    request_id: Option<http::HeaderValue>,
+    /// The client's own `X-Request-Id` when it is short and plain, else a new one; the
+    /// upstream sees it and the client gets it back, whatever the answer.
+    request_id: HeaderValue,
 }
 
 /// The client end of a connection, computed once per connection.
@@ -185,33 +188,43 @@ impl Peer {
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
+    // Only an access line that will be written pays for a copy of the path.
+    let path = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO)
+        .then(|| req.uri().path().to_owned());
     let mut trace = Trace {
         route: None,
-        request_id: None,
+        request_id: headers::request_id(req.headers()),
     };
     let result = process(&gw, req, &peer, &mut trace).await;
-    let (resp, outcome) = match result {
-        Ok(resp) => (resp, Outcome::Allowed),
+    let (mut resp, reason) = match result {
+        Ok(resp) => (resp, Reason::Allowed),
         Err(reject) => (
             reject.respond(&gw.config.realm).map(Either::Right),
-            reject.outcome(),
+            reject.reason(),
         ),
     };
+    resp.headers_mut()
+        .insert(headers::X_REQUEST_ID, trace.request_id.clone());
 
     // 10. Observe.
     let series = trace.route.map_or(&gw.no_route, |i| &gw.route_series[i]);
-    series.outcomes[outcome.index()].inc();
+    series.count(reason);
     let elapsed = start.elapsed();
     series.duration.observe(elapsed.as_secs_f64());
+    let route = trace.route.map(|i| &gw.config.routes[i]);
     tracing::info!(
         target: "jwtgate::access",
+        request_id = trace.request_id.to_str().unwrap_or("-"),
         client = %peer.addr.ip(),
-        method = %method,
-        route = trace.route.map_or(NO_ROUTE, |i| gw.config.routes[i].name.as_str()),
+        method = method.as_str(),
+        path = path.as_deref(),
+        route = route.map_or(NO_ROUTE, |r| r.name.as_str()),
+        upstream = route.map(|r| gw.upstreams[r.upstream].name.as_str()),
         status = resp.status().as_u16(),
-        outcome = outcome.as_str(),
+        outcome = reason.outcome().as_str(),
+        reason = reason.as_str(),
+        bytes = http_body::Body::size_hint(resp.body()).exact(),
         duration_us = elapsed.as_micros() as u64,
-        request_id = trace.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
     );
     resp
 }

@@ -249,7 +249,9 @@ async fn large_bodies_stream_with_bounded_memory() {
     assert!(growth_mib < 20.0, "RSS grew by {growth_mib:.1} MiB");
 }
 
-/// One JSON access line per request, with route and status; never the token, from any source.
+/// One JSON access line per request, allowed or refused: request id (the one the client got
+/// back in `X-Request-Id`), method, path without its query, route, upstream, status, bytes,
+/// a bounded reason precise enough to act on; never the token, from any source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_never_holds_a_token() {
     let echo = Echo::start().await.expect("echo");
@@ -281,17 +283,52 @@ async fn access_log_never_holds_a_token() {
     }
     let token = Signer::hmac(secret.as_bytes(), jsonwebtoken::Algorithm::HS256)
         .mint(&claims("https://s.example"));
-    assert_eq!(get(gw.addr, "/a", &[&bearer(&token)]).await.status, 200);
-    assert_eq!(
-        get(gw.addr, &format!("/b?access_token={token}"), &[])
-            .await
-            .status,
-        200
-    );
+    let first = get(gw.addr, "/a", &[&bearer(&token)]).await;
+    assert_eq!(first.status, 200);
+    let second = get(gw.addr, &format!("/b?access_token={token}"), &[]).await;
+    assert_eq!(second.status, 200);
     let mut expired = claims("https://s.example");
     expired["exp"] = serde_json::json!(now() - 3600);
-    let bad = Signer::hmac(secret.as_bytes(), jsonwebtoken::Algorithm::HS256).mint(&expired);
-    assert_eq!(get(gw.addr, "/c", &[&bearer(&bad)]).await.status, 401);
+    let signer = Signer::hmac(secret.as_bytes(), jsonwebtoken::Algorithm::HS256);
+    let bad = signer.mint(&expired);
+    let mut wrong_aud = claims("https://s.example");
+    wrong_aud["aud"] = serde_json::json!("other");
+    let wrong_aud = signer.mint(&wrong_aud);
+    let forged = Signer::hmac(
+        b"another secret of thirty-two bytes!",
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .mint(&claims("https://s.example"));
+    // (path, headers, status, reason)
+    let cases: [(&str, Vec<String>, u16, &str); 6] = [
+        ("/c", vec![bearer(&bad)], 401, "expired"),
+        ("/d", vec![bearer(&wrong_aud)], 401, "audience"),
+        ("/e", vec![bearer(&forged)], 401, "bad_signature"),
+        ("/f", vec![bearer("not-a-jwt")], 401, "malformed"),
+        ("/g", vec![], 401, "no_token"),
+        (
+            "/h",
+            vec!["X-Request-Id: client-chosen.id-1".to_owned()],
+            401,
+            "no_token",
+        ),
+    ];
+    let mut ids = vec![
+        first.header("x-request-id").expect("id on 200").to_owned(),
+        second.header("x-request-id").expect("id on 200").to_owned(),
+    ];
+    for (path, headers, status, _) in &cases {
+        let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let r = get(gw.addr, path, &h).await;
+        assert_eq!(r.status, *status, "{path}");
+        ids.push(
+            r.header("x-request-id")
+                .expect("id on a refusal")
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids[7], "client-chosen.id-1", "a plain client id is kept");
+    assert_ne!(ids[0], ids[1], "ids are fresh per request");
     std::thread::sleep(Duration::from_millis(200));
     drop(gw);
     let text = std::fs::read_to_string(&log).expect("log");
@@ -300,11 +337,32 @@ async fn access_log_never_holds_a_token() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"] == "jwtgate::access")
         .collect();
-    assert_eq!(access.len(), 3, "{text}");
+    assert_eq!(access.len(), 2 + cases.len(), "{text}");
     assert_eq!(access[0]["route"], "api");
+    assert_eq!(access[0]["upstream"], "echo");
+    assert_eq!(access[0]["method"], "GET");
     assert_eq!(access[0]["status"], 200);
-    assert_eq!(access[2]["outcome"], "expired");
-    for t in [&token, &bad] {
+    assert_eq!(access[0]["reason"], "ok");
+    assert_eq!(
+        access[1]["path"], "/b",
+        "the query (and its token) is not logged"
+    );
+    for (i, (path, _, status, reason)) in cases.iter().enumerate() {
+        let line = &access[2 + i];
+        assert_eq!(line["path"], *path);
+        assert_eq!(line["status"], *status);
+        assert_eq!(line["reason"], *reason, "{line}");
+        assert!(line["bytes"].as_u64().is_some_and(|n| n > 0), "{line}");
+    }
+    for (line, id) in access.iter().zip(&ids) {
+        assert_eq!(
+            line["request_id"],
+            id.as_str(),
+            "the logged id is the one returned"
+        );
+    }
+    assert!(!text.contains("Some("), "no Rust debug strings: {text}");
+    for t in [&token, &bad, &wrong_aud, &forged] {
         let sig = t.rsplit('.').next().expect("sig");
         assert!(!text.contains(sig), "a token signature is in the log");
         let payload = t.split('.').nth(1).expect("payload");
@@ -473,4 +531,48 @@ fn expanded_secrets_never_appear_in_errors() {
     assert!(!ok);
     assert!(out.contains("${JWTGATE_SYNC_TOKEN}"), "{out}");
     assert!(!out.contains("sync-token"), "the secret leaked: {out}");
+}
+
+/// `jwtgate health` is the container probe: 0 for a 2xx answer, 1 with the reason for
+/// anything else (not ready yet, nothing listening, not HTTP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_the_admin_listener() {
+    let echo = Echo::start().await.expect("echo");
+    let closed = free_port();
+    // Keys from an IdP that is down: alive, not ready.
+    let gw = start_gateway(&format!(
+        "listeners: [ {{ address: \"127.0.0.1:0\" }} ]\nadmin: {{ address: \"127.0.0.1:0\" }}\nissuers:\n  - {{ name: idp, issuer: https://idp.test, jwks_uri: \"http://127.0.0.1:{closed}/jwks\", audiences: [api], algorithms: [RS256] }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}\n",
+        echo.addr
+    ))
+    .await;
+    let admin = gw.admin.expect("admin");
+    let probe = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(BIN)
+                .args(["health", "--url", &url])
+                .output()
+                .expect("run health");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (code, _) = probe(format!("http://{admin}/healthz"))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "alive");
+    let (code, err) = probe(format!("http://{admin}/readyz")).await.expect("join");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("answered 503"), "{err}");
+    let (code, err) = probe(format!("http://127.0.0.1:{closed}/healthz"))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot connect"), "{err}");
+    let (code, err) = probe("https://127.0.0.1:1/".to_owned())
+        .await
+        .expect("join");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("only http://"), "{err}");
 }

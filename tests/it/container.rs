@@ -120,6 +120,53 @@ fn compose_file_wires_the_stack() {
             assert!(!text.contains(shipped), "{file} ships a key ({shipped})");
         }
     }
+    // Health checks run the binary itself (the image has no curl) against the port and
+    // path the service's configuration really serves.
+    for (s, url) in [
+        ("control", "http://127.0.0.1:9901/healthz"),
+        ("gateway-1", "http://127.0.0.1:9900/readyz"),
+        ("gateway-2", "http://127.0.0.1:9900/readyz"),
+    ] {
+        let test: Vec<&str> = compose["services"][s]["healthcheck"]["test"]
+            .as_sequence()
+            .expect("healthcheck")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(test, ["CMD", "jwtgate", "health", "--url", url], "{s}");
+    }
+    let port_of = |file: &str, key: &str| {
+        let text = std::fs::read_to_string(root().join(file)).expect("config");
+        let v: serde_norway::Value = serde_norway::from_str(&text).expect("yaml");
+        let addr = match key {
+            "admin" => v["admin"]["address"].as_str().map(str::to_owned),
+            _ => v[key].as_str().map(str::to_owned),
+        };
+        addr.and_then(|a| a.rsplit(':').next().map(str::to_owned))
+    };
+    assert_eq!(
+        port_of("docker/config/control.yaml", "listen").as_deref(),
+        Some("9901")
+    );
+    assert_eq!(
+        port_of("docker/config/gateway.yaml", "admin").as_deref(),
+        Some("9900")
+    );
+    assert_eq!(
+        compose["services"]["gateway-1"]["depends_on"]["control"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains(
+        r#"HEALTHCHECK --interval=5s --timeout=3s CMD ["/usr/local/bin/jwtgate", "health"]"#
+    ));
+    let ignored = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    for path in ["target/", "config/keys/", ".git/"] {
+        assert!(
+            ignored.lines().any(|l| l == path),
+            ".dockerignore misses {path}"
+        );
+    }
     let control = &compose["services"]["control"];
     assert_eq!(control["command"][0].as_str(), Some("control"));
     assert!(control["environment"]["JWTGATE_PG_URL"]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules that import nothing from the crate.
-const LEAVES: &[&str] = &["backoff", "clock", "http1", "http_client", "path"];
+const LEAVES: &[&str] = &["backoff", "clock", "http1", "http_client", "path", "reason"];
 /// Modules above the data plane: only these may name `control`.
 const ABOVE_DATA_PLANE: &[&str] = &["control", "app", "dev"];
 

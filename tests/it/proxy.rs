@@ -447,10 +447,13 @@ async fn metrics_and_admin() {
     assert_eq!(get(s.a(), "/%2e%2e/", &[]).await.status, 400);
     let m = String::from_utf8(get(admin, "/metrics", &[]).await.body).expect("utf8");
     for line in [
-        "jwtgate_requests_total{outcome=\"allowed\",route=\"default\"} 1",
-        "jwtgate_requests_total{outcome=\"no_token\",route=\"default\"} 1",
-        "jwtgate_requests_total{outcome=\"invalid_token\",route=\"default\"} 1",
-        "jwtgate_requests_total{outcome=\"bad_request\",route=\"(none)\"} 1",
+        "jwtgate_requests_total{outcome=\"allowed\",reason=\"ok\",route=\"default\"} 1",
+        "jwtgate_requests_total{outcome=\"no_token\",reason=\"no_token\",route=\"default\"} 1",
+        "jwtgate_requests_total{outcome=\"invalid_token\",reason=\"malformed\",route=\"default\"} 1",
+        "jwtgate_requests_total{outcome=\"bad_request\",reason=\"bad_path\",route=\"(none)\"} 1",
+        // Present at zero from the start, so dashboards and alerts see them.
+        "jwtgate_requests_total{outcome=\"revoked\",reason=\"revoked\",route=\"default\"} 0",
+        "jwtgate_requests_total{outcome=\"not_found\",reason=\"no_route\",route=\"(none)\"} 0",
         "jwtgate_jwks_keys{issuer=\"idp\"} 1",
         "jwtgate_token_cache_misses_total",
         "jwtgate_request_duration_seconds_bucket{route=\"default\"",
@@ -459,6 +462,9 @@ async fn metrics_and_admin() {
         assert!(m.contains(line), "missing {line}\n{m}");
     }
     assert!(!m.contains(&t), "a token in the metrics");
+    // No series for what cannot happen: no route is chosen before the path is checked.
+    assert!(!m.contains("reason=\"no_route\",route=\"default\""), "{m}");
+    assert!(!m.contains("reason=\"expired\",route=\"(none)\""), "{m}");
     assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
     assert_eq!(get(admin, "/readyz", &[]).await.status, 200);
     tokio::time::sleep(Duration::from_millis(1)).await;

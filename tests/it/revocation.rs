@@ -125,7 +125,9 @@ async fn revocation_propagates_within_a_second() {
     let m = String::from_utf8(get(w.gw.admin.expect("admin"), "/metrics", &[]).await.body)
         .expect("utf8");
     assert!(m.contains("jwtgate_revocations{kind=\"jti\"} 100"), "{m}");
-    assert!(m.contains("jwtgate_requests_total{outcome=\"revoked\",route=\"api\"}"));
+    assert!(
+        m.contains("jwtgate_requests_total{outcome=\"revoked\",reason=\"revoked\",route=\"api\"}")
+    );
 }
 
 /// `sid` kills every token of that session (not others); a `sub` cutoff kills tokens
@@ -729,7 +731,7 @@ async fn single_node_metrics_show_both_planes() {
     for series in [
         "jwtgate_control_revocations_written_total{kind=\"jti\"} 1",
         "jwtgate_control_stream_clients 0",
-        "jwtgate_requests_total{outcome=\"revoked\",route=\"api\"} 1",
+        "jwtgate_requests_total{outcome=\"revoked\",reason=\"revoked\",route=\"api\"} 1",
         "jwtgate_revocations{kind=\"jti\"} 1",
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
