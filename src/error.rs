@@ -1,6 +1,7 @@
 //! Every way a request can be refused, and the ONE place that turns each into a status,
-//! an RFC 6750 challenge, a JSON body and a metric outcome. The `match` is exhaustive on
-//! purpose: a new reason cannot be added without deciding how it answers.
+//! an RFC 6750 challenge, a JSON body and a [`Reason`] (which holds the metric outcome).
+//! The `match` is exhaustive on purpose: a new refusal cannot be added without deciding how
+//! it answers.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -8,7 +9,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use crate::path::PathError;
-pub use crate::reason::{Outcome, Reason};
+use crate::reason::Reason;
 
 /// Why a request was not forwarded (or forwarding failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,10 +347,6 @@ impl Reject {
             description,
             reason,
         }
-    }
-
-    pub fn outcome(self) -> Outcome {
-        self.reason().outcome()
     }
 
     /// The bounded reason logged and counted.

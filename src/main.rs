@@ -175,7 +175,7 @@ fn main() -> ExitCode {
         }
         Command::Keygen { dir } => keygen(&dir),
         Command::Health { url, timeout } => {
-            match health(&url, std::time::Duration::from_secs(timeout.max(1))) {
+            match runtime.block_on(health(&url, std::time::Duration::from_secs(timeout.max(1)))) {
                 Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
                 Ok(status) => {
                     eprintln!("jwtgate health: {url} answered {status}");
@@ -207,48 +207,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// The status `url` (plain http) answers a GET with.
-fn health(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
+/// The status `url` (plain http: the admin and control listeners) answers a GET with,
+/// through the crate's one HTTP client.
+async fn health(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err("only http:// URLs (the admin and control listeners)".into());
     }
-    let authority = uri.authority().ok_or("the URL names no host")?;
-    let port = authority.port_u16().unwrap_or(80);
-    let addr = (authority.host().trim_matches(['[', ']']), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve: {e}"))?
-        .next()
-        .ok_or("the host resolves to no address")?;
-    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    conn.set_read_timeout(Some(timeout))
+    let client: jwtgate::http_client::HttpsClient<http_body_util::Empty<bytes::Bytes>> =
+        jwtgate::http_client::build(
+            jwtgate::http_client::system_roots(),
+            jwtgate::http_client::Protocol::Http1,
+            timeout,
+        );
+    let req = http::Request::get(uri)
+        .body(http_body_util::Empty::new())
         .map_err(|e| e.to_string())?;
-    conn.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send: {e}"))?;
-    let mut head = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        match conn.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(format!("no answer: {e}")),
-        }
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+        Ok(Err(e)) if e.is_connect() => Err(format!("cannot connect: {e}")),
+        Ok(Err(e)) => Err(format!("no usable answer: {e}")),
+        Ok(Ok(resp)) => Ok(resp.status().as_u16()),
     }
-    let line = std::str::from_utf8(&head[..n]).unwrap_or("");
-    line.strip_prefix("HTTP/1.1 ")
-        .or_else(|| line.strip_prefix("HTTP/1.0 "))
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| "the answer is not HTTP".to_owned())
 }
 
 fn keygen(dir: &Path) -> ExitCode {

@@ -120,19 +120,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Allowed,
-        Outcome::BadRequest,
-        Outcome::NotFound,
-        Outcome::NoToken,
-        Outcome::InvalidToken,
-        Outcome::Expired,
-        Outcome::Revoked,
-        Outcome::Forbidden,
-        Outcome::Unavailable,
-        Outcome::UpstreamError,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Allowed => "allowed",
@@ -146,9 +133,5 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::UpstreamError => "upstream_error",
         }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
     }
 }

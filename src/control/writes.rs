@@ -66,13 +66,13 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
     if value.is_empty() {
         return Err(ApiError::EmptyValue(kind));
     }
+    if kind != Kind::Sub && body.issued_before.is_some() {
+        return Err(Invalid("`issued_before` goes with `sub`"));
+    }
     let retention = access.default_retention.as_secs();
     let lifetime = access.max_token_lifetime.as_secs();
     let (expires_at, issued_before) = match kind {
         Kind::Jti => {
-            if body.issued_before.is_some() {
-                return Err(Invalid("`issued_before` goes with `sub`"));
-            }
             let exp = body.expires_at.ok_or(Invalid(
                 "a `jti` revocation needs `expires_at` (the token's exp)",
             ))?;
@@ -88,9 +88,6 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
             (exp.saturating_add(MAX_LEEWAY_SECS), None)
         }
         Kind::Sid => {
-            if body.issued_before.is_some() {
-                return Err(Invalid("`issued_before` goes with `sub`"));
-            }
             let bound = now.saturating_add(retention.max(lifetime));
             let expires_at = body.expires_at.unwrap_or(now.saturating_add(retention));
             if expires_at > bound {
