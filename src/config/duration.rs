@@ -16,7 +16,7 @@ impl<'de> Deserialize<'de> for Dur {
         impl de::Visitor<'_> for V {
             type Value = Dur;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as 500ms, 30s, 5m or 24h")
+                f.write_str("a duration such as 500ms, 30s, 5m, 24h, 7d or 1h30m")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
                 parse_duration(s).map(Dur).map_err(E::custom)
@@ -26,33 +26,20 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// Parse `500ms`, `30s`, `5m`, `24h` and sums of them (`1h30m`).
+/// Parse `500ms`, `30s`, `5m`, `24h`, `7d` and sums of them (`1h30m`, `1d 12h`), with the
+/// units of the `humantime` crate (fractions such as `1.5s` too); a bare number or a sign
+/// is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration `{s}`: write it as 500ms, 30s, 5m or 24h");
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
+    let text = s.trim();
+    // humantime reads a bare `0` as zero; a unit is always required here.
+    if text.is_empty() || text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(s));
     }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    humantime::parse_duration(text).map_err(|_| bad(s))
+}
+
+fn bad(s: &str) -> String {
+    format!("invalid duration `{s}`: write it as 500ms, 30s, 5m, 24h, 7d or 1h30m")
 }
 
 #[cfg(test)]
@@ -68,13 +55,17 @@ mod tests {
             ("5m", Duration::from_secs(300)),
             ("24h", Duration::from_secs(86_400)),
             ("1m30s", Duration::from_secs(90)),
+            ("1d", Duration::from_secs(86_400)),
+            ("1h30m", Duration::from_secs(5_400)),
+            ("1d 12h", Duration::from_secs(129_600)),
+            ("1.5s", Duration::from_millis(1_500)),
         ];
         for (text, want) in ok {
             assert_eq!(parse_duration(text), Ok(want), "{text}");
         }
-        for bad in ["", "5", "s", "5 x", "1.5s", "-1s", "5d"] {
+        for bad in ["", "0", "5", "s", "5 x", "-1s", "5 parsecs"] {
             let e = parse_duration(bad).expect_err(bad);
-            assert!(e.contains("500ms, 30s, 5m or 24h"), "{bad}: {e}");
+            assert!(e.contains("500ms, 30s, 5m, 24h, 7d or 1h30m"), "{bad}: {e}");
         }
     }
 }
