@@ -24,6 +24,15 @@ pub struct RawPolicy {
     /// Pass the token upstream as it came (default false: it is removed).
     #[serde(default)]
     pub forward_token: bool,
+    /// A request without a token passes anonymously (no identity headers); one with a
+    /// token must still present a valid, unrevoked one (default false).
+    #[serde(default)]
+    pub optional: bool,
+    /// CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) pass
+    /// without a token, anonymously, to the upstream that answers them (default false:
+    /// they need a token like any request, which browsers never send on a preflight).
+    #[serde(default)]
+    pub allow_preflight: bool,
     /// End WebSockets and streams of this route when the token expires (default true).
     pub close_on_expiry: Option<bool>,
     /// Origins (`https://app.example.com`) whose pages may open WebSockets here and send
@@ -68,6 +77,10 @@ pub struct AuthPolicy {
     pub sources: Vec<TokenSource>,
     /// Pass the token upstream.
     pub forward_token: bool,
+    /// No token: anonymous, forwarded without identity.
+    pub optional: bool,
+    /// CORS preflights pass anonymously.
+    pub allow_preflight: bool,
     /// End live connections (WebSocket, streams) at the token's `exp` (+ leeway).
     pub close_on_expiry: bool,
     /// Origins allowed to use this route's ambient credentials cross-site.
@@ -158,6 +171,14 @@ impl Validator<'_> {
                 }
             })
             .collect();
+        if policy.optional
+            && (!policy.require.scopes.is_empty() || !policy.require.claims.is_empty())
+        {
+            self.err(
+                &format!("{path}.optional"),
+                "an optional route cannot `require` scopes or claims: an anonymous request would skip them; drop `optional` or the requirement",
+            );
+        }
         let mut claims = Vec::new();
         for (name, m) in policy.require.claims {
             let cp = format!("{path}.require.claims.{name}");
@@ -214,6 +235,8 @@ impl Validator<'_> {
             claims,
             sources,
             forward_token: policy.forward_token,
+            optional: policy.optional,
+            allow_preflight: policy.allow_preflight,
             close_on_expiry: policy.close_on_expiry.unwrap_or(true),
             allowed_origins: policy.allowed_origins.as_ref().map(|list| {
                 list.iter()
@@ -297,6 +320,11 @@ mod tests {
                 (8, 43),
             ),
             ("{ issuers: [i], nope: 1 }", "routes[0].auth.nope", (8, 27)),
+            (
+                "{ issuers: [i], optional: true, require: { scopes: [a] } }",
+                "routes[0].auth.optional",
+                (8, 27),
+            ),
         ];
         assert_problems(&cases, |auth| gateway_problems(&route(auth)));
     }

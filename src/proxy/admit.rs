@@ -73,9 +73,17 @@ pub async fn admit<'g>(
     let token = match &route.auth {
         None => None,
         Some(policy) => {
-            // 4. Token: exactly one, from the route's sources.
-            let token = token::extract(&policy.sources, &parts.headers, parts.uri.query())?
-                .ok_or(Reject::MissingToken)?;
+            // A CORS preflight carries no credentials (browsers never send them on one).
+            if policy.allow_preflight && is_preflight(parts) {
+                return admitted(route, path, host, parts, None);
+            }
+            // 4. Token: exactly one, from the route's sources; none passes anonymously
+            // on an optional route.
+            let token = match token::extract(&policy.sources, &parts.headers, parts.uri.query())? {
+                Some(token) => token,
+                None if policy.optional => return admitted(route, path, host, parts, None),
+                None => return Err(Reject::MissingToken),
+            };
             if token::stray_credentials(&policy.sources, &parts.headers, parts.uri.query()) {
                 return Err(Reject::MultipleTokens);
             }
@@ -98,6 +106,25 @@ pub async fn admit<'g>(
             Some((verified, token.source))
         }
     };
+    admitted(route, path, host, parts, token)
+}
+
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_preflight(parts: &Parts) -> bool {
+    parts.method == http::Method::OPTIONS
+        && parts.headers.contains_key(http::header::ORIGIN)
+        && parts
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+fn admitted<'g>(
+    route: &'g RouteConfig,
+    path: std::borrow::Cow<'_, str>,
+    host: Option<Authority>,
+    parts: &Parts,
+    token: Option<(Arc<Verified>, usize)>,
+) -> Result<Admitted<'g>, Reject> {
     Ok(Admitted {
         route,
         normalized: match path {

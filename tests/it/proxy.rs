@@ -76,6 +76,8 @@ routes:
     match: {{ path_prefix: /keep }}
     upstream: echo
     auth: {{ issuers: [idp], forward_token: true }}
+  - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: echo, auth: {{ issuers: [idp], optional: true }} }}
+  - {{ name: cors, match: {{ path_prefix: /cors }}, upstream: echo, auth: {{ issuers: [idp], allow_preflight: true }} }}
   - {{ name: down, match: {{ path_prefix: /down }}, upstream: dead, auth: none }}
   - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: silent, auth: none }}
   - {{ name: default, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}
@@ -468,4 +470,91 @@ async fn metrics_and_admin() {
     assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
     assert_eq!(get(admin, "/readyz", &[]).await.status, 200);
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// `optional: true`: no token passes anonymously, with no identity (spoofed copies
+/// stripped); a token that is there must be valid, or the request is refused.
+#[tokio::test]
+async fn optional_authentication() {
+    let s = setup().await;
+    let r = get(s.a(), "/maybe/x", &["X-User-Id: 1", "X-Auth-Issuer: evil"]).await;
+    assert_eq!(r.status, 200, "anonymous passes");
+    assert!(r.upstream_header("x-user-id").is_empty());
+    assert!(r.upstream_header("x-auth-issuer").is_empty());
+    let good = s.token(json!({}));
+    let r = get(s.a(), "/maybe/x", &[&bearer(&good), "X-User-Id: 1"]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    assert!(
+        r.upstream_header("authorization").is_empty(),
+        "the token stays at the gateway"
+    );
+    let expired = s.token(json!({ "exp": now() - 3600 }));
+    for (token, error) in [
+        (expired.as_str(), "invalid_token"),
+        ("x.y.z", "invalid_token"),
+    ] {
+        let r = get(s.a(), "/maybe/x", &[&bearer(token)]).await;
+        assert_eq!(r.status, 401, "a bad token is refused, not ignored");
+        assert_eq!(r.challenge_error().as_deref(), Some(error));
+    }
+    // Two tokens are as ambiguous here as anywhere; a stranger scheme is no token at all.
+    let r = get(s.a(), "/maybe/x", &[&bearer(&good), &bearer(&good)]).await;
+    assert_eq!(r.status, 400);
+    let r = get(s.a(), "/maybe/x", &["Authorization: Basic dTpw"]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.upstream_header("x-user-id").is_empty());
+}
+
+/// `allow_preflight: true`: a CORS preflight (OPTIONS + Origin + Access-Control-Request-
+/// Method) reaches the upstream without a token and without identity; nothing else does,
+/// and routes without the option still demand a token for it.
+#[tokio::test]
+async fn cors_preflight_passes_only_where_allowed() {
+    let s = setup().await;
+    let preflight = [
+        "Origin: https://app.example.com",
+        "Access-Control-Request-Method: DELETE",
+        "Access-Control-Request-Headers: authorization",
+    ];
+    let r = request(s.a(), "OPTIONS", "/cors/orders/1", &preflight).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["method"], "OPTIONS");
+    assert!(r.upstream_header("x-user-id").is_empty());
+    // A token on a preflight is not a browser's, and never reaches the upstream.
+    let good = s.token(json!({}));
+    let mut with_token = preflight.to_vec();
+    let b = bearer(&good);
+    with_token.push(&b);
+    let r = request(s.a(), "OPTIONS", "/cors/orders/1", &with_token).await;
+    assert_eq!(r.status, 200);
+    assert!(r.upstream_header("authorization").is_empty());
+    assert!(r.upstream_header("x-user-id").is_empty());
+    // Not a preflight: a token is needed.
+    for (method, headers) in [
+        ("OPTIONS", vec!["Origin: https://app.example.com"]),
+        ("OPTIONS", vec!["Access-Control-Request-Method: DELETE"]),
+        ("GET", preflight.to_vec()),
+        ("DELETE", preflight.to_vec()),
+    ] {
+        let r = request(s.a(), method, "/cors/orders/1", &headers).await;
+        assert_eq!(r.status, 401, "{method} {headers:?}");
+    }
+    // A method override cannot turn the preflight into something else.
+    let mut overridden = preflight.to_vec();
+    overridden.push("X-HTTP-Method-Override: DELETE");
+    let r = request(s.a(), "OPTIONS", "/cors/orders/1", &overridden).await;
+    assert_eq!(r.status, 200);
+    assert!(r.upstream_header("x-http-method-override").is_empty());
+    let r = request(
+        s.a(),
+        "OPTIONS",
+        "/cors/orders/1?_method=DELETE",
+        &preflight,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    // Routes without the option: the preflight needs a token like any request.
+    let r = request(s.a(), "OPTIONS", "/other", &preflight).await;
+    assert_eq!(r.status, 401);
 }
