@@ -55,6 +55,10 @@ pub enum Reject {
     ClientCertRequired,
     /// A cross-site WebSocket upgrade or state-changing request on ambient credentials.
     CrossOrigin,
+    /// A forward-auth decision asked by a peer outside `trusted_proxies`.
+    UntrustedCaller,
+    /// A forward-auth request describing its original request twice, differently.
+    AmbiguousOriginal,
     /// The token lives longer than `max_token_lifetime`: it could outlast a `sub` cutoff.
     LifetimeTooLong,
     /// `(iss, jti)`, `(iss, sid)` or a `(iss, sub)` cutoff revokes the token.
@@ -261,6 +265,20 @@ impl Reject {
                 "invalid_request",
                 "cross-origin request refused",
                 Reason::CrossOrigin,
+            ),
+            UntrustedCaller => (
+                StatusCode::FORBIDDEN,
+                None,
+                "invalid_request",
+                "only trusted proxies may ask for decisions",
+                Reason::UntrustedCaller,
+            ),
+            AmbiguousOriginal => (
+                StatusCode::BAD_REQUEST,
+                None,
+                "invalid_request",
+                "the original request is described twice, differently",
+                Reason::AmbiguousOriginal,
             ),
             UnusableClaim => (
                 StatusCode::UNAUTHORIZED,

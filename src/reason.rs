@@ -55,6 +55,8 @@ reasons! {
     BadHost => "bad_host", BadRequest, Unrouted;
     BadMethod => "bad_method", BadRequest, Unrouted;
     UnderscoreHeader => "underscore_header", BadRequest, Unrouted;
+    UntrustedCaller => "untrusted_caller", Forbidden, Unrouted;
+    AmbiguousOriginal => "ambiguous_original", BadRequest, Unrouted;
     NoRoute => "no_route", NotFound, Unrouted;
     MultipleTokens => "multiple_tokens", BadRequest, Routed;
     BodyTimeout => "body_timeout", BadRequest, Routed;

@@ -18,6 +18,11 @@ pub struct RawListener {
     pub address: String,
     /// Serve TLS on this listener (otherwise plain HTTP).
     pub tls: Option<RawListenerTls>,
+    /// Answer authorization decisions for another proxy (nginx `auth_request`, Traefik
+    /// `ForwardAuth`, Envoy `ext_authz`, Caddy `forward_auth`) instead of proxying (default
+    /// false). Only `trusted_proxies` may ask.
+    #[serde(default)]
+    pub forward_auth: bool,
 }
 
 /// `listeners[].tls`.
@@ -87,6 +92,8 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// TLS files, when the listener speaks TLS.
     pub tls: Option<TlsFiles>,
+    /// Decisions for another proxy instead of proxying.
+    pub forward_auth: bool,
 }
 
 /// PEM files of a TLS listener; re-read on SIGHUP and when they change.
@@ -253,7 +260,11 @@ impl Validator<'_> {
                     key: base.join(&t.key),
                     client_ca: t.client_ca.as_ref().map(|c| base.join(c)),
                 });
-                Some(ListenerConfig { address, tls })
+                Some(ListenerConfig {
+                    address,
+                    tls,
+                    forward_auth: l.forward_auth,
+                })
             })
             .collect()
     }

@@ -291,6 +291,14 @@ impl<'a> Validator<'a> {
         let routes = self.routes(raw.routes, &issuers, &upstreams);
         self.warn_method_shadowing(&routes);
         let revocation = raw.revocation.as_ref().map(|r| self.revocation(r, base));
+        if raw.trusted_proxies.is_empty() {
+            for (i, _) in listeners.iter().enumerate().filter(|(_, l)| l.forward_auth) {
+                self.err(
+                    &format!("listeners[{i}].forward_auth"),
+                    "list the proxies that ask (nginx, Traefik, Envoy, Caddy) in `trusted_proxies`: only they may send the original method and URI",
+                );
+            }
+        }
         Config {
             listeners,
             admin,
@@ -407,6 +415,11 @@ mod tests {
             ("realm: \"a\\\"b\"\n", "realm", (1, 1)),
             ("shutdown_grace: 0s\n", "shutdown_grace", (1, 1)),
             ("admin: { address: x }\n", "admin.address", (1, 10)),
+            (
+                "listeners: [ { address: \"127.0.0.1:0\", forward_auth: true } ]\n",
+                "listeners[0].forward_auth",
+                (1, 40),
+            ),
         ];
         assert_problems(&cases, gateway_problems);
     }

@@ -3,6 +3,7 @@
 //! downstream response ([`forward`]).
 
 mod admit;
+mod authz;
 mod forward;
 
 use std::net::SocketAddr;
@@ -171,15 +172,23 @@ pub struct Peer {
     pub proto: &'static str,
     /// The client presented a certificate the listener verified (mTLS).
     pub client_cert: bool,
+    /// The listener answers forward-auth decisions instead of proxying.
+    pub forward_auth: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, proto: &'static str, client_cert: bool) -> Peer {
+    pub fn new(
+        addr: SocketAddr,
+        proto: &'static str,
+        client_cert: bool,
+        forward_auth: bool,
+    ) -> Peer {
         Peer {
             addr,
             forwarded_for: headers::forwarded_for(addr.ip()),
             proto,
             client_cert,
+            forward_auth,
         }
     }
 }
@@ -195,7 +204,11 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
         route: None,
         request_id: headers::request_id(req.headers()),
     };
-    let result = process(&gw, req, &peer, &mut trace).await;
+    let result = if peer.forward_auth {
+        authz::decide(&gw, req, &peer, &mut trace).await
+    } else {
+        process(&gw, req, &peer, &mut trace).await
+    };
     let (mut resp, reason) = match result {
         Ok(resp) => (resp, Reason::Allowed),
         Err(reject) => (
@@ -219,7 +232,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
         method = method.as_str(),
         path = path.as_deref(),
         route = route.map_or(NO_ROUTE, |r| r.name.as_str()),
-        upstream = route.map(|r| gw.upstreams[r.upstream].name.as_str()),
+        upstream = route
+            .filter(|_| !peer.forward_auth)
+            .map(|r| gw.upstreams[r.upstream].name.as_str()),
         status = resp.status().as_u16(),
         outcome = reason.outcome().as_str(),
         reason = reason.as_str(),

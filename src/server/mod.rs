@@ -35,9 +35,17 @@ pub type Current = Arc<arc_swap::ArcSwap<Gateway>>;
 
 type TlsSettings = (Arc<rustls::ServerConfig>, Arc<ReloadingCert>);
 
+/// How a listener serves: TLS or not, proxying or forward-auth decisions.
+#[derive(Clone)]
+pub(super) struct Listening {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub forward_auth: bool,
+}
+
 /// Listeners bound, certificates read: nothing can fail for want of a port any more.
 pub struct Bound {
-    listeners: Vec<(TcpListener, Option<TlsSettings>)>,
+    /// Each with its TLS settings and whether it answers forward-auth decisions.
+    listeners: Vec<(TcpListener, Option<TlsSettings>, bool)>,
     admin: Option<TcpListener>,
 }
 
@@ -65,7 +73,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
         let bound = TcpListener::bind(l.address)
             .await
             .with_context(|| format!("cannot listen on {}", l.address))?;
-        listeners.push((bound, tls));
+        listeners.push((bound, tls, l.forward_auth));
     }
     let admin = match config.admin {
         Some(addr) => Some(
@@ -115,14 +123,20 @@ pub fn serve(
     let mut addrs = Vec::new();
     let mut certs = Vec::new();
     let mut listeners = Vec::new();
-    for (listener, tls) in bound.listeners {
+    for (listener, tls, forward_auth) in bound.listeners {
         addrs.push(listener.local_addr()?);
         let acceptor = tls.map(|(config, cert)| {
             certs.push(cert.clone());
             tasks.spawn(watch_certificate(cert, shutdown.clone()));
             tokio_rustls::TlsAcceptor::from(config)
         });
-        listeners.push((listener.into_std()?, acceptor));
+        listeners.push((
+            listener.into_std()?,
+            Listening {
+                tls: acceptor,
+                forward_auth,
+            },
+        ));
     }
     let shared = workers::Shared {
         current: current.clone(),
@@ -162,9 +176,7 @@ async fn watch_certificate(
 
 fn service(
     current: Current,
-    peer: SocketAddr,
-    proto: &'static str,
-    client_cert: bool,
+    peer: proxy::Peer,
     state: Arc<ConnState>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
@@ -174,7 +186,6 @@ fn service(
 > + Clone
        + Send
        + 'static {
-    let peer = proxy::Peer::new(peer, proto, client_cert);
     service_fn(move |mut req: Request<Incoming>| {
         // Each request runs on the generation current when it arrived.
         let gw = current.load_full();
@@ -199,7 +210,7 @@ pub(super) async fn accept_loop(
     current: Current,
     builder: auto::Builder<TokioExecutor>,
     conns: Arc<Conns>,
-    (tls, deadlines): (Option<tokio_rustls::TlsAcceptor>, Deadlines),
+    (listening, deadlines): (Listening, Deadlines),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut open = JoinSet::new();
@@ -236,7 +247,7 @@ pub(super) async fn accept_loop(
         open.spawn(serve_connection(
             stream,
             peer,
-            (tls.clone(), deadlines),
+            (listening.clone(), deadlines),
             builder.clone(),
             current.clone(),
             state,
@@ -253,19 +264,20 @@ pub(super) async fn accept_loop(
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    (tls, deadlines): (Option<tokio_rustls::TlsAcceptor>, Deadlines),
+    (listening, deadlines): (Listening, Deadlines),
     builder: auto::Builder<TokioExecutor>,
     current: Current,
     state: Arc<ConnState>,
     shutdown: watch::Receiver<bool>,
 ) {
     let deadline = deadlines.header;
-    match tls {
+    let forward_auth = listening.forward_auth;
+    match listening.tls {
         None => {
             if let Some(io) = Prefixed::first_bytes(stream, deadline).await {
                 serve_io(
                     io,
-                    (peer, "http", false),
+                    proxy::Peer::new(peer, "http", false, forward_auth),
                     &builder,
                     current,
                     (state, deadlines),
@@ -287,7 +299,7 @@ async fn serve_connection(
             if let Some(io) = Prefixed::first_bytes(tls, deadline).await {
                 serve_io(
                     io,
-                    (peer, "https", client_cert),
+                    proxy::Peer::new(peer, "https", client_cert, forward_auth),
                     &builder,
                     current,
                     (state, deadlines),
@@ -301,7 +313,7 @@ async fn serve_connection(
 
 async fn serve_io<I>(
     io: I,
-    (peer, proto, client_cert): (SocketAddr, &'static str, bool),
+    peer: proxy::Peer,
     builder: &auto::Builder<TokioExecutor>,
     current: Current,
     (state, deadlines): (Arc<ConnState>, Deadlines),
@@ -309,10 +321,8 @@ async fn serve_io<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder.serve_connection_with_upgrades(
-        TokioIo::new(io),
-        service(current, peer, proto, client_cert, state.clone()),
-    );
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service(current, peer, state.clone()));
     tokio::pin!(conn);
     let result = state
         .drive(

@@ -26,7 +26,7 @@ pub struct Shared {
     pub deadlines: Deadlines,
 }
 
-type Listener = (std::net::TcpListener, Option<tokio_rustls::TlsAcceptor>);
+type Listener = (std::net::TcpListener, super::Listening);
 
 /// Start `count` workers on `listeners`. Each is represented in `tasks` by a task that ends
 /// when the worker has stopped: after `shutdown`, once every connection has closed. If
@@ -42,7 +42,7 @@ pub fn spawn(
     for i in 0..count {
         let mine = listeners
             .iter()
-            .map(|(l, tls)| Ok((l.try_clone()?, tls.clone())))
+            .map(|(l, how)| Ok((l.try_clone()?, how.clone())))
             .collect::<std::io::Result<Vec<Listener>>>()
             .context("cannot share a listener with a worker")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -75,7 +75,7 @@ async fn work(
     stop: oneshot::Receiver<()>,
 ) {
     let mut loops = JoinSet::new();
-    for (listener, tls) in listeners {
+    for (listener, how) in listeners {
         match TcpListener::from_std(listener) {
             Ok(l) => {
                 loops.spawn(super::accept_loop(
@@ -83,7 +83,7 @@ async fn work(
                     shared.current.clone(),
                     shared.builder.clone(),
                     shared.conns.clone(),
-                    (tls, shared.deadlines),
+                    (how, shared.deadlines),
                     shutdown.clone(),
                 ));
             }

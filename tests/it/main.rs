@@ -9,6 +9,7 @@ mod cli;
 mod container;
 mod demo_keys;
 mod durability;
+mod forward_auth;
 mod hardening;
 mod idp;
 mod jwks;

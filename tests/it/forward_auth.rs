@@ -1,0 +1,254 @@
+//! Forward-auth listeners: decisions for another proxy, directly and behind a real nginx
+//! using `auth_request`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+
+struct Setup {
+    idp: Idp,
+    echo: Echo,
+    gw: jwtgate::app::Running,
+    key: Signer,
+}
+
+async fn setup(trusted: &str) -> Setup {
+    let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let echo = Echo::start().await.expect("echo");
+    let gw = start_gateway(&format!(
+        r#"
+listeners: [ {{ address: "127.0.0.1:0", forward_auth: true }} ]
+trusted_proxies: [ "{trusted}" ]
+issuers:
+  - {{ name: idp, issuer: {iss}, jwks_uri: {jwks}, audiences: [api], algorithms: [ES256] }}
+upstreams: [ {{ name: echo, url: "http://{echo}" }} ]
+identity_headers: {{ X-User-Id: sub }}
+routes:
+  - {{ name: public, match: {{ path_prefix: /public }}, upstream: echo, auth: none }}
+  - name: admin
+    match: {{ path_prefix: /admin }}
+    upstream: echo
+    auth: {{ issuers: [idp], require: {{ claims: {{ role: {{ equals: admin }} }} }} }}
+  - {{ name: default, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}
+"#,
+        iss = idp.url,
+        jwks = idp.jwks_url(),
+        echo = echo.addr,
+    ))
+    .await;
+    Setup { idp, echo, gw, key }
+}
+
+impl Setup {
+    fn token(&self, extra: serde_json::Value) -> String {
+        let mut c = claims(&self.idp.url);
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        self.key.mint(&c)
+    }
+}
+
+/// Each decision is the one the gateway would make for the described request: 200 with the
+/// identity headers, or its refusal; nothing is forwarded. Ambiguous or malformed
+/// descriptions are refused, and only trusted proxies may ask.
+#[tokio::test]
+async fn decisions_match_the_gateway() {
+    let s = setup("127.0.0.1/32").await;
+    let a = s.gw.addrs[0];
+    let good = s.token(json!({}));
+    let admin = s.token(json!({ "role": "admin" }));
+    let ask = |uri: &str, method: &str, extra: Vec<String>| {
+        let mut h = vec![
+            format!("X-Original-URI: {uri}"),
+            format!("X-Original-Method: {method}"),
+        ];
+        h.extend(extra);
+        h
+    };
+    let decide = |headers: Vec<String>| async move {
+        let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+        get(a, "/", &refs).await
+    };
+    let r = decide(ask("/orders/1?x=1", "GET", vec![bearer(&good)])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-user-id"), Some("42"));
+    assert!(r.header("x-request-id").is_some());
+    assert!(r.body.is_empty());
+    // Refusals are the gateway's own, challenge included.
+    let r = decide(ask("/orders/1", "DELETE", vec![])).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").is_some());
+    let r = decide(ask("/admin/x", "GET", vec![bearer(&good)])).await;
+    assert_eq!(r.status, 403);
+    let r = decide(ask("/admin/x", "GET", vec![bearer(&admin)])).await;
+    assert_eq!(r.status, 200);
+    // An `auth: none` route passes with no identity, whatever the caller claims.
+    let r = decide(ask("/public/x", "GET", vec!["X-User-Id: 1".into()])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-user-id"), None);
+    // The path is normalized before routing, exactly as when proxying.
+    let r = decide(ask("/public/../admin/x", "GET", vec![bearer(&good)])).await;
+    assert_eq!(r.status, 403, "the dot segment climbs into /admin");
+    for (uri, method) in [
+        ("/public/%2e%2e/admin", "GET"),
+        ("/public/..%2fadmin", "GET"),
+        ("http://evil.example/admin", "GET"),
+        ("*", "GET"),
+        ("/orders", "get"),
+        ("/orders", "G ET"),
+    ] {
+        let r = decide(ask(uri, method, vec![bearer(&good)])).await;
+        assert_eq!(r.status, 400, "{method} {uri}");
+    }
+    // Two descriptions that disagree: which request is meant is unclear.
+    let r = decide(ask(
+        "/public/x",
+        "GET",
+        vec!["X-Forwarded-Uri: /admin/x".into()],
+    ))
+    .await;
+    assert_eq!(r.status, 400);
+    let r = decide(ask(
+        "/public/x",
+        "GET",
+        vec!["X-Forwarded-Uri: /public/x".into()],
+    ))
+    .await;
+    assert_eq!(r.status, 200, "the same description twice is fine");
+    // Traefik's names; with none at all the caller asks about its own request line.
+    let r = decide(vec![
+        "X-Forwarded-Uri: /orders".into(),
+        "X-Forwarded-Method: POST".into(),
+        bearer(&good),
+    ])
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(get(a, "/orders", &[]).await.status, 401);
+    assert_eq!(
+        s.echo.stats.requests.load(Ordering::Relaxed),
+        0,
+        "nothing forwarded"
+    );
+
+    // A peer outside trusted_proxies gets no decision at all.
+    let other = setup("10.0.0.0/8").await;
+    let r = get(other.gw.addrs[0], "/", &["X-Original-URI: /public/x"]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["error_description"],
+        "only trusted proxies may ask for decisions"
+    );
+}
+
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx in front, `auth_request` asking jwtgate: a valid token reaches the upstream with
+/// the identity nginx took from the decision; no token, a bad one, or a path that climbs
+/// into a protected route does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request() {
+    let s = setup("127.0.0.1/32").await;
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nginx is needed (apt-get install -y nginx; scripts/test installs it)");
+    let dir = std::env::temp_dir().join(format!("jwtgate-nginx-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(dir.join("tmp")).expect("dir");
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        r#"
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      auth_request /_jwtgate;
+      auth_request_set $jwt_user $upstream_http_x_user_id;
+      proxy_set_header X-User-Id $jwt_user;
+      proxy_pass http://{echo};
+    }}
+    location = /_jwtgate {{
+      internal;
+      proxy_pass http://{authz}/;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $host;
+    }}
+  }}
+}}
+"#,
+        echo = s.echo.addr,
+        authz = s.gw.addrs[0],
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let _nginx = Nginx(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let good = s.token(json!({}));
+    let r = get(addr, "/orders/1", &[&bearer(&good), "X-User-Id: spoofed"]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    assert_eq!(get(addr, "/orders/1", &[]).await.status, 401);
+    assert_eq!(
+        get(addr, "/orders/1", &[&bearer("x.y.z")]).await.status,
+        401
+    );
+    let expired = s.token(json!({ "exp": now() - 3600 }));
+    assert_eq!(
+        get(addr, "/orders/1", &[&bearer(&expired)]).await.status,
+        401
+    );
+    let r = get(addr, "/public/../admin/x", &[&bearer(&good)]).await;
+    assert_eq!(
+        r.status, 403,
+        "nginx routes to /admin; so does the decision"
+    );
+    // A path jwtgate refuses outright (400) becomes nginx's 500: still no access.
+    let r = get(addr, "/public/%2e%2e/admin/x", &[&bearer(&good)]).await;
+    assert_ne!(r.status, 200);
+    let r = get(addr, "/public/x", &["X-User-Id: spoofed"]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-user-id"),
+        Vec::<String>::new(),
+        "{:?}",
+        r.json()
+    );
+}
