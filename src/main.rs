@@ -92,7 +92,7 @@ struct RevokeArgs {
     #[arg(long, value_name = "URL")]
     control: String,
     /// The issuer (`iss`) of the tokens to revoke.
-    #[arg(long, required_unless_present_any = ["file", "delete"])]
+    #[arg(long, required_unless_present_any = ["file", "delete", "token"])]
     iss: Option<String>,
     /// Revoke one token by its `jti` (give its `exp` with --exp).
     #[arg(long, group = "what", requires_all = ["exp", "iss"])]
@@ -103,6 +103,11 @@ struct RevokeArgs {
     /// Revoke every token of one subject (`sub`) issued before --before.
     #[arg(long, group = "what", requires = "iss")]
     sub: Option<String>,
+    /// Revoke this token: its `jti` (until its `exp`), or, when it has no `jti`, its session
+    /// (`sid`). Read from the token itself, not verified: the control plane learns only
+    /// identifiers. `-` reads it from standard input (out of `ps` and shell history).
+    #[arg(long, group = "what", value_name = "JWT", conflicts_with_all = ["iss", "exp", "before"])]
+    token: Option<String>,
     /// Revoke every entry of a file in batches of 5,000 (one durable commit each): a
     /// JSON array, or one JSON object per line, each as `POST /v1/revocations` takes it.
     #[arg(long, group = "what", value_name = "FILE", conflicts_with_all = ["iss", "reason"])]
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
                 jti,
                 sid,
                 sub,
+                token,
                 file,
                 delete,
                 exp,
@@ -163,6 +169,17 @@ fn main() -> ExitCode {
                 match (file, delete, iss) {
                     (Some(file), _, _) => revoke_file(&control, &key, &file).await,
                     (None, Some(id), _) => delete_revocation(&control, &key, id).await,
+                    (None, None, None) if token.is_some() => {
+                        match token_ids(token.as_deref().unwrap_or_default()) {
+                            Ok((iss, jti, sid, exp)) => {
+                                revoke(&control, &key, iss, jti, sid, None, exp, None, reason).await
+                            }
+                            Err(e) => {
+                                eprintln!("jwtgate revoke --token: {e}");
+                                ExitCode::FAILURE
+                            }
+                        }
+                    }
                     (None, None, Some(iss)) => {
                         revoke(&control, &key, iss, jti, sid, sub, exp, before, reason).await
                     }
@@ -353,6 +370,44 @@ fn check(path: &Path) -> ExitCode {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// `(iss, jti, sid, exp)` of a compact JWT (`-`: read from standard input): the `jti` with
+/// its `exp` when it has one, else its `sid`.
+#[allow(clippy::type_complexity)]
+fn token_ids(arg: &str) -> Result<(String, Option<String>, Option<String>, Option<u64>), String> {
+    use base64::Engine;
+    use std::io::Read;
+    let mut text = arg.to_owned();
+    if arg == "-" {
+        text.clear();
+        std::io::stdin()
+            .take(64 * 1024)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+    }
+    let text = text.trim();
+    let text = text.strip_prefix("Bearer ").unwrap_or(text);
+    let payload = match text.split('.').collect::<Vec<_>>()[..] {
+        [_, payload, _] => payload,
+        _ => return Err("not a compact JWT (header.payload.signature)".into()),
+    };
+    let claims: serde_json::Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(serde_json::Value::is_object)
+        .ok_or("the payload is not base64url JSON")?;
+    let string = |k: &str| claims[k].as_str().map(str::to_owned);
+    let iss = string("iss").ok_or("the token names no `iss`")?;
+    match (string("jti"), claims["exp"].as_u64(), string("sid")) {
+        (Some(jti), Some(exp), _) => Ok((iss, Some(jti), None, Some(exp))),
+        (Some(_), None, _) => Err("the token has a `jti` but no `exp`".into()),
+        (None, _, Some(sid)) => Ok((iss, None, Some(sid), None)),
+        (None, _, None) => Err(format!(
+            "the token has neither `jti` nor `sid`; revoke its subject with --iss {iss} --sub SUB"
+        )),
+    }
+}
+
 async fn revoke(
     control: &str,
     key: &str,

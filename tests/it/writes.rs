@@ -367,3 +367,74 @@ async fn cli_file_and_delete() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }
+
+/// `jwtgate revoke --token JWT` (or `-` on standard input) revokes the token's `jti` until
+/// its `exp`, or its session when it has no `jti`; a token that names neither, or is not
+/// a JWT, is refused with the way out and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_revokes_a_token_it_is_given() {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir();
+    let control = start_control(&format!("sqlite://{}", dir.join("rev.db").display()), "").await;
+    let url = format!("http://{}", control.addr);
+    let key = Signer::new("ec256.pem", jsonwebtoken::Algorithm::ES256, "k1");
+    let exp = now() + 600;
+    let revoke = |token: String, stdin: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+                .args(["revoke", "--control", &url, "--token", &token])
+                .env("JWTGATE_API_KEY", WRITER_KEY)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            let mut input = child.stdin.take().expect("stdin");
+            input
+                .write_all(stdin.unwrap_or_default().as_bytes())
+                .await
+                .expect("write");
+            drop(input);
+            let out = child.wait_with_output().await.expect("run");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let with_jti = key
+        .mint(&json!({ "iss": "https://i", "sub": "u", "jti": "t-1", "sid": "s-1", "exp": exp }));
+    let (ok, err) = revoke(with_jti, None).await;
+    assert!(ok, "{err}");
+    let sid_only = key.mint(&json!({ "iss": "https://i", "sub": "u", "sid": "s-2", "exp": exp }));
+    let (ok, err) = revoke("-".into(), Some(format!("Bearer {sid_only}\n"))).await;
+    assert!(ok, "{err}");
+    let (all, _) = control.plane.store.list(0, 100, now()).await.expect("list");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0].jti.as_deref(), Some("t-1"));
+    assert_eq!(all[0].sid, None, "the token itself, not its whole session");
+    assert!(all[0].expires_at >= exp);
+    assert_eq!(all[1].sid.as_deref(), Some("s-2"));
+    for (token, says) in [
+        (
+            key.mint(&json!({ "iss": "https://i", "sub": "u", "exp": exp })),
+            "--iss https://i --sub SUB",
+        ),
+        (
+            key.mint(&json!({ "iss": "https://i", "jti": "t-3" })),
+            "no `exp`",
+        ),
+        (
+            key.mint(&json!({ "sub": "u", "jti": "t-4", "exp": exp })),
+            "no `iss`",
+        ),
+        ("not.a-jwt".to_owned(), "not a compact JWT"),
+        ("a.!!!.c".to_owned(), "not base64url JSON"),
+    ] {
+        let (ok, err) = revoke(token, None).await;
+        assert!(!ok && err.contains(says), "{says}: {err}");
+    }
+    let (all, _) = control.plane.store.list(0, 100, now()).await.expect("list");
+    assert_eq!(all.len(), 2, "nothing more written");
+}
