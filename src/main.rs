@@ -369,7 +369,6 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// `(iss, jti, sid, exp)` of a compact JWT (`-`: read from standard input): the `jti` with
 /// its `exp` when it has one, else its `sid`.
 #[allow(clippy::type_complexity)]
@@ -408,6 +407,7 @@ fn token_ids(arg: &str) -> Result<(String, Option<String>, Option<String>, Optio
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn revoke(
     control: &str,
     key: &str,
