@@ -275,10 +275,10 @@ impl Verifier {
             .get("iss")
             .and_then(Value::as_str)
             .ok_or(Reject::Malformed)?;
-        let issuer = *self.by_iss.get(iss).ok_or(Reject::UnknownIssuer)?;
-        if !allowed.contains(&issuer) {
+        let Some(&issuer) = self.by_iss.get(iss).filter(|i| allowed.contains(i)) else {
+            tracing::debug!(iss = %shown(iss), "token refused: its issuer is not one this route accepts");
             return Err(Reject::UnknownIssuer);
-        }
+        };
         let keys = &self.issuers[issuer];
         if !keys.cfg.algorithms.contains(&alg) {
             return Err(Reject::AlgorithmNotAllowed);
@@ -295,13 +295,17 @@ impl Verifier {
                     let signature = b64.decode(sig64).map_err(|_| Reject::Malformed)?;
                     let signing_input = &token.as_bytes()[..h64.len() + 1 + p64.len()];
                     if !key.verify(alg, signing_input, &signature) {
+                        tracing::debug!(issuer = %keys.cfg.name, kid = %shown(kid.unwrap_or("-")), "token refused: bad signature");
                         return Err(Reject::BadSignature);
                     }
                     check_registered(&claims, &keys.cfg, now)?;
                     return self.build(token, issuer, claims, set.epoch, now);
                 }
                 Lookup::Unavailable if refetched => return Err(Reject::KeysUnavailable),
-                Lookup::Unknown if refetched => return Err(Reject::UnknownKey),
+                Lookup::Unknown if refetched => {
+                    tracing::debug!(issuer = %keys.cfg.name, kid = %shown(kid.unwrap_or("-")), "token refused: no key with its kid, even after a refetch");
+                    return Err(Reject::UnknownKey);
+                }
                 miss => {
                     // One shared, rate-limited refetch; then look again.
                     if !keys.refetch_for_unknown_kid().await {
@@ -472,15 +476,31 @@ fn check_registered(
     let nbf = numeric_date(claims.get("nbf"))?;
     let leeway = cfg.leeway.as_secs();
     if exp < now.saturating_sub(leeway) {
+        tracing::debug!(exp, now, leeway_s = leeway, "token refused: expired");
         return Err(Reject::Expired);
     }
     if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
         return Err(Reject::NotYetValid);
     }
     if !audience_ours {
+        tracing::debug!(
+            expected = %cfg.audiences.join(","),
+            got = %shown(&claims.get("aud").map(serde_json::Value::to_string).unwrap_or_default()),
+            "token refused: audience"
+        );
         return Err(Reject::WrongAudience);
     }
     Ok(())
+}
+
+/// A value from a token, as a debug line may show it: at most 128 characters, control
+/// characters and quotes escaped (never the token itself).
+fn shown(s: &str) -> String {
+    s.chars()
+        .take(128)
+        .collect::<String>()
+        .escape_debug()
+        .to_string()
 }
 
 /// A claim as a header value: strings, numbers and booleans as text, arrays of those

@@ -269,7 +269,7 @@ async fn access_log_never_holds_a_token() {
     let p = temp_file(
         "gw.yaml",
         &format!(
-            "listeners: [ {{ address: \"127.0.0.1:{port}\" }} ]\nlog: {{ format: json, level: info }}\nissuers:\n  - {{ name: s, issuer: https://s.example, secret: \"{secret}\", audiences: [api], algorithms: [HS256] }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: api, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [s], token_sources: [header, {{ query: access_token }}] }} }}\n",
+            "listeners: [ {{ address: \"127.0.0.1:{port}\" }} ]\nlog: {{ format: json, level: debug }}\nissuers:\n  - {{ name: s, issuer: https://s.example, secret: \"{secret}\", audiences: [api], algorithms: [HS256] }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: api, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [s], token_sources: [header, {{ query: access_token }}] }} }}\n",
             echo.addr
         ),
     );
@@ -370,6 +370,24 @@ async fn access_log_never_holds_a_token() {
         );
     }
     assert!(!text.contains("Some("), "no Rust debug strings: {text}");
+    // At debug level a refusal says what was expected and what came.
+    let detail: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"] == "token refused: audience"
+                || v["fields"]["message"] == "token refused: audience"
+        })
+        .collect();
+    assert_eq!(detail.len(), 1, "{text}");
+    assert_eq!(detail[0]["expected"], "api");
+    assert!(
+        detail[0]["got"]
+            .as_str()
+            .is_some_and(|g| g.contains("other")),
+        "{}",
+        detail[0]
+    );
     for t in [&token, &bad, &wrong_aud, &forged] {
         let sig = t.rsplit('.').next().expect("sig");
         assert!(!text.contains(sig), "a token signature is in the log");
