@@ -57,8 +57,12 @@ pub enum Reject {
     CrossOrigin,
     /// A forward-auth decision asked by a peer outside `trusted_proxies`.
     UntrustedCaller,
-    /// A forward-auth request describing its original request twice, differently.
-    AmbiguousOriginal,
+    /// A forward-auth request that does not describe its original request exactly once
+    /// (method, URI, host, scheme), or describes it in a form that is not accepted.
+    BadOriginal,
+    /// A forward-auth request carrying a client copy of an identity header, which the
+    /// gateway cannot strip there.
+    IdentityHeader,
     /// The token lives longer than `max_token_lifetime`: it could outlast a `sub` cutoff.
     LifetimeTooLong,
     /// `(iss, jti)`, `(iss, sid)` or a `(iss, sub)` cutoff revokes the token.
@@ -273,12 +277,19 @@ impl Reject {
                 "only trusted proxies may ask for decisions",
                 Reason::UntrustedCaller,
             ),
-            AmbiguousOriginal => (
+            BadOriginal => (
                 StatusCode::BAD_REQUEST,
                 None,
                 "invalid_request",
-                "the original request is described twice, differently",
-                Reason::AmbiguousOriginal,
+                "give the original request exactly once: X-Forwarded-Method, X-Forwarded-Uri (origin-form, no fragment), X-Forwarded-Host, X-Forwarded-Proto (http or https)",
+                Reason::BadOriginal,
+            ),
+            IdentityHeader => (
+                StatusCode::BAD_REQUEST,
+                None,
+                "invalid_request",
+                "the request carries an identity header only the gateway may set",
+                Reason::IdentityHeader,
             ),
             UnusableClaim => (
                 StatusCode::UNAUTHORIZED,

@@ -175,6 +175,15 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
+/// Whether the request carries one of `identity_names`, or a name an upstream folding `_`
+/// into `-` would read as one.
+pub fn carries_identity(headers: &HeaderMap, identity_names: &[HeaderName]) -> bool {
+    headers.keys().any(|k| {
+        identity_names.contains(k)
+            || (k.as_str().contains('_') && identity_names.iter().any(|o| folds_into(k, o)))
+    })
+}
+
 /// Prepare request headers for the upstream.
 pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     strip_connection_named(headers);

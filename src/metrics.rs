@@ -37,6 +37,22 @@ pub const LIVE_CONNECTIONS: &str = "jwtgate_live_connections";
 /// Live connections the gateway ended, by reason (`revoked`, `expired`).
 pub const LIVE_CONNECTIONS_CLOSED_TOTAL: &str = "jwtgate_live_connections_closed_total";
 
+/// The build: `version` label, value 1.
+pub const BUILD_INFO: &str = "jwtgate_build_info";
+/// Client connections open now.
+pub const OPEN_CONNECTIONS: &str = "jwtgate_open_connections";
+/// Requests being forwarded upstream now (bounded by `limits.max_in_flight`).
+pub const UPSTREAM_IN_FLIGHT: &str = "jwtgate_upstream_requests_in_flight";
+/// Upstream responses by upstream and status class (`2xx`, …).
+pub const UPSTREAM_RESPONSES_TOTAL: &str = "jwtgate_upstream_responses_total";
+/// When each issuer's keys were last fetched successfully (Unix seconds; 0: never).
+pub const JWKS_LAST_REFRESH: &str = "jwtgate_jwks_last_refresh_timestamp_seconds";
+/// When the control plane was last heard from (Unix seconds; 0: not yet).
+pub const REVOCATION_LAST_SYNC: &str = "jwtgate_revocation_last_sync_timestamp_seconds";
+
+/// Upstream status classes, in the order of [`UpstreamResponses`].
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Configuration reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS_TOTAL: &str = "jwtgate_config_reloads_total";
 
@@ -75,6 +91,16 @@ impl RouteSeries {
     }
 }
 
+/// An upstream's response counters by status class.
+pub struct UpstreamResponses([IntCounter; 5]);
+
+impl UpstreamResponses {
+    pub fn count(&self, status: http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.0[class].inc();
+    }
+}
+
 /// The components running in a process; each exports its metrics through the one registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
@@ -104,6 +130,11 @@ pub struct MetricsInner {
     pub live_open: IntGauge,
     pub live_closed: IntCounterVec,
     config_reloads: IntCounterVec,
+    pub open_connections: IntGauge,
+    pub upstream_in_flight: IntGauge,
+    upstream_responses: IntCounterVec,
+    jwks_last_refresh: prometheus::GaugeVec,
+    pub revocation_last_sync: prometheus::Gauge,
     // The control plane.
     pub control_written: IntCounterVec,
     pub control_stream_clients: IntGauge,
@@ -126,6 +157,12 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 fn help(name: &str) -> &'static str {
     match name {
         REQUESTS_TOTAL => "Requests by route, outcome and reason (why allowed or refused).",
+        BUILD_INFO => "The running build (value 1).",
+        OPEN_CONNECTIONS => "Client connections open now.",
+        UPSTREAM_IN_FLIGHT => "Requests being forwarded upstream now.",
+        UPSTREAM_RESPONSES_TOTAL => "Upstream responses by upstream and status class.",
+        JWKS_LAST_REFRESH => "Unix time of the last successful key fetch, per issuer.",
+        REVOCATION_LAST_SYNC => "Unix time the control plane was last heard from.",
         REQUEST_DURATION_SECONDS => "Time from request head to response head.",
         UPSTREAM_DURATION_SECONDS => "Time the upstream took to send its response head.",
         JWKS_REFRESH_TOTAL => "JWKS fetch attempts by issuer and result.",
@@ -187,6 +224,21 @@ impl Metrics {
                 .expect("valid metric"),
             live_closed: counter_vec(LIVE_CONNECTIONS_CLOSED_TOTAL, &["reason"]),
             config_reloads: counter_vec(CONFIG_RELOADS_TOTAL, &["result"]),
+            open_connections: IntGauge::new(OPEN_CONNECTIONS, help(OPEN_CONNECTIONS))
+                .expect("valid metric"),
+            upstream_in_flight: IntGauge::new(UPSTREAM_IN_FLIGHT, help(UPSTREAM_IN_FLIGHT))
+                .expect("valid metric"),
+            upstream_responses: counter_vec(UPSTREAM_RESPONSES_TOTAL, &["upstream", "class"]),
+            jwks_last_refresh: prometheus::GaugeVec::new(
+                Opts::new(JWKS_LAST_REFRESH, help(JWKS_LAST_REFRESH)),
+                &["issuer"],
+            )
+            .expect("valid metric"),
+            revocation_last_sync: prometheus::Gauge::new(
+                REVOCATION_LAST_SYNC,
+                help(REVOCATION_LAST_SYNC),
+            )
+            .expect("valid metric"),
             control_written: counter_vec(CONTROL_REVOCATIONS_WRITTEN_TOTAL, &["kind"]),
             control_stream_clients: IntGauge::new(
                 CONTROL_STREAM_CLIENTS,
@@ -195,8 +247,18 @@ impl Metrics {
             .expect("valid metric"),
         };
         let r = &m.registry;
+        let build = gauge_vec(BUILD_INFO, &["version"]);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        register(r, &build);
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time.
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
         register(r, &m.jwks_refresh);
         register(r, &m.jwks_keys);
+        register(r, &m.jwks_last_refresh);
         register(r, &m.token_cache_hits);
         register(r, &m.token_cache_misses);
         if components.contains(&Component::Gateway) {
@@ -208,6 +270,17 @@ impl Metrics {
             register(r, &m.live_open);
             register(r, &m.live_closed);
             register(r, &m.config_reloads);
+            register(r, &m.open_connections);
+            register(r, &m.upstream_in_flight);
+            register(r, &m.upstream_responses);
+            register(r, &m.revocation_last_sync);
+            // Present at zero from the start.
+            for result in ["ok", "error"] {
+                m.config_reloads.with_label_values(&[result]);
+            }
+            for reason in ["revoked", "expired", "shutdown", "stale"] {
+                m.live_closed.with_label_values(&[reason]);
+            }
         }
         if components.contains(&Component::Control) {
             register(r, &m.control_written);
@@ -236,11 +309,31 @@ impl Metrics {
         }
     }
 
+    /// An upstream's response counters, one per status class, present at zero.
+    pub fn upstream_responses(&self, upstream: &str) -> UpstreamResponses {
+        UpstreamResponses(
+            STATUS_CLASSES.map(|c| self.upstream_responses.with_label_values(&[upstream, c])),
+        )
+    }
+
+    /// An issuer's key-fetch series, present at zero from the start.
+    pub fn issuer(&self, issuer: &str) {
+        for result in ["ok", "error", "no_usable_keys"] {
+            self.jwks_refresh.with_label_values(&[issuer, result]);
+        }
+        self.jwks_last_refresh.with_label_values(&[issuer]);
+    }
+
     pub fn upstream(&self, upstream: &str) -> Histogram {
         self.upstream_duration.with_label_values(&[upstream])
     }
 
     pub fn jwks_refresh(&self, issuer: &str, result: &str) {
+        if result == "ok" {
+            self.jwks_last_refresh
+                .with_label_values(&[issuer])
+                .set(crate::clock::Clock::system().unix_ms() as f64 / 1000.0);
+        }
         self.jwks_refresh.with_label_values(&[issuer, result]).inc();
     }
 

@@ -56,7 +56,8 @@ reasons! {
     BadMethod => "bad_method", BadRequest, Unrouted;
     UnderscoreHeader => "underscore_header", BadRequest, Unrouted;
     UntrustedCaller => "untrusted_caller", Forbidden, Unrouted;
-    AmbiguousOriginal => "ambiguous_original", BadRequest, Unrouted;
+    BadOriginal => "bad_original", BadRequest, Unrouted;
+    IdentityHeader => "identity_header", BadRequest, Unrouted;
     NoRoute => "no_route", NotFound, Unrouted;
     MultipleTokens => "multiple_tokens", BadRequest, Routed;
     BodyTimeout => "body_timeout", BadRequest, Routed;

@@ -12,6 +12,7 @@ use prometheus::Histogram;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::Reject;
 use crate::http_client::{self, HttpsClient, Protocol};
+use crate::metrics::UpstreamResponses;
 
 pub struct Upstream {
     pub name: String,
@@ -23,10 +24,15 @@ pub struct Upstream {
     pub version: http::Version,
     client: HttpsClient<RequestBody>,
     duration: Histogram,
+    responses: UpstreamResponses,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, duration: Histogram) -> anyhow::Result<Upstream> {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        duration: Histogram,
+        responses: UpstreamResponses,
+    ) -> anyhow::Result<Upstream> {
         let tls = crate::tls::upstream_client_config(
             cfg.ca.as_deref(),
             cfg.client_cert
@@ -50,6 +56,7 @@ impl Upstream {
             version,
             client: http_client::build(tls, protocol, cfg.connect_timeout),
             duration,
+            responses,
         })
     }
 
@@ -84,6 +91,7 @@ impl Upstream {
                 Err(Reject::UpstreamUnavailable)
             }
             Ok(Ok(resp)) => {
+                self.responses.count(resp.status());
                 // RFC 9112 §6.3: a response with both Transfer-Encoding and Content-Length
                 // is a smuggling attempt or a broken upstream; its framing is not trusted.
                 let h = resp.headers();

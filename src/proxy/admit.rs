@@ -81,7 +81,15 @@ pub async fn admit<'g>(
             // on an optional route.
             let token = match token::extract(&policy.sources, &parts.headers, parts.uri.query())? {
                 Some(token) => token,
-                None if policy.optional => return admitted(route, path, host, parts, None),
+                None if policy.optional => {
+                    // A credential in a carrier this route does not read is no anonymous
+                    // request: it is refused as it would be beside a token.
+                    if token::stray_credentials(&policy.sources, &parts.headers, parts.uri.query())
+                    {
+                        return Err(Reject::MultipleTokens);
+                    }
+                    return admitted(route, path, host, parts, None);
+                }
                 None => return Err(Reject::MissingToken),
             };
             if token::stray_credentials(&policy.sources, &parts.headers, parts.uri.query()) {

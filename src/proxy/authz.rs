@@ -3,9 +3,9 @@
 //! whether a request may pass. The request is admitted exactly as the gateway would admit
 //! it — normalization, routing, token, signature, revocation, policy — and answered 200 with
 //! the identity headers, or with the refusal the gateway itself would send. Nothing is
-//! forwarded. The original method, URI, host and scheme come from `X-Forwarded-*` or
-//! `X-Original-*` headers, believed only from `trusted_proxies`; a caller that sends none
-//! is asking about its own request line (Envoy `ext_authz` with an empty `path_prefix`).
+//! forwarded. The original method, URI, host and scheme must all come from `X-Forwarded-*`
+//! (or `X-Original-Method`/`-URI`) headers, believed only from `trusted_proxies`; nothing
+//! falls back to the decision request itself, which the client may shape.
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use super::{admit, Body, Gateway, Peer, Trace};
 use crate::error::Reject;
-use crate::path::PathError;
+use crate::headers;
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -37,28 +37,35 @@ pub async fn decide(
         return Err(Reject::UntrustedCaller);
     }
     let (mut parts, _body) = req.into_parts();
-    let mut peer = peer.clone();
-    if let Some(m) = one_of(&parts.headers, &[X_FORWARDED_METHOD, X_ORIGINAL_METHOD])? {
-        parts.method = Method::from_bytes(m.as_bytes()).map_err(|_| Reject::BadMethod)?;
+    // The caller forwards the client's headers; a client copy of an identity header would
+    // reach the upstream beside (or, on an anonymous decision, instead of) ours.
+    if headers::carries_identity(&parts.headers, &gw.identity_names) {
+        return Err(Reject::IdentityHeader);
     }
-    if let Some(u) = one_of(&parts.headers, &[X_FORWARDED_URI, X_ORIGINAL_URI])? {
-        let target = PathAndQuery::try_from(u.as_bytes())
-            .ok()
-            .filter(|t| t.as_str().starts_with('/'))
-            .ok_or(Reject::BadPath(PathError::NotAbsolute))?;
-        parts.uri = Uri::from(target);
-    }
-    if let Some(host) = one_of(&parts.headers, &[X_FORWARDED_HOST])? {
-        parts.headers.insert(HOST, host);
-    }
-    match one_of(&parts.headers, &[X_FORWARDED_PROTO])?
-        .as_ref()
-        .map(HeaderValue::as_bytes)
-    {
-        Some(b"https") => peer.proto = "https",
-        Some(b"http") => peer.proto = "http",
-        _ => {}
-    }
+    // Every part of the original request is described, exactly once: nothing falls back
+    // to the decision request's own line, host or scheme.
+    let required = |names: &[HeaderName]| one_of(&parts.headers, names)?.ok_or(Reject::BadOriginal);
+    let method = required(&[X_FORWARDED_METHOD, X_ORIGINAL_METHOD])?;
+    let target = required(&[X_FORWARDED_URI, X_ORIGINAL_URI])?;
+    let host = required(&[X_FORWARDED_HOST])?;
+    let proto = match required(&[X_FORWARDED_PROTO])?.as_bytes() {
+        b"https" => "https",
+        b"http" => "http",
+        _ => return Err(Reject::BadOriginal),
+    };
+    parts.method = Method::from_bytes(method.as_bytes()).map_err(|_| Reject::BadMethod)?;
+    let target = PathAndQuery::try_from(target.as_bytes())
+        .ok()
+        // A fragment would be dropped here and sent on by the caller.
+        .filter(|t| t.as_str().starts_with('/') && !target.as_bytes().contains(&b'#'))
+        .ok_or(Reject::BadOriginal)?;
+    trace.described = Some((parts.method.clone(), target.path().to_owned()));
+    parts.uri = Uri::from(target);
+    parts.headers.insert(HOST, host);
+    let peer = Peer {
+        proto,
+        ..peer.clone()
+    };
     let admitted = admit::admit(gw, &parts, &peer, trace).await?;
     let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
     if let Some(verified) = admitted.verified() {
@@ -75,7 +82,7 @@ fn one_of(headers: &HeaderMap, names: &[HeaderName]) -> Result<Option<HeaderValu
     let mut found: Option<&HeaderValue> = None;
     for value in names.iter().flat_map(|n| headers.get_all(n)) {
         match found {
-            Some(f) if f != value => return Err(Reject::AmbiguousOriginal),
+            Some(f) if f != value => return Err(Reject::BadOriginal),
             _ => found = Some(value),
         }
     }

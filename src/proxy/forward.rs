@@ -36,15 +36,20 @@ pub fn rewrite(
     // The token leaves the request (unless `forward_token`), and so does any bearer
     // credential in a well-known carrier the route does not read.
     let mut query: Option<std::borrow::Cow<'_, str>> = parts.uri.query().map(Into::into);
-    let forward_token = route.auth.as_ref().is_some_and(|p| p.forward_token);
+    // `forward_token` forwards a token the gateway verified; a request let through
+    // anonymously (`optional`, a preflight) carries nothing unverified upstream.
+    let forward_token =
+        admitted.token.is_some() && route.auth.as_ref().is_some_and(|p| p.forward_token);
     if !forward_token {
-        if let (Some(policy), Some((_, source))) = (&route.auth, &admitted.token) {
-            if let Some(q) = token::remove(
-                &policy.sources[*source],
-                &mut parts.headers,
-                query.as_deref(),
-            ) {
-                query = q.map(Into::into);
+        if let Some(policy) = &route.auth {
+            let used = match &admitted.token {
+                Some((_, source)) => std::slice::from_ref(&policy.sources[*source]),
+                None => &policy.sources[..],
+            };
+            for source in used {
+                if let Some(q) = token::remove(source, &mut parts.headers, query.as_deref()) {
+                    query = q.map(Into::into);
+                }
             }
         }
         if let Some(q) = token::strip_carriers(&mut parts.headers, query.as_deref()) {

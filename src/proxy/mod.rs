@@ -102,7 +102,14 @@ impl Gateway {
             self.metrics
                 .revocation_sync_lag
                 .set(r.state.lag().as_secs_f64());
+            if let Some(ms) = r.state.last_contact_unix_ms() {
+                self.metrics.revocation_last_sync.set(ms as f64 / 1000.0);
+            }
         }
+        let idle = self.in_flight.available_permits();
+        self.metrics
+            .upstream_in_flight
+            .set(self.config.limits.max_in_flight.saturating_sub(idle) as i64);
     }
 
     /// Compile `config`, keeping the key sets in `previous` whose issuer is unchanged.
@@ -125,7 +132,13 @@ impl Gateway {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u, metrics.upstream(&u.name)))
+            .map(|u| {
+                Upstream::new(
+                    u,
+                    metrics.upstream(&u.name),
+                    metrics.upstream_responses(&u.name),
+                )
+            })
             .collect::<anyhow::Result<_>>()?;
         let route_series = config
             .routes
@@ -161,6 +174,8 @@ pub struct Trace {
     /// The client's own `X-Request-Id` when it is short and plain, else a new one; the
     /// upstream sees it and the client gets it back, whatever the answer.
     request_id: HeaderValue,
+    /// A forward-auth decision: the method and path of the request it was about.
+    described: Option<(http::Method, String)>,
 }
 
 /// The client end of a connection, computed once per connection.
@@ -203,6 +218,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
     let mut trace = Trace {
         route: None,
         request_id: headers::request_id(req.headers()),
+        described: None,
     };
     let result = if peer.forward_auth {
         authz::decide(&gw, req, &peer, &mut trace).await
@@ -229,8 +245,12 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
         target: "jwtgate::access",
         request_id = trace.request_id.to_str().unwrap_or("-"),
         client = %peer.addr.ip(),
-        method = method.as_str(),
-        path = path.as_deref(),
+        method = trace.described.as_ref().map_or(method.as_str(), |(m, _)| m.as_str()),
+        path = trace
+            .described
+            .as_ref()
+            .map(|(_, p)| p.as_str())
+            .or(path.as_deref()),
         route = route.map_or(NO_ROUTE, |r| r.name.as_str()),
         upstream = route
             .filter(|_| !peer.forward_auth)

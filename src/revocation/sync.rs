@@ -71,6 +71,12 @@ impl SyncState {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// When the control plane was last heard from (Unix ms), once the set is loaded.
+    pub fn last_contact_unix_ms(&self) -> Option<u64> {
+        self.is_ready()
+            .then(|| self.last_contact_ms.load(Ordering::Acquire))
+    }
+
     /// Time since the control plane was last heard from.
     pub fn lag(&self) -> Duration {
         Duration::from_millis(

@@ -28,6 +28,8 @@ pub struct Conns {
     permits: Arc<Semaphore>,
     per_client: Option<usize>,
     open: Mutex<Registry>,
+    /// `jwtgate_open_connections`.
+    gauge: prometheus::IntGauge,
 }
 
 #[derive(Default)]
@@ -38,11 +40,12 @@ struct Registry {
 }
 
 impl Conns {
-    pub fn new(max: usize, per_client: Option<usize>) -> Arc<Conns> {
+    pub fn new(max: usize, per_client: Option<usize>, gauge: prometheus::IntGauge) -> Arc<Conns> {
         Arc::new(Conns {
             permits: Arc::new(Semaphore::new(max)),
             per_client,
             open: Mutex::new(Registry::default()),
+            gauge,
         })
     }
 
@@ -134,6 +137,7 @@ impl Conns {
             wake: Notify::new(),
         });
         open.conns.insert(id, Arc::downgrade(&state));
+        self.gauge.inc();
         Some(state)
     }
 
@@ -152,7 +156,9 @@ impl Conns {
 
     fn unregister(&self, id: u64, client: IpAddr) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.conns.remove(&id);
+        if open.conns.remove(&id).is_some() {
+            self.gauge.dec();
+        }
         if let Some(n) = open.by_client.get_mut(&client) {
             *n -= 1;
             if *n == 0 {

@@ -96,7 +96,11 @@ pub fn serve(
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Serving> {
     let limits = current.load().config.limits.clone();
-    let conns = Conns::new(limits.max_connections, limits.max_connections_per_client);
+    let conns = Conns::new(
+        limits.max_connections,
+        limits.max_connections_per_client,
+        current.load().metrics.open_connections.clone(),
+    );
     // Limits take effect at start (a reload that changes them warns that a restart is
     // needed): resolved once here, not per connection.
     let deadlines = Deadlines {

@@ -92,6 +92,7 @@ impl IssuerKeys {
             _ => KeySet::empty(&ctx.clock),
         };
         let loaded = matches!(cfg.keys, KeySource::Secret(_));
+        ctx.metrics.issuer(&cfg.name);
         Arc::new(IssuerKeys {
             cfg,
             current: ArcSwap::from_pointee(set),

@@ -55,6 +55,18 @@ fn dashboard_queries_only_exported_metrics() {
         }
     }
     assert!(queried.len() >= 10, "{queried:?}");
+    // Windows follow the scrape interval (Grafana's `$__rate_interval`), never a fixed one.
+    for window in ["[1m]", "[5m]", "[30s]"] {
+        assert!(!text.contains(window), "a fixed rate window {window}");
+    }
+    for series in [
+        "jwtgate_upstream_responses_total",
+        "jwtgate_open_connections",
+        "jwtgate_jwks_last_refresh_timestamp_seconds",
+        "jwtgate_revocation_last_sync_timestamp_seconds",
+    ] {
+        assert!(queried.contains(series), "no panel for {series}");
+    }
     let unknown: Vec<_> = queried.difference(&exported).collect();
     assert!(
         unknown.is_empty(),

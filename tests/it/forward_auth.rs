@@ -67,6 +67,8 @@ async fn decisions_match_the_gateway() {
         let mut h = vec![
             format!("X-Original-URI: {uri}"),
             format!("X-Original-Method: {method}"),
+            "X-Forwarded-Host: app.example".to_owned(),
+            "X-Forwarded-Proto: https".to_owned(),
         ];
         h.extend(extra);
         h
@@ -88,10 +90,19 @@ async fn decisions_match_the_gateway() {
     assert_eq!(r.status, 403);
     let r = decide(ask("/admin/x", "GET", vec![bearer(&admin)])).await;
     assert_eq!(r.status, 200);
-    // An `auth: none` route passes with no identity, whatever the caller claims.
-    let r = decide(ask("/public/x", "GET", vec!["X-User-Id: 1".into()])).await;
+    // An `auth: none` route passes with no identity; a client copy of an identity header
+    // (which the gateway cannot strip from the caller's request) is refused.
+    let r = decide(ask("/public/x", "GET", vec![])).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-user-id"), None);
+    for spoof in ["X-User-Id: 1", "x_user_id: 1", "X-User_Id: 1"] {
+        let r = decide(ask("/public/x", "GET", vec![spoof.into(), bearer(&good)])).await;
+        assert_eq!(r.status, 400, "{spoof}");
+        assert_eq!(
+            r.json()["error_description"],
+            "the request carries an identity header only the gateway may set"
+        );
+    }
     // The path is normalized before routing, exactly as when proxying.
     let r = decide(ask("/public/../admin/x", "GET", vec![bearer(&good)])).await;
     assert_eq!(r.status, 403, "the dot segment climbs into /admin");
@@ -102,6 +113,7 @@ async fn decisions_match_the_gateway() {
         ("*", "GET"),
         ("/orders", "get"),
         ("/orders", "G ET"),
+        ("/public#/../admin/x", "GET"),
     ] {
         let r = decide(ask(uri, method, vec![bearer(&good)])).await;
         assert_eq!(r.status, 400, "{method} {uri}");
@@ -121,15 +133,33 @@ async fn decisions_match_the_gateway() {
     ))
     .await;
     assert_eq!(r.status, 200, "the same description twice is fine");
-    // Traefik's names; with none at all the caller asks about its own request line.
-    let r = decide(vec![
-        "X-Forwarded-Uri: /orders".into(),
-        "X-Forwarded-Method: POST".into(),
-        bearer(&good),
-    ])
-    .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(get(a, "/orders", &[]).await.status, 401);
+    // Traefik's names.
+    let traefik = |proto: &str| {
+        vec![
+            "X-Forwarded-Uri: /orders".to_owned(),
+            "X-Forwarded-Method: POST".to_owned(),
+            "X-Forwarded-Host: app.example".to_owned(),
+            format!("X-Forwarded-Proto: {proto}"),
+            bearer(&good),
+        ]
+    };
+    assert_eq!(decide(traefik("https")).await.status, 200);
+    assert_eq!(
+        decide(traefik("HTTPS")).await.status,
+        400,
+        "an unknown scheme"
+    );
+    assert_eq!(decide(traefik("https, http")).await.status, 400);
+    // Nothing falls back to the decision request's own line, host or scheme: each part
+    // left out is refused.
+    let full = traefik("https");
+    for left_out in 0..4 {
+        let mut h = full.clone();
+        h.remove(left_out);
+        let r = decide(h).await;
+        assert_eq!(r.status, 400, "without {}", full[left_out]);
+    }
+    assert_eq!(get(a, "/orders", &[&bearer(&good)]).await.status, 400);
     assert_eq!(
         s.echo.stats.requests.load(Ordering::Relaxed),
         0,
@@ -197,6 +227,7 @@ http {{
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
       proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Proto $scheme;
     }}
   }}
 }}
@@ -222,7 +253,7 @@ http {{
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let good = s.token(json!({}));
-    let r = get(addr, "/orders/1", &[&bearer(&good), "X-User-Id: spoofed"]).await;
+    let r = get(addr, "/orders/1", &[&bearer(&good)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
     assert_eq!(get(addr, "/orders/1", &[]).await.status, 401);
@@ -243,12 +274,15 @@ http {{
     // A path jwtgate refuses outright (400) becomes nginx's 500: still no access.
     let r = get(addr, "/public/%2e%2e/admin/x", &[&bearer(&good)]).await;
     assert_ne!(r.status, 200);
-    let r = get(addr, "/public/x", &["X-User-Id: spoofed"]).await;
+    let r = get(addr, "/public/x", &[]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.upstream_header("x-user-id"),
-        Vec::<String>::new(),
-        "{:?}",
-        r.json()
-    );
+    assert_eq!(r.upstream_header("x-user-id"), Vec::<String>::new());
+    // A client copy of the identity header never reaches the upstream: nginx forwards the
+    // client's headers to the decision, which refuses them (nginx answers 500).
+    let before = s.echo.stats.requests.load(Ordering::Relaxed);
+    for path in ["/public/x", "/orders/1"] {
+        let r = get(addr, path, &[&bearer(&good), "X-User-Id: spoofed"]).await;
+        assert_ne!(r.status, 200, "{path}");
+    }
+    assert_eq!(s.echo.stats.requests.load(Ordering::Relaxed), before);
 }

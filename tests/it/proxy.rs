@@ -76,8 +76,9 @@ routes:
     match: {{ path_prefix: /keep }}
     upstream: echo
     auth: {{ issuers: [idp], forward_token: true }}
+  - {{ name: maybe-cookie, match: {{ path_prefix: /maybe-cookie }}, upstream: echo, auth: {{ issuers: [idp], optional: true, forward_token: true, token_sources: [{{ cookie: session }}] }} }}
   - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: echo, auth: {{ issuers: [idp], optional: true }} }}
-  - {{ name: cors, match: {{ path_prefix: /cors }}, upstream: echo, auth: {{ issuers: [idp], allow_preflight: true }} }}
+  - {{ name: cors, match: {{ path_prefix: /cors }}, upstream: echo, auth: {{ issuers: [idp], allow_preflight: true, token_sources: [header, {{ cookie: session }}] }} }}
   - {{ name: down, match: {{ path_prefix: /down }}, upstream: dead, auth: none }}
   - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: silent, auth: none }}
   - {{ name: default, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}
@@ -460,10 +461,30 @@ async fn metrics_and_admin() {
         "jwtgate_token_cache_misses_total",
         "jwtgate_request_duration_seconds_bucket{route=\"default\"",
         "jwtgate_upstream_duration_seconds_bucket{upstream=\"echo\"",
+        // Prometheus practice: process metrics, the build, live gauges, status classes,
+        // and counters that exist at zero before anything happened.
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        &format!("jwtgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+        "jwtgate_open_connections ",
+        "jwtgate_upstream_requests_in_flight 0",
+        "jwtgate_upstream_responses_total{class=\"2xx\",upstream=\"echo\"} 1",
+        "jwtgate_upstream_responses_total{class=\"5xx\",upstream=\"echo\"} 0",
+        "jwtgate_config_reloads_total{result=\"error\"} 0",
+        "jwtgate_jwks_refresh_total{issuer=\"idp\",result=\"error\"} 0",
+        "jwtgate_live_connections_closed_total{reason=\"revoked\"} 0",
     ] {
         assert!(m.contains(line), "missing {line}\n{m}");
     }
     assert!(!m.contains(&t), "a token in the metrics");
+    let refreshed = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("jwtgate_jwks_last_refresh_timestamp_seconds{issuer=\"idp\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("last refresh timestamp");
+    assert!((refreshed - now() as f64).abs() < 120.0, "{refreshed}");
     // No series for what cannot happen: no route is chosen before the path is checked.
     assert!(!m.contains("reason=\"no_route\",route=\"default\""), "{m}");
     assert!(!m.contains("reason=\"expired\",route=\"(none)\""), "{m}");
@@ -504,6 +525,32 @@ async fn optional_authentication() {
     let r = get(s.a(), "/maybe/x", &["Authorization: Basic dTpw"]).await;
     assert_eq!(r.status, 200);
     assert!(r.upstream_header("x-user-id").is_empty());
+    assert!(
+        r.upstream_header("authorization").is_empty(),
+        "nothing in a token carrier goes on unverified"
+    );
+    // A route reading a cookie (and forwarding verified tokens): a bearer token it does not
+    // read is refused, not waved through anonymously; anonymous requests carry nothing on.
+    let r = get(s.a(), "/maybe-cookie/x", &[&bearer("forged.token.here")]).await;
+    assert_eq!(r.status, 400);
+    let r = get(s.a(), "/maybe-cookie/x?access_token=forged", &[]).await;
+    assert_eq!(r.status, 400);
+    let r = get(s.a(), "/maybe-cookie/x", &["Cookie: theme=dark"]).await;
+    assert_eq!(r.status, 200);
+    let r = get(
+        s.a(),
+        "/maybe-cookie/x",
+        &[&format!("Cookie: session={good}")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    assert!(
+        r.upstream_header("cookie")
+            .iter()
+            .any(|c| c.contains(&good)),
+        "a verified token is forwarded as configured"
+    );
 }
 
 /// `allow_preflight: true`: a CORS preflight (OPTIONS + Origin + Access-Control-Request-
@@ -530,6 +577,19 @@ async fn cors_preflight_passes_only_where_allowed() {
     assert_eq!(r.status, 200);
     assert!(r.upstream_header("authorization").is_empty());
     assert!(r.upstream_header("x-user-id").is_empty());
+    // Nor does a token in any carrier the route reads, even with `forward_token` elsewhere.
+    let mut with_cookie = preflight.to_vec();
+    let cookie = format!("Cookie: session={good}; theme=dark");
+    with_cookie.push(&cookie);
+    let r = request(s.a(), "OPTIONS", "/cors/orders/1", &with_cookie).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.upstream_header("cookie")
+            .iter()
+            .any(|c| c.contains(&good)),
+        "{:?}",
+        r.upstream_header("cookie")
+    );
     // Not a preflight: a token is needed.
     for (method, headers) in [
         ("OPTIONS", vec!["Origin: https://app.example.com"]),

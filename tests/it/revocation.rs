@@ -125,6 +125,12 @@ async fn revocation_propagates_within_a_second() {
     let m = String::from_utf8(get(w.gw.admin.expect("admin"), "/metrics", &[]).await.body)
         .expect("utf8");
     assert!(m.contains("jwtgate_revocations{kind=\"jti\"} 100"), "{m}");
+    let synced = m
+        .lines()
+        .find_map(|l| l.strip_prefix("jwtgate_revocation_last_sync_timestamp_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("last sync timestamp");
+    assert!((synced - now() as f64).abs() < 60.0, "{synced}");
     assert!(
         m.contains("jwtgate_requests_total{outcome=\"revoked\",reason=\"revoked\",route=\"api\"}")
     );
