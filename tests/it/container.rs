@@ -179,6 +179,13 @@ fn compose_file_wires_the_stack() {
             ".dockerignore misses {path}"
         );
     }
+    for s in ["keys", "control", "gateway-1", "gateway-2"] {
+        assert_eq!(
+            compose["services"][s]["image"].as_str(),
+            Some("jwtgate:local"),
+            "{s}: one image for every jwtgate service"
+        );
+    }
     let control = &compose["services"]["control"];
     assert_eq!(control["command"][0].as_str(), Some("control"));
     assert!(control["environment"]["JWTGATE_PG_URL"]
@@ -220,4 +227,140 @@ fn bundled_configs_pass_check() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The Kubernetes manifests: each Deployment runs the config its ConfigMap holds (which
+/// `jwtgate check` accepts), exposes the ports that config listens on, probes the paths
+/// and port that config serves with `jwtgate health`, and is reached by its Service and
+/// covered by a disruption budget.
+#[test]
+fn kubernetes_manifests_match_their_configs() {
+    use serde::Deserialize;
+    let mut deployments = 0;
+    for file in ["docker/k8s/gateway.yaml", "docker/k8s/control.yaml"] {
+        let text = std::fs::read_to_string(root().join(file)).expect("manifest");
+        let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+            .map(|d| serde_norway::Value::deserialize(d).expect("YAML document"))
+            .collect();
+        let of_kind = |k: &'static str| docs.iter().filter(move |d| d["kind"].as_str() == Some(k));
+        for dep in of_kind("Deployment") {
+            deployments += 1;
+            let name = dep["metadata"]["name"].as_str().expect("name");
+            let pod = &dep["spec"]["template"]["spec"];
+            let c = &pod["containers"][0];
+            let args: Vec<&str> = c["args"]
+                .as_sequence()
+                .expect("args")
+                .iter()
+                .filter_map(|a| a.as_str())
+                .collect();
+            let path = args[args.iter().position(|a| *a == "-c").expect("-c") + 1];
+            // The config file comes from a ConfigMap key mounted at exactly that path.
+            let mount = c["volumeMounts"]
+                .as_sequence()
+                .expect("mounts")
+                .iter()
+                .find(|m| m["mountPath"].as_str() == Some(path))
+                .unwrap_or_else(|| panic!("{name}: nothing mounted at {path}"));
+            let volume = pod["volumes"]
+                .as_sequence()
+                .expect("volumes")
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .expect("volume");
+            let map_name = volume["configMap"]["name"].as_str().expect("a ConfigMap");
+            let map = of_kind("ConfigMap")
+                .find(|m| m["metadata"]["name"].as_str() == Some(map_name))
+                .expect("the ConfigMap is in the file");
+            let key = mount["subPath"].as_str().expect("subPath");
+            let config = map["data"][key].as_str().expect("config in the ConfigMap");
+            let dir = std::env::temp_dir().join(format!("jwtgate-k8s-{}", fastrand::u64(..)));
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join(key), config).expect("write");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+                .args(["check", "-c"])
+                .arg(dir.join(key))
+                .env("JWTGATE_PG_URL", "postgres://check@db/jwtgate")
+                .output()
+                .expect("check");
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Ports: every address the config listens on is a container port.
+            let cfg: serde_norway::Value = serde_norway::from_str(config).expect("config");
+            let mut addrs: Vec<&str> = cfg["listeners"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["address"].as_str())
+                .collect();
+            addrs.extend(cfg["admin"]["address"].as_str());
+            addrs.extend(cfg["listen"].as_str());
+            let ports: Vec<u64> = c["ports"]
+                .as_sequence()
+                .expect("ports")
+                .iter()
+                .filter_map(|p| p["containerPort"].as_u64())
+                .collect();
+            for a in &addrs {
+                let port: u64 = a
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("port");
+                assert!(ports.contains(&port), "{name}: {a} is not a container port");
+            }
+            // Probes: `jwtgate health` on the admin (or control) port, the right paths.
+            let probe_port = cfg["admin"]["address"]
+                .as_str()
+                .or(cfg["listen"].as_str())
+                .and_then(|a| a.rsplit(':').next())
+                .expect("probe port");
+            for (probe, paths) in [
+                ("readinessProbe", ["/readyz", "/healthz"]),
+                ("livenessProbe", ["/healthz", "/healthz"]),
+            ] {
+                let cmd: Vec<&str> = c[probe]["exec"]["command"]
+                    .as_sequence()
+                    .expect("exec probe")
+                    .iter()
+                    .filter_map(|a| a.as_str())
+                    .collect();
+                assert_eq!(&cmd[..3], ["jwtgate", "health", "--url"], "{name} {probe}");
+                let url = cmd[3];
+                assert!(
+                    url.starts_with(&format!("http://127.0.0.1:{probe_port}/"))
+                        && paths.iter().any(|p| url.ends_with(p)),
+                    "{name} {probe}: {url}"
+                );
+            }
+            // The Service targets a named container port; a PDB covers the pods.
+            let labels = &dep["spec"]["template"]["metadata"]["labels"];
+            let service = of_kind("Service")
+                .find(|s| &s["spec"]["selector"] == labels)
+                .expect("a Service selecting the pods");
+            for p in service["spec"]["ports"]
+                .as_sequence()
+                .expect("service ports")
+            {
+                let target = p["targetPort"].as_str().expect("named targetPort");
+                assert!(
+                    c["ports"]
+                        .as_sequence()
+                        .expect("ports")
+                        .iter()
+                        .any(|cp| cp["name"].as_str() == Some(target)),
+                    "{name}: the Service targets {target}"
+                );
+            }
+            assert!(
+                of_kind("PodDisruptionBudget")
+                    .any(|b| &b["spec"]["selector"]["matchLabels"] == labels),
+                "{name}: no PodDisruptionBudget"
+            );
+        }
+    }
+    assert_eq!(deployments, 2);
 }
