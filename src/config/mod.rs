@@ -187,8 +187,47 @@ fn deserialize<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        vec![pos.problem(&path, e.into_inner().to_string())]
+        vec![pos.problem(&path, did_you_mean(e.into_inner().to_string()))]
     })
+}
+
+/// serde's "unknown field `colur`, expected one of `a`, `colour`, …" with the closest
+/// expected name suggested.
+fn did_you_mean(message: String) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message;
+    };
+    let Some((given, expected)) = rest.split_once('`') else {
+        return message;
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|name| (edit_distance(given, name), name))
+        .min();
+    match best {
+        Some((d, name)) if d <= (given.len() / 3).max(2) => {
+            format!("{message}; did you mean `{name}`?")
+        }
+        _ => message,
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Phase two: collects every problem (and warning) with its position while building the
@@ -290,6 +329,7 @@ impl<'a> Validator<'a> {
         let identity_headers = self.identity_headers(&raw.identity_headers);
         let routes = self.routes(raw.routes, &issuers, &upstreams);
         self.warn_method_shadowing(&routes);
+        self.warn_unreachable(&routes, &issuers, &upstreams);
         let revocation = raw.revocation.as_ref().map(|r| self.revocation(r, base));
         if raw.trusted_proxies.is_empty() {
             for (i, _) in listeners.iter().enumerate().filter(|(_, l)| l.forward_auth) {
@@ -406,6 +446,22 @@ mod testing {
 #[cfg(test)]
 mod tests {
     use super::testing::{assert_problems, gateway_problems, gateway_with};
+
+    /// A misspelt key is answered with the closest one it could be.
+    #[test]
+    fn misspelt_keys_get_a_suggestion() {
+        let p = gateway_problems("limits: { max_conections: 5 }\n");
+        assert!(
+            p.iter()
+                .any(|p| p.message.contains("did you mean `max_connections`?")),
+            "{p:?}"
+        );
+        let p = gateway_problems("limits: { zzz: 5 }\n");
+        assert!(
+            !p.iter().any(|p| p.message.contains("did you mean")),
+            "{p:?}"
+        );
+    }
 
     /// Unknown keys anywhere are refused at their position; so is a bad realm.
     #[test]

@@ -118,6 +118,13 @@ impl Validator<'_> {
                         );
                         None
                     }
+                    (None, None) => {
+                        self.warn(
+                            &format!("{p}.control_url"),
+                            "no `token` or `token_file`: a control plane with readers configured will refuse this gateway, and protected routes answer 503 until the first sync",
+                        );
+                        None
+                    }
                     (t, None) => t.clone(),
                     (None, Some(file)) => {
                         let path = base.join(file);
@@ -217,6 +224,29 @@ mod tests {
             ),
         ];
         assert_problems(&cases, |yaml| gateway_problems(&format!("{LISTEN}{yaml}")));
+    }
+
+    /// A control plane without credentials is allowed (one may accept anonymous readers),
+    /// with a warning that says what will fail.
+    #[test]
+    fn missing_credentials_warn() {
+        let c = gateway_with(&format!(
+            "{LISTEN}revocation: {{ control_url: \"http://127.0.0.1:9901\" }}\n"
+        ));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.path == "revocation.control_url" && w.message.contains("token_file")),
+            "{:?}",
+            c.warnings
+        );
+        let c = gateway_with(&format!(
+            "{LISTEN}revocation: {{ control_url: \"http://127.0.0.1:9901\", token: t }}\n"
+        ));
+        assert!(!c
+            .warnings
+            .iter()
+            .any(|w| w.path == "revocation.control_url"));
     }
 
     /// `on_stale` parses into its enum; single-node mode carries the access settings.

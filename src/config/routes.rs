@@ -215,6 +215,55 @@ impl Validator<'_> {
         }
     }
 
+    /// Warnings for what can only fail at runtime: a route no request can reach (an earlier
+    /// route matches everything it would), and issuers or upstreams no route uses.
+    pub(super) fn warn_unreachable(
+        &mut self,
+        routes: &[RouteConfig],
+        issuers: &[IssuerConfig],
+        upstreams: &[UpstreamConfig],
+    ) {
+        for (j, b) in routes.iter().enumerate() {
+            let earlier = routes[..j].iter().enumerate().find(|(_, a)| {
+                let host = a.host.is_none() || a.host == b.host;
+                let methods = match (&a.methods, &b.methods) {
+                    (None, _) => true,
+                    (Some(am), Some(bm)) => bm.iter().all(|m| am.contains(m)),
+                    (Some(_), None) => false,
+                };
+                host && methods && path_covers(&a.path, &b.path)
+            });
+            if let Some((i, a)) = earlier {
+                self.warn(
+                    &format!("routes[{j}]"),
+                    format!(
+                        "`{}` is never matched: `{}` (routes[{i}]) comes first and matches every request it would",
+                        b.name, a.name
+                    ),
+                );
+            }
+        }
+        for (i, issuer) in issuers.iter().enumerate() {
+            if !routes
+                .iter()
+                .any(|r| r.auth.as_ref().is_some_and(|a| a.issuers.contains(&i)))
+            {
+                self.warn(
+                    &format!("issuers[{i}]"),
+                    format!("no route accepts tokens of `{}`", issuer.name),
+                );
+            }
+        }
+        for (i, upstream) in upstreams.iter().enumerate() {
+            if !routes.iter().any(|r| r.upstream == i) {
+                self.warn(
+                    &format!("upstreams[{i}]"),
+                    format!("no route forwards to `{}`", upstream.name),
+                );
+            }
+        }
+    }
+
     fn route_path(&mut self, path: &str, s: &str) -> Option<String> {
         match normalize_path(s.as_bytes()) {
             Ok(n) if n == s => Some(s.to_owned()),
@@ -233,9 +282,20 @@ impl Validator<'_> {
     }
 }
 
+/// Whether every path `b` matches is one `a` matches.
+fn path_covers(a: &PathMatch, b: &PathMatch) -> bool {
+    match (a, b) {
+        (PathMatch::Prefix(pa), PathMatch::Prefix(pb) | PathMatch::Exact(pb)) => {
+            pa == "/" || pb == pa || pb.starts_with(&format!("{pa}/"))
+        }
+        (PathMatch::Exact(pa), PathMatch::Exact(pb)) => pa == pb,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{assert_problems, gateway_problems, gateway_with};
+    use super::super::testing::{assert_problems, gateway_problems, gateway_with, LISTEN};
     use super::*;
 
     const HEAD: &str = "listeners: [ { address: \"127.0.0.1:0\" } ]\nupstreams: [ { name: u, url: \"http://127.0.0.1:1\" } ]\n";
@@ -277,6 +337,32 @@ mod tests {
             ),
         ];
         assert_problems(&cases, |yaml| gateway_problems(&format!("{HEAD}{yaml}")));
+    }
+
+    /// Routes no request can reach, and issuers or upstreams no route uses, are warned
+    /// about; a narrower route before a wider one is not.
+    #[test]
+    fn unreachable_and_unused_warn() {
+        let c = gateway_with(&format!(
+            "{LISTEN}issuers: [ {{ name: i, issuer: \"https://i\", jwks_file: k.json, audiences: [a] }}, {{ name: idle, issuer: \"https://idle\", jwks_file: k.json, audiences: [a] }} ]\nupstreams: [ {{ name: u, url: \"http://127.0.0.1:1\" }}, {{ name: spare, url: \"http://127.0.0.1:2\" }} ]\nroutes:\n  - {{ name: api, match: {{ path_prefix: /api }}, upstream: u, auth: {{ issuers: [i] }} }}\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u, auth: none }}\n  - {{ name: late, match: {{ path: /api/x, methods: [GET] }}, upstream: u, auth: none }}\n  - {{ name: later, match: {{ host: a.example, path_prefix: /b }}, upstream: u, auth: none }}\n"
+        ));
+        let said: Vec<(&str, &str)> = c
+            .warnings
+            .iter()
+            .map(|w| (w.path.as_str(), w.message.as_str()))
+            .collect();
+        for (path, text) in [
+            ("routes[2]", "`late` is never matched: `api` (routes[0])"),
+            ("routes[3]", "`later` is never matched: `all` (routes[1])"),
+            ("issuers[1]", "no route accepts tokens of `idle`"),
+            ("upstreams[1]", "no route forwards to `spare`"),
+        ] {
+            assert!(
+                said.iter().any(|(p, m)| *p == path && m.contains(text)),
+                "{path}: {said:?}"
+            );
+        }
+        assert!(!said.iter().any(|(p, _)| *p == "routes[1]"), "{said:?}");
     }
 
     /// A method-restricted authenticated route shadowed by a later open route is warned
