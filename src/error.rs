@@ -63,6 +63,9 @@ pub enum Reject {
     /// A forward-auth request carrying a client copy of an identity header, which the
     /// gateway cannot strip there.
     IdentityHeader,
+    /// A forward-auth request let through without a token (`optional`, a preflight) that
+    /// carries a credential anyway, which the gateway cannot strip there.
+    AnonymousCredential,
     /// The token lives longer than `max_token_lifetime`: it could outlast a `sub` cutoff.
     LifetimeTooLong,
     /// `(iss, jti)`, `(iss, sid)` or a `(iss, sub)` cutoff revokes the token.
@@ -283,6 +286,13 @@ impl Reject {
                 "invalid_request",
                 "give the original request exactly once: X-Forwarded-Method, X-Forwarded-Uri (origin-form, no fragment), X-Forwarded-Host, X-Forwarded-Proto (http or https)",
                 Reason::BadOriginal,
+            ),
+            AnonymousCredential => (
+                StatusCode::BAD_REQUEST,
+                None,
+                "invalid_request",
+                "a request let through without a token must carry no credential",
+                Reason::AnonymousCredential,
             ),
             IdentityHeader => (
                 StatusCode::BAD_REQUEST,

@@ -19,11 +19,13 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
+        /// The gateway configuration (YAML; see config/gateway.example.yaml).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Run the control plane (revocation store and API).
     Control {
+        /// The control-plane configuration (YAML; see config/control.example.yaml).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -43,6 +45,7 @@ enum Command {
     },
     /// Validate a configuration file offline; exit status 0 when it is valid.
     Check {
+        /// The gateway or control-plane configuration to validate.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },

@@ -58,6 +58,7 @@ reasons! {
     UntrustedCaller => "untrusted_caller", Forbidden, Unrouted;
     BadOriginal => "bad_original", BadRequest, Unrouted;
     IdentityHeader => "identity_header", BadRequest, Unrouted;
+    AnonymousCredential => "anonymous_credential", BadRequest, Routed;
     NoRoute => "no_route", NotFound, Unrouted;
     MultipleTokens => "multiple_tokens", BadRequest, Routed;
     BodyTimeout => "body_timeout", BadRequest, Routed;

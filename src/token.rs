@@ -228,10 +228,12 @@ pub fn remove(
     }
 }
 
-/// A parameter or cookie name as the most lenient upstream reads it: PHP drops leading
-/// spaces, reads `a[x]` as `a`, and turns `.`, space and `[` into `_`; ASP.NET ignores
-/// case. Two names that read the same there are the same name here.
+/// A parameter or cookie name as the most lenient upstream reads it: PHP stops at a NUL,
+/// drops leading spaces, reads `a[x]` as `a`, and turns `.`, space and `[` into `_`;
+/// ASP.NET ignores case. Two names that read the same there are the same name here.
 fn reading(name: &str) -> impl Iterator<Item = char> + '_ {
+    // PHP reads names as C strings: `tok%00x` is `tok` to it.
+    let name = name.split('\0').next().unwrap_or_default();
     let name = name.trim_start_matches(' ');
     // `a[x]` is the array `a` to PHP.
     let name = match name.find('[') {

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use super::{admit, Body, Gateway, Peer, Trace};
 use crate::error::Reject;
 use crate::headers;
+use crate::token;
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -67,6 +68,20 @@ pub async fn decide(
         ..peer.clone()
     };
     let admitted = admit::admit(gw, &parts, &peer, trace).await?;
+    // Let through without a token (`optional`, a preflight), the request must carry no
+    // credential either: the caller forwards it as is, and nothing here verified it.
+    if let (Some(policy), None) = (&admitted.route.auth, &admitted.token) {
+        let query = parts.uri.query();
+        if parts.headers.contains_key(http::header::AUTHORIZATION)
+            || !matches!(
+                token::extract(&policy.sources, &parts.headers, query),
+                Ok(None)
+            )
+            || token::stray_credentials(&policy.sources, &parts.headers, query)
+        {
+            return Err(Reject::AnonymousCredential);
+        }
+    }
     let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
     if let Some(verified) = admitted.verified() {
         for (name, value) in &verified.identity {

@@ -44,7 +44,12 @@ pub fn rewrite(
         if let Some(policy) = &route.auth {
             let used = match &admitted.token {
                 Some((_, source)) => std::slice::from_ref(&policy.sources[*source]),
-                None => &policy.sources[..],
+                None => {
+                    // Whatever its scheme (`JWT …`, `Token …`): lenient parsers read any
+                    // Authorization as a credential, and none was verified here.
+                    parts.headers.remove(http::header::AUTHORIZATION);
+                    &policy.sources[..]
+                }
             };
             for source in used {
                 if let Some(q) = token::remove(source, &mut parts.headers, query.as_deref()) {

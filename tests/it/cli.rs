@@ -602,3 +602,49 @@ async fn health_probes_the_admin_listener() {
     assert_eq!(code, Some(1));
     assert!(err.contains("only http://"), "{err}");
 }
+
+/// Every subcommand and every flag of every subcommand has help text.
+#[test]
+fn every_flag_is_explained() {
+    let help = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().expect("help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    let subcommands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            assert!(
+                words.next().is_some(),
+                "subcommand {name} has no help: {l:?}"
+            );
+            Some(name.to_owned())
+        })
+        .filter(|n| n != "help")
+        .collect();
+    assert!(subcommands.len() >= 8, "{top}");
+    for sub in &subcommands {
+        let text = help(&[sub, "--help"]);
+        let options: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Options:"))
+            .skip(1)
+            .filter(|l| l.trim_start().starts_with('-'))
+            .collect();
+        for line in options {
+            // `  -c, --config <FILE>  The gateway configuration…`: text after the flag.
+            let described = line
+                .trim_start()
+                .split("  ")
+                .filter(|p| !p.is_empty())
+                .count()
+                > 1;
+            assert!(described, "`jwtgate {sub}`: {line:?} has no help\n{text}");
+        }
+    }
+}

@@ -34,6 +34,8 @@ routes:
     match: {{ path_prefix: /admin }}
     upstream: echo
     auth: {{ issuers: [idp], require: {{ claims: {{ role: {{ equals: admin }} }} }} }}
+  - {{ name: cors, match: {{ path_prefix: /cors }}, upstream: echo, auth: {{ issuers: [idp], allow_preflight: true, token_sources: [header, {{ cookie: sess }}, {{ query: tok }}] }} }}
+  - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: echo, auth: {{ issuers: [idp], optional: true, token_sources: [{{ cookie: sess }}] }} }}
   - {{ name: default, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}
 "#,
         iss = idp.url,
@@ -103,6 +105,41 @@ async fn decisions_match_the_gateway() {
             "the request carries an identity header only the gateway may set"
         );
     }
+    // Let through without a token (a preflight, an optional route), the described request
+    // must carry no credential at all: the caller forwards it untouched.
+    let preflight = |extra: Vec<String>| {
+        let mut h = ask("/cors/orders", "OPTIONS", extra);
+        h.push("Origin: https://app.example".into());
+        h.push("Access-Control-Request-Method: DELETE".into());
+        h
+    };
+    assert_eq!(decide(preflight(vec![])).await.status, 200);
+    for credential in [
+        bearer("forged.token.sig"),
+        "Authorization: JWT forged".into(),
+        "Cookie: sess=forged.cookie.tok".into(),
+    ] {
+        let r = decide(preflight(vec![credential.clone()])).await;
+        assert_eq!(r.status, 400, "{credential}");
+    }
+    let r = decide(ask(
+        "/cors/orders?tok=forged",
+        "OPTIONS",
+        vec![
+            "Origin: https://app.example".into(),
+            "Access-Control-Request-Method: DELETE".into(),
+        ],
+    ))
+    .await;
+    assert_eq!(r.status, 400, "a token in the query");
+    assert_eq!(decide(ask("/maybe/x", "GET", vec![])).await.status, 200);
+    let r = decide(ask(
+        "/maybe/x",
+        "GET",
+        vec!["Authorization: Token forged".into()],
+    ))
+    .await;
+    assert_eq!(r.status, 400);
     // The path is normalized before routing, exactly as when proxying.
     let r = decide(ask("/public/../admin/x", "GET", vec![bearer(&good)])).await;
     assert_eq!(r.status, 403, "the dot segment climbs into /admin");
@@ -226,7 +263,7 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Host $http_host;
       proxy_set_header X-Forwarded-Proto $scheme;
     }}
   }}

@@ -535,8 +535,24 @@ async fn optional_authentication() {
     assert_eq!(r.status, 400);
     let r = get(s.a(), "/maybe-cookie/x?access_token=forged", &[]).await;
     assert_eq!(r.status, 400);
-    let r = get(s.a(), "/maybe-cookie/x", &["Cookie: theme=dark"]).await;
+    let r = get(
+        s.a(),
+        "/maybe-cookie/x",
+        &["Cookie: theme=dark", "Authorization: JWT forged"],
+    )
+    .await;
     assert_eq!(r.status, 200);
+    assert!(
+        r.upstream_header("authorization").is_empty(),
+        "an Authorization of any scheme is not forwarded unverified"
+    );
+    // A parameter PHP reads as `access_token` (it stops at NUL) is a token too.
+    for q in ["access_token%00=forged", "access_token%00x=forged"] {
+        let r = get(s.a(), &format!("/maybe/x?{q}"), &[]).await;
+        assert_eq!(r.status, 400, "{q}");
+        let r = get(s.a(), &format!("/other?{q}"), &[&bearer(&good)]).await;
+        assert_eq!(r.status, 400, "{q} beside a bearer token");
+    }
     let r = get(
         s.a(),
         "/maybe-cookie/x",
