@@ -33,6 +33,9 @@ pub struct RawPolicy {
     /// they need a token like any request, which browsers never send on a preflight).
     #[serde(default)]
     pub allow_preflight: bool,
+    /// Send the verified claims upstream in this header, base64url-encoded JSON (like
+    /// Envoy's `forward_payload_header`); client copies are stripped on every route.
+    pub forward_payload: Option<String>,
     /// End WebSockets and streams of this route when the token expires (default true).
     pub close_on_expiry: Option<bool>,
     /// Origins (`https://app.example.com`) whose pages may open WebSockets here and send
@@ -81,6 +84,8 @@ pub struct AuthPolicy {
     pub optional: bool,
     /// CORS preflights pass anonymously.
     pub allow_preflight: bool,
+    /// The header carrying the verified claims upstream.
+    pub forward_payload: Option<HeaderName>,
     /// End live connections (WebSocket, streams) at the token's `exp` (+ leeway).
     pub close_on_expiry: bool,
     /// Origins allowed to use this route's ambient credentials cross-site.
@@ -237,6 +242,10 @@ impl Validator<'_> {
             forward_token: policy.forward_token,
             optional: policy.optional,
             allow_preflight: policy.allow_preflight,
+            forward_payload: policy
+                .forward_payload
+                .as_ref()
+                .and_then(|h| self.gateway_header(&format!("{path}.forward_payload"), h)),
             close_on_expiry: policy.close_on_expiry.unwrap_or(true),
             allowed_origins: policy.allowed_origins.as_ref().map(|list| {
                 list.iter()
@@ -320,6 +329,11 @@ mod tests {
                 (8, 43),
             ),
             ("{ issuers: [i], nope: 1 }", "routes[0].auth.nope", (8, 27)),
+            (
+                "{ issuers: [i], forward_payload: Host }",
+                "routes[0].auth.forward_payload",
+                (8, 27),
+            ),
             (
                 "{ issuers: [i], optional: true, require: { scopes: [a] } }",
                 "routes[0].auth.optional",

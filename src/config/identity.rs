@@ -40,6 +40,30 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 impl Validator<'_> {
+    /// A header name the gateway will set itself: valid, without `_` (a client's `-` twin
+    /// would be read instead), and not one HTTP or the gateway owns.
+    pub(super) fn gateway_header(&mut self, p: &str, name: &str) -> Option<HeaderName> {
+        let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
+            self.err(p, format!("`{name}` is not a valid header name"));
+            return None;
+        };
+        if hn.as_str().contains('_') {
+            self.err(
+                p,
+                format!("`{name}`: header names with `_` are dropped by nginx and many servers, so a client's `-` twin would be read instead; use `-`"),
+            );
+            return None;
+        }
+        if RESERVED_HEADERS.contains(&hn.as_str()) {
+            self.err(
+                p,
+                format!("`{name}` is owned by HTTP or the gateway and cannot carry identity"),
+            );
+            return None;
+        }
+        Some(hn)
+    }
+
     pub(super) fn identity_headers(
         &mut self,
         raw: &BTreeMap<String, String>,
@@ -47,24 +71,9 @@ impl Validator<'_> {
         let mut out: Vec<IdentityHeader> = Vec::new();
         for (name, claim) in raw {
             let p = format!("identity_headers.{name}");
-            let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
-                self.err(&p, format!("`{name}` is not a valid header name"));
+            let Some(hn) = self.gateway_header(&p, name) else {
                 continue;
             };
-            if hn.as_str().contains('_') {
-                self.err(
-                    &p,
-                    format!("`{name}`: header names with `_` are dropped by nginx and many servers, so a client's `-` twin would be read instead; use `-`"),
-                );
-                continue;
-            }
-            if RESERVED_HEADERS.contains(&hn.as_str()) {
-                self.err(
-                    &p,
-                    format!("`{name}` is owned by HTTP or the gateway and cannot carry identity"),
-                );
-                continue;
-            }
             if out.iter().any(|h| h.name == hn) {
                 self.err(
                     &p,

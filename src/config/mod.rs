@@ -330,6 +330,15 @@ impl<'a> Validator<'a> {
         let routes = self.routes(raw.routes, &issuers, &upstreams);
         self.warn_method_shadowing(&routes);
         self.warn_unreachable(&routes, &issuers, &upstreams);
+        for (i, r) in routes.iter().enumerate() {
+            let payload = r.auth.as_ref().and_then(|a| a.forward_payload.as_ref());
+            if payload.is_some_and(|h| identity_headers.iter().any(|x| x.name == *h)) {
+                self.err(
+                    &format!("routes[{i}].auth.forward_payload"),
+                    "already an identity header; give the claims a header of their own",
+                );
+            }
+        }
         let revocation = raw.revocation.as_ref().map(|r| self.revocation(r, base));
         if raw.trusted_proxies.is_empty() {
             for (i, _) in listeners.iter().enumerate().filter(|(_, l)| l.forward_auth) {
@@ -446,6 +455,18 @@ mod testing {
 #[cfg(test)]
 mod tests {
     use super::testing::{assert_problems, gateway_problems, gateway_with};
+
+    /// The claims header cannot be an identity header too.
+    #[test]
+    fn payload_header_is_its_own() {
+        let p = gateway_problems(
+            "issuers: [ { name: i, issuer: \"https://i\", jwks_file: k.json, audiences: [a] } ]\nidentity_headers: { X-User-Id: sub }\nupstreams: [ { name: u, url: \"http://127.0.0.1:1\" } ]\nroutes: [ { name: r, match: { path_prefix: / }, upstream: u, auth: { issuers: [i], forward_payload: x-user-id } } ]\n",
+        );
+        assert!(
+            p.iter().any(|p| p.path == "routes[0].auth.forward_payload"),
+            "{p:?}"
+        );
+    }
 
     /// A misspelt key is answered with the closest one it could be.
     #[test]

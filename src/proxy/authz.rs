@@ -87,6 +87,14 @@ pub async fn decide(
         for (name, value) in &verified.identity {
             resp.headers_mut().insert(name.clone(), value.clone());
         }
+        let payload = admitted
+            .route
+            .auth
+            .as_ref()
+            .and_then(|a| a.forward_payload.as_ref());
+        if let (Some(name), Some(value)) = (payload, verified.payload_header()) {
+            resp.headers_mut().insert(name.clone(), value);
+        }
     }
     Ok(resp)
 }

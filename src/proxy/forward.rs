@@ -83,6 +83,14 @@ pub fn rewrite(
             request_id: &trace.request_id,
         },
     );
+    if let (Some(name), Some(verified)) = (
+        route.auth.as_ref().and_then(|a| a.forward_payload.as_ref()),
+        admitted.verified(),
+    ) {
+        if let Some(value) = verified.payload_header() {
+            parts.headers.insert(name.clone(), value);
+        }
+    }
     parts.uri = uri;
     // The version spoken is the upstream's, whatever the client spoke.
     parts.version = upstream.version;

@@ -145,11 +145,22 @@ impl Gateway {
             .iter()
             .map(|r| metrics.route(&r.name, true))
             .collect();
-        let identity_names = config
+        // Every header the gateway sets with identity, on any route, is stripped from
+        // client requests on every route.
+        let mut identity_names: Vec<HeaderName> = config
             .identity_headers
             .iter()
             .map(|h| h.name.clone())
             .collect();
+        for name in config
+            .routes
+            .iter()
+            .filter_map(|r| r.auth.as_ref()?.forward_payload.clone())
+        {
+            if !identity_names.contains(&name) {
+                identity_names.push(name);
+            }
+        }
         Ok(Gateway {
             live: shared.live.clone(),
             revocations: shared.revocations.clone(),

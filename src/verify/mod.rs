@@ -49,6 +49,15 @@ pub struct Verified {
     bytes: u32,
 }
 
+impl Verified {
+    /// The verified claims as one header value: base64url (no padding) of their JSON.
+    pub fn payload_header(&self) -> Option<HeaderValue> {
+        use base64::Engine;
+        let json = serde_json::to_vec(&self.claims).ok()?;
+        HeaderValue::from_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)).ok()
+    }
+}
+
 /// Bytes one cache entry costs beyond its token and claims: the entry's own structures
 /// (moka's entry and deque nodes, the `Arc`s, this struct), measured with
 /// `cargo bench --bench cache_memory`.

@@ -36,7 +36,7 @@ routes:
     auth: {{ issuers: [idp], require: {{ claims: {{ role: {{ equals: admin }} }} }} }}
   - {{ name: cors, match: {{ path_prefix: /cors }}, upstream: echo, auth: {{ issuers: [idp], allow_preflight: true, token_sources: [header, {{ cookie: sess }}, {{ query: tok }}] }} }}
   - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: echo, auth: {{ issuers: [idp], optional: true, token_sources: [{{ cookie: sess }}] }} }}
-  - {{ name: default, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp] }} }}
+  - {{ name: default, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [idp], forward_payload: X-Jwt-Payload }} }}
 "#,
         iss = idp.url,
         jwks = idp.jwks_url(),
@@ -82,6 +82,7 @@ async fn decisions_match_the_gateway() {
     let r = decide(ask("/orders/1?x=1", "GET", vec![bearer(&good)])).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-user-id"), Some("42"));
+    assert!(r.header("x-jwt-payload").is_some(), "the claims header too");
     assert!(r.header("x-request-id").is_some());
     assert!(r.body.is_empty());
     // Refusals are the gateway's own, challenge included.
@@ -97,7 +98,12 @@ async fn decisions_match_the_gateway() {
     let r = decide(ask("/public/x", "GET", vec![])).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-user-id"), None);
-    for spoof in ["X-User-Id: 1", "x_user_id: 1", "X-User_Id: 1"] {
+    for spoof in [
+        "X-User-Id: 1",
+        "x_user_id: 1",
+        "X-User_Id: 1",
+        "X-Jwt-Payload: e30",
+    ] {
         let r = decide(ask("/public/x", "GET", vec![spoof.into(), bearer(&good)])).await;
         assert_eq!(r.status, 400, "{spoof}");
         assert_eq!(

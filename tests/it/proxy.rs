@@ -76,6 +76,7 @@ routes:
     match: {{ path_prefix: /keep }}
     upstream: echo
     auth: {{ issuers: [idp], forward_token: true }}
+  - {{ name: payload, match: {{ path_prefix: /payload }}, upstream: echo, auth: {{ issuers: [idp], forward_payload: X-Jwt-Payload }} }}
   - {{ name: maybe-cookie, match: {{ path_prefix: /maybe-cookie }}, upstream: echo, auth: {{ issuers: [idp], optional: true, forward_token: true, token_sources: [{{ cookie: session }}] }} }}
   - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: echo, auth: {{ issuers: [idp], optional: true }} }}
   - {{ name: cors, match: {{ path_prefix: /cors }}, upstream: echo, auth: {{ issuers: [idp], allow_preflight: true, token_sources: [header, {{ cookie: session }}] }} }}
@@ -633,4 +634,37 @@ async fn cors_preflight_passes_only_where_allowed() {
     // Routes without the option: the preflight needs a token like any request.
     let r = request(s.a(), "OPTIONS", "/other", &preflight).await;
     assert_eq!(r.status, 401);
+}
+
+/// `forward_payload`: the verified claims reach the upstream as base64url JSON in one
+/// header; a client copy of that header never does, on that route or any other.
+#[tokio::test]
+async fn verified_claims_forwarded_as_one_header() {
+    use base64::Engine;
+    let s = setup().await;
+    let good = s.token(json!({ "email": "ada@example.com" }));
+    let spoof = "X-Jwt-Payload: eyJzdWIiOiJyb290In0";
+    let r = get(s.a(), "/payload/x", &[&bearer(&good), spoof]).await;
+    assert_eq!(r.status, 200);
+    let values = r.upstream_header("x-jwt-payload");
+    assert_eq!(values.len(), 1, "{values:?}");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&values[0])
+            .expect("base64url"),
+    )
+    .expect("JSON");
+    assert_eq!(claims["sub"], "42");
+    assert_eq!(claims["email"], "ada@example.com");
+    assert_eq!(claims["iss"], s.idp.url.as_str());
+    for (path, auth) in [("/public/x", None), ("/other", Some(bearer(&good)))] {
+        let mut h = vec![spoof, "X_Jwt_Payload: eyJzdWIiOiJyb290In0"];
+        if let Some(b) = &auth {
+            h.push(b);
+        }
+        let r = get(s.a(), path, &h).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.upstream_header("x-jwt-payload").is_empty(), "{path}");
+        assert!(r.upstream_header("x_jwt_payload").is_empty(), "{path}");
+    }
 }
