@@ -36,6 +36,10 @@ pub struct RawPolicy {
     /// Send the verified claims upstream in this header, base64url-encoded JSON (like
     /// Envoy's `forward_payload_header`); client copies are stripped on every route.
     pub forward_payload: Option<String>,
+    /// Identity headers of this route only, beside the global `identity_headers`
+    /// (header → claim path).
+    #[serde(default)]
+    pub identity_headers: BTreeMap<String, String>,
     /// End WebSockets and streams of this route when the token expires (default true).
     pub close_on_expiry: Option<bool>,
     /// Origins (`https://app.example.com`) whose pages may open WebSockets here and send
@@ -86,6 +90,8 @@ pub struct AuthPolicy {
     pub allow_preflight: bool,
     /// The header carrying the verified claims upstream.
     pub forward_payload: Option<HeaderName>,
+    /// This route's own identity headers.
+    pub identity_headers: Vec<super::identity::IdentityHeader>,
     /// End live connections (WebSocket, streams) at the token's `exp` (+ leeway).
     pub close_on_expiry: bool,
     /// Origins allowed to use this route's ambient credentials cross-site.
@@ -242,6 +248,10 @@ impl Validator<'_> {
             forward_token: policy.forward_token,
             optional: policy.optional,
             allow_preflight: policy.allow_preflight,
+            identity_headers: self.identity_headers_at(
+                &format!("{path}.identity_headers"),
+                &policy.identity_headers,
+            ),
             forward_payload: policy
                 .forward_payload
                 .as_ref()

@@ -68,9 +68,18 @@ impl Validator<'_> {
         &mut self,
         raw: &BTreeMap<String, String>,
     ) -> Vec<IdentityHeader> {
+        self.identity_headers_at("identity_headers", raw)
+    }
+
+    /// The identity headers of the mapping at `at` (the global one, or a route's).
+    pub(super) fn identity_headers_at(
+        &mut self,
+        at: &str,
+        raw: &BTreeMap<String, String>,
+    ) -> Vec<IdentityHeader> {
         let mut out: Vec<IdentityHeader> = Vec::new();
         for (name, claim) in raw {
-            let p = format!("identity_headers.{name}");
+            let p = format!("{at}.{name}");
             let Some(hn) = self.gateway_header(&p, name) else {
                 continue;
             };

@@ -330,12 +330,26 @@ impl<'a> Validator<'a> {
         let routes = self.routes(raw.routes, &issuers, &upstreams);
         self.warn_method_shadowing(&routes);
         self.warn_unreachable(&routes, &issuers, &upstreams);
-        for (i, r) in routes.iter().enumerate() {
-            let payload = r.auth.as_ref().and_then(|a| a.forward_payload.as_ref());
-            if payload.is_some_and(|h| identity_headers.iter().any(|x| x.name == *h)) {
+        for (i, auth) in routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r.auth.as_ref()?)))
+        {
+            let global = |h: &http::HeaderName| identity_headers.iter().any(|x| x.name == *h);
+            if auth
+                .forward_payload
+                .as_ref()
+                .is_some_and(|h| global(h) || auth.identity_headers.iter().any(|x| x.name == *h))
+            {
                 self.err(
                     &format!("routes[{i}].auth.forward_payload"),
                     "already an identity header; give the claims a header of their own",
+                );
+            }
+            for h in auth.identity_headers.iter().filter(|h| global(&h.name)) {
+                self.err(
+                    &format!("routes[{i}].auth.identity_headers.{}", h.name),
+                    "already a global identity header; a route adds headers, it does not redefine them",
                 );
             }
         }
@@ -466,6 +480,15 @@ mod tests {
             p.iter().any(|p| p.path == "routes[0].auth.forward_payload"),
             "{p:?}"
         );
+        let p = gateway_problems(
+            "issuers: [ { name: i, issuer: \"https://i\", jwks_file: k.json, audiences: [a] } ]\nidentity_headers: { X-User-Id: sub }\nupstreams: [ { name: u, url: \"http://127.0.0.1:1\" } ]\nroutes: [ { name: r, match: { path_prefix: / }, upstream: u, auth: { issuers: [i], identity_headers: { X-User-Id: email, Host: x } } } ]\n",
+        );
+        for path in [
+            "routes[0].auth.identity_headers.x-user-id",
+            "routes[0].auth.identity_headers.Host",
+        ] {
+            assert!(p.iter().any(|p| p.path == path), "{path}: {p:?}");
+        }
     }
 
     /// A misspelt key is answered with the closest one it could be.

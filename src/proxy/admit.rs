@@ -28,6 +28,8 @@ pub struct Admitted<'g> {
     pub websocket: Option<HeaderValue>,
     /// The verified token and the index of the source it came from (`None` on `auth: none`).
     pub token: Option<(Arc<Verified>, usize)>,
+    /// The route's own identity headers (`auth.identity_headers`), from the token.
+    pub route_identity: Vec<(http::header::HeaderName, HeaderValue)>,
 }
 
 impl Admitted<'_> {
@@ -70,51 +72,50 @@ pub async fn admit<'g>(
         return Err(Reject::ClientCertRequired);
     }
 
-    let token = match &route.auth {
-        None => None,
-        Some(policy) => {
-            // A CORS preflight carries no credentials (browsers never send them on one).
-            if policy.allow_preflight && is_preflight(parts) {
-                return admitted(route, path, host, parts, None);
-            }
-            // 4. Token: exactly one, from the route's sources; none passes anonymously
-            // on an optional route.
-            let token = match token::extract(&policy.sources, &parts.headers, parts.uri.query())? {
-                Some(token) => token,
-                None if policy.optional => {
-                    // A credential in a carrier this route does not read is no anonymous
-                    // request: it is refused as it would be beside a token.
-                    if token::stray_credentials(&policy.sources, &parts.headers, parts.uri.query())
-                    {
-                        return Err(Reject::MultipleTokens);
-                    }
-                    return admitted(route, path, host, parts, None);
-                }
-                None => return Err(Reject::MissingToken),
-            };
+    let Some(policy) = &route.auth else {
+        return admitted(route, path, host, parts, None);
+    };
+    // A CORS preflight carries no credentials (browsers never send them on one).
+    if policy.allow_preflight && is_preflight(parts) {
+        return admitted(route, path, host, parts, None);
+    }
+    // 4. Token: exactly one, from the route's sources; none passes anonymously
+    // on an optional route.
+    let token = match token::extract(&policy.sources, &parts.headers, parts.uri.query())? {
+        Some(token) => token,
+        None if policy.optional => {
+            // A credential in a carrier this route does not read is no anonymous
+            // request: it is refused as it would be beside a token.
             if token::stray_credentials(&policy.sources, &parts.headers, parts.uri.query()) {
                 return Err(Reject::MultipleTokens);
             }
-            check_origin(
-                policy,
-                &policy.sources[token.source],
-                parts,
-                host.as_ref(),
-                peer.proto,
-            )?;
-            // 5. Verify.
-            let verified = gw
-                .verifier
-                .verify(&token.value, &policy.issuers, gw.clock.unix())
-                .await?;
-            // 6. Revocation: checked on every request, cached verification or not.
-            gw.check_revocation(&verified)?;
-            // 7. Authorize.
-            policy::authorize(policy, &verified)?;
-            Some((verified, token.source))
+            return admitted(route, path, host, parts, None);
         }
+        None => return Err(Reject::MissingToken),
     };
-    admitted(route, path, host, parts, token)
+    if token::stray_credentials(&policy.sources, &parts.headers, parts.uri.query()) {
+        return Err(Reject::MultipleTokens);
+    }
+    check_origin(
+        policy,
+        &policy.sources[token.source],
+        parts,
+        host.as_ref(),
+        peer.proto,
+    )?;
+    // 5. Verify.
+    let verified = gw
+        .verifier
+        .verify(&token.value, &policy.issuers, gw.clock.unix())
+        .await?;
+    // 6. Revocation: checked on every request, cached verification or not.
+    gw.check_revocation(&verified)?;
+    // 7. Authorize.
+    policy::authorize(policy, &verified)?;
+    let route_identity = verified.identity_for(&policy.identity_headers)?;
+    let mut a = admitted(route, path, host, parts, Some((verified, token.source)))?;
+    a.route_identity = route_identity;
+    Ok(a)
 }
 
 /// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
@@ -142,6 +143,7 @@ fn admitted<'g>(
         host: host.and_then(|a| HeaderValue::from_str(&a.render()).ok()),
         websocket: websocket_key(parts),
         token,
+        route_identity: Vec::new(),
     })
 }
 

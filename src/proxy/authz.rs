@@ -84,7 +84,7 @@ pub async fn decide(
     }
     let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
     if let Some(verified) = admitted.verified() {
-        for (name, value) in &verified.identity {
+        for (name, value) in verified.identity.iter().chain(&admitted.route_identity) {
             resp.headers_mut().insert(name.clone(), value.clone());
         }
         let payload = admitted

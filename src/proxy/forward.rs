@@ -83,6 +83,9 @@ pub fn rewrite(
             request_id: &trace.request_id,
         },
     );
+    for (name, value) in &admitted.route_identity {
+        parts.headers.insert(name.clone(), value.clone());
+    }
     if let (Some(name), Some(verified)) = (
         route.auth.as_ref().and_then(|a| a.forward_payload.as_ref()),
         admitted.verified(),

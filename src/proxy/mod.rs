@@ -155,7 +155,13 @@ impl Gateway {
         for name in config
             .routes
             .iter()
-            .filter_map(|r| r.auth.as_ref()?.forward_payload.clone())
+            .filter_map(|r| r.auth.as_ref())
+            .flat_map(|a| {
+                a.identity_headers
+                    .iter()
+                    .map(|h| h.name.clone())
+                    .chain(a.forward_payload.clone())
+            })
         {
             if !identity_names.contains(&name) {
                 identity_names.push(name);

@@ -49,7 +49,33 @@ pub struct Verified {
     bytes: u32,
 }
 
+/// The identity headers `headers` name, from `claims`: a claim that is absent sets no
+/// header; one that cannot be forwarded faithfully refuses the request.
+fn identity_of(
+    claims: &Map<String, Value>,
+    headers: &[IdentityHeader],
+) -> Result<Vec<(HeaderName, HeaderValue)>, Reject> {
+    headers
+        .iter()
+        .filter_map(|h| {
+            let v = policy::lookup(claims, &h.claim)?;
+            Some(identity_value(v).map(|value| (h.name.clone(), value)).ok_or_else(|| {
+                tracing::info!(header = %h.name, "token refused: its identity claim is not a string, number, boolean or array of them without `,`, or holds characters a header cannot carry faithfully");
+                Reject::UnusableClaim
+            }))
+        })
+        .collect()
+}
+
 impl Verified {
+    /// A route's own identity headers, from the verified claims.
+    pub fn identity_for(
+        &self,
+        headers: &[IdentityHeader],
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Reject> {
+        identity_of(&self.claims, headers)
+    }
+
     /// The verified claims as one header value: base64url (no padding) of their JSON.
     pub fn payload_header(&self) -> Option<HeaderValue> {
         use base64::Engine;
@@ -375,17 +401,7 @@ impl Verifier {
         let scopes = policy::scopes(&claims);
         // An identity claim that cannot be forwarded faithfully refuses the request: an
         // authenticated request never reaches the upstream with part of its identity missing.
-        let identity = self
-            .identity_headers
-            .iter()
-            .filter_map(|h| {
-                let v = policy::lookup(&claims, &h.claim)?;
-                Some(identity_value(v).map(|value| (h.name.clone(), value)).ok_or_else(|| {
-                    tracing::info!(header = %h.name, "token refused: its identity claim is not a string, number, boolean or array of them without `,`, or holds characters a header cannot carry faithfully");
-                    Reject::UnusableClaim
-                }))
-            })
-            .collect::<Result<_, _>>()?;
+        let identity = identity_of(&claims, &self.identity_headers)?.into_boxed_slice();
         let revocation_keys = match &self.revocations {
             Some(set) => {
                 let iss = self.issuers[issuer].cfg.issuer.as_str();

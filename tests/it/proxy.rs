@@ -76,7 +76,7 @@ routes:
     match: {{ path_prefix: /keep }}
     upstream: echo
     auth: {{ issuers: [idp], forward_token: true }}
-  - {{ name: payload, match: {{ path_prefix: /payload }}, upstream: echo, auth: {{ issuers: [idp], forward_payload: X-Jwt-Payload }} }}
+  - {{ name: payload, match: {{ path_prefix: /payload }}, upstream: echo, auth: {{ issuers: [idp], forward_payload: X-Jwt-Payload, identity_headers: {{ X-Tenant: org.tenant }} }} }}
   - {{ name: maybe-cookie, match: {{ path_prefix: /maybe-cookie }}, upstream: echo, auth: {{ issuers: [idp], optional: true, forward_token: true, token_sources: [{{ cookie: session }}] }} }}
   - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: echo, auth: {{ issuers: [idp], optional: true }} }}
   - {{ name: cors, match: {{ path_prefix: /cors }}, upstream: echo, auth: {{ issuers: [idp], allow_preflight: true, token_sources: [header, {{ cookie: session }}] }} }}
@@ -637,15 +637,30 @@ async fn cors_preflight_passes_only_where_allowed() {
 }
 
 /// `forward_payload`: the verified claims reach the upstream as base64url JSON in one
-/// header; a client copy of that header never does, on that route or any other.
+/// header; a route's own `identity_headers` come beside the global ones; client copies of
+/// either never pass, on that route or any other.
 #[tokio::test]
 async fn verified_claims_forwarded_as_one_header() {
     use base64::Engine;
     let s = setup().await;
-    let good = s.token(json!({ "email": "ada@example.com" }));
+    let good = s.token(json!({ "email": "ada@example.com", "org": { "tenant": "acme" } }));
     let spoof = "X-Jwt-Payload: eyJzdWIiOiJyb290In0";
-    let r = get(s.a(), "/payload/x", &[&bearer(&good), spoof]).await;
+    let r = get(
+        s.a(),
+        "/payload/x",
+        &[&bearer(&good), spoof, "X-Tenant: globex"],
+    )
+    .await;
     assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-tenant"), vec!["acme".to_owned()]);
+    assert_eq!(
+        r.upstream_header("x-user-id"),
+        vec!["42".to_owned()],
+        "global ones too"
+    );
+    // A route identity claim that cannot be forwarded faithfully refuses the request.
+    let odd = s.token(json!({ "org": { "tenant": { "id": 1 } } }));
+    assert_eq!(get(s.a(), "/payload/x", &[&bearer(&odd)]).await.status, 401);
     let values = r.upstream_header("x-jwt-payload");
     assert_eq!(values.len(), 1, "{values:?}");
     let claims: serde_json::Value = serde_json::from_slice(
@@ -658,7 +673,11 @@ async fn verified_claims_forwarded_as_one_header() {
     assert_eq!(claims["email"], "ada@example.com");
     assert_eq!(claims["iss"], s.idp.url.as_str());
     for (path, auth) in [("/public/x", None), ("/other", Some(bearer(&good)))] {
-        let mut h = vec![spoof, "X_Jwt_Payload: eyJzdWIiOiJyb290In0"];
+        let mut h = vec![
+            spoof,
+            "X_Jwt_Payload: eyJzdWIiOiJyb290In0",
+            "X-Tenant: globex",
+        ];
         if let Some(b) = &auth {
             h.push(b);
         }
@@ -666,5 +685,6 @@ async fn verified_claims_forwarded_as_one_header() {
         assert_eq!(r.status, 200, "{path}");
         assert!(r.upstream_header("x-jwt-payload").is_empty(), "{path}");
         assert!(r.upstream_header("x_jwt_payload").is_empty(), "{path}");
+        assert!(r.upstream_header("x-tenant").is_empty(), "{path}");
     }
 }
