@@ -58,6 +58,10 @@ pub const CONFIG_RELOADS_TOTAL: &str = "jwtgate_config_reloads_total";
 
 /// Control plane: revocations durably written, by kind.
 pub const CONTROL_REVOCATIONS_WRITTEN_TOTAL: &str = "jwtgate_control_revocations_written_total";
+/// Control plane: time a store write took, by operation (`insert`, `batch`, `delete`).
+pub const CONTROL_STORE_WRITE_SECONDS: &str = "jwtgate_control_store_write_seconds";
+/// Control plane: the store's head cursor (the newest write), read at scrape time.
+pub const CONTROL_HEAD_CURSOR: &str = "jwtgate_control_head_cursor";
 /// Control plane: open revocation streams (syncing gateways).
 pub const CONTROL_STREAM_CLIENTS: &str = "jwtgate_control_stream_clients";
 
@@ -138,6 +142,8 @@ pub struct MetricsInner {
     // The control plane.
     pub control_written: IntCounterVec,
     pub control_stream_clients: IntGauge,
+    control_store_write: HistogramVec,
+    pub control_head_cursor: IntGauge,
 }
 
 impl std::ops::Deref for Metrics {
@@ -157,6 +163,8 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 fn help(name: &str) -> &'static str {
     match name {
         REQUESTS_TOTAL => "Requests by route, outcome and reason (why allowed or refused).",
+        CONTROL_STORE_WRITE_SECONDS => "Time a durable store write took, by operation.",
+        CONTROL_HEAD_CURSOR => "The revocation store's head cursor.",
         BUILD_INFO => "The running build (value 1).",
         OPEN_CONNECTIONS => "Client connections open now.",
         UPSTREAM_IN_FLIGHT => "Requests being forwarded upstream now.",
@@ -245,6 +253,17 @@ impl Metrics {
                 help(CONTROL_STREAM_CLIENTS),
             )
             .expect("valid metric"),
+            control_store_write: HistogramVec::new(
+                HistogramOpts::new(
+                    CONTROL_STORE_WRITE_SECONDS,
+                    help(CONTROL_STORE_WRITE_SECONDS),
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["op"],
+            )
+            .expect("valid metric"),
+            control_head_cursor: IntGauge::new(CONTROL_HEAD_CURSOR, help(CONTROL_HEAD_CURSOR))
+                .expect("valid metric"),
         };
         let r = &m.registry;
         let build = gauge_vec(BUILD_INFO, &["version"]);
@@ -285,6 +304,11 @@ impl Metrics {
         if components.contains(&Component::Control) {
             register(r, &m.control_written);
             register(r, &m.control_stream_clients);
+            register(r, &m.control_store_write);
+            register(r, &m.control_head_cursor);
+            for op in ["insert", "batch", "delete"] {
+                m.control_store_write.with_label_values(&[op]);
+            }
         }
         Metrics(Arc::new(m))
     }
@@ -343,6 +367,22 @@ impl Metrics {
 
     pub fn config_reloads(&self, result: &str) {
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// A write reached `cursor`: the head is at least there (scrapes of the control API
+    /// also read it from the store, which counts other replicas' writes).
+    pub fn head_at_least(&self, cursor: u64) {
+        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+        if cursor > self.control_head_cursor.get() {
+            self.control_head_cursor.set(cursor);
+        }
+    }
+
+    /// A durable store write of the control plane took `took`.
+    pub fn store_write(&self, op: &str, took: std::time::Duration) {
+        self.control_store_write
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
     }
 
     pub fn jwks_keys(&self, issuer: &str, n: usize) {

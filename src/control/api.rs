@@ -144,6 +144,13 @@ async fn route(
             }
         }
         (Method::GET, "/metrics") => {
+            match cp.store.max_cursor().await {
+                Ok(head) => cp
+                    .metrics
+                    .control_head_cursor
+                    .set(i64::try_from(head).unwrap_or(i64::MAX)),
+                Err(e) => tracing::warn!(error = %e, "head cursor unavailable for /metrics"),
+            }
             let mut r = Response::new(Either::Left(Full::new(Bytes::from(cp.metrics.render()))));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

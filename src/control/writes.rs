@@ -153,7 +153,10 @@ pub async fn post_revocation(
         return record(cp, &new, now).await;
     }
     let batch = parse_batch(&body, &cp.access, now)?;
-    let written = cp.store.insert_many(&batch, now).await.map_err(|e| {
+    let started = std::time::Instant::now();
+    let written = cp.store.insert_many(&batch, now).await;
+    cp.metrics.store_write("batch", started.elapsed());
+    let written = written.map_err(|e| {
         tracing::error!(error = %e, entries = batch.len(), "revocation batch not stored");
         ApiError::WriteFailed
     })?;
@@ -169,6 +172,7 @@ pub async fn post_revocation(
         }
     }
     let cursor = written.iter().map(|w| w.cursor).max().unwrap_or(0);
+    cp.metrics.head_at_least(cursor);
     tracing::info!(
         entries = batch.len(),
         created,
@@ -254,16 +258,17 @@ pub async fn delete_revocation(
     id: u64,
     by: &str,
 ) -> Result<Response<ControlBody>, ApiError> {
-    let deleted = cp
-        .store
-        .delete(id, cp.clock.unix())
-        .await
+    let started = std::time::Instant::now();
+    let deleted = cp.store.delete(id, cp.clock.unix()).await;
+    cp.metrics.store_write("delete", started.elapsed());
+    let deleted = deleted
         .map_err(|e| {
             tracing::error!(error = %e, "revocation not deleted");
             ApiError::WriteFailed
         })?
         .ok_or(ApiError::NoSuchRevocation)?;
     cp.metrics.count_written("delete");
+    cp.metrics.head_at_least(deleted.cursor);
     tracing::warn!(
         id,
         kind = deleted.kind.as_str(),
@@ -328,12 +333,16 @@ pub async fn record(
     now: u64,
 ) -> Result<Response<ControlBody>, ApiError> {
     check_fields(new)?;
-    let w = cp.store.insert(new, now).await.map_err(|e| {
+    let started = std::time::Instant::now();
+    let w = cp.store.insert(new, now).await;
+    cp.metrics.store_write("insert", started.elapsed());
+    let w = w.map_err(|e| {
         tracing::error!(error = %e, "revocation not stored");
         ApiError::WriteFailed
     })?;
     if w.changed {
         cp.metrics.count_written(new.kind.as_str());
+        cp.metrics.head_at_least(w.cursor);
     }
     let status = if w.changed {
         StatusCode::CREATED

@@ -737,6 +737,9 @@ async fn single_node_metrics_show_both_planes() {
     for series in [
         "jwtgate_control_revocations_written_total{kind=\"jti\"} 1",
         "jwtgate_control_stream_clients 0",
+        "jwtgate_control_store_write_seconds_count{op=\"insert\"} 1",
+        "jwtgate_control_store_write_seconds_count{op=\"delete\"} 0",
+        "jwtgate_control_head_cursor 1",
         "jwtgate_requests_total{outcome=\"revoked\",reason=\"revoked\",route=\"api\"} 1",
         "jwtgate_revocations{kind=\"jti\"} 1",
     ] {
