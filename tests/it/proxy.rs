@@ -94,11 +94,7 @@ routes:
 
 impl Setup {
     fn token(&self, extra: serde_json::Value) -> String {
-        let mut c = claims(&self.idp.url);
-        for (k, v) in extra.as_object().expect("object") {
-            c[k] = v.clone();
-        }
-        self.key.mint(&c)
+        self.key.mint(&claims_with(&self.idp.url, &extra))
     }
     fn a(&self) -> std::net::SocketAddr {
         self.gw.addrs[0]

@@ -147,6 +147,15 @@ pub fn claims(iss: &str) -> Value {
     json!({ "iss": iss, "aud": "api", "sub": "42", "iat": now, "exp": now + 600, "jti": format!("{:x}", fastrand::u64(..)) })
 }
 
+/// [`claims`] of `iss` with the fields of `extra` set (or replaced).
+pub fn claims_with(iss: &str, extra: &Value) -> Value {
+    let mut c = claims(iss);
+    for (k, v) in extra.as_object().expect("object") {
+        c[k] = v.clone();
+    }
+    c
+}
+
 /// A real identity provider on loopback: discovery document and JWKS, with a fetch
 /// counter and a switch to make it fail.
 #[derive(Clone)]
