@@ -157,7 +157,11 @@ pub fn serve(
         }
         None => None,
     };
-    tracing::info!(listeners = ?addrs, admin = ?admin, "jwtgate serving");
+    tracing::info!(
+        listeners = %addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        admin = admin.map(|a| a.to_string()),
+        "jwtgate serving"
+    );
     Ok(Serving {
         addrs,
         admin,

@@ -648,3 +648,40 @@ fn every_flag_is_explained() {
         }
     }
 }
+
+/// Text logs written to a file (not a terminal) hold no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_off_a_terminal_have_no_colour() {
+    let echo = Echo::start().await.expect("echo");
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("jwtgate-text-log-{}", fastrand::u64(..)));
+    let p = temp_file(
+        "gw.yaml",
+        &format!(
+            "listeners: [ {{ address: \"127.0.0.1:{port}\" }} ]\nlog: {{ format: text, level: info }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: open, match: {{ path_prefix: / }}, upstream: echo, auth: none }}\n",
+            echo.addr
+        ),
+    );
+    let child = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(&p)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn");
+    let gw = Served {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(gw.addr).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(gw.addr, "/a", &[]).await.status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(gw);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("jwtgate::access"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+}
