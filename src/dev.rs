@@ -314,11 +314,12 @@ A spoofed identity header is replaced by the gateway's own → echo shows X-User
   curl -s http://{gw}/whoami -H 'X-User-Id: 1' -H 'Authorization: Bearer {good}'
 
 Revoke the valid token (the control API runs on the admin listener in this mode):
-  JWTGATE_API_KEY={api_key} cargo run --release -- revoke --control http://{admin} --iss {issuer} --jti {good_jti} --exp {exp}
+  JWTGATE_API_KEY={api_key} {exe} revoke --control http://{admin} --iss {issuer} --jti {good_jti} --exp {exp}
 then the first command answers 401 error_description="token revoked" — within a second.
 "#,
         echo = echo.addr,
-        exp = now + 3600
+        exp = now + 3600,
+        exe = this_binary(),
     );
     demo_revocation(
         gw,
@@ -332,4 +333,19 @@ then the first command answers 401 error_description="token revoked" — within 
     tokio::signal::ctrl_c().await?;
     running.shutdown(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// This binary, as a shell word: the printed commands then work from any folder.
+fn this_binary() -> String {
+    let path = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "jwtgate".to_owned());
+    if path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+    {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', r"'\''"))
+    }
 }
