@@ -7,8 +7,7 @@ use http::header::HeaderName;
 use serde::Deserialize;
 use serde_norway::Value;
 
-use super::source::Positions;
-use super::{deserialize, Validator};
+use super::Validator;
 
 /// `routes[].auth` when it is not `none`.
 #[derive(Debug, Deserialize)]
@@ -147,20 +146,7 @@ impl Validator<'_> {
             self.err(path, "write `auth: none` or `auth: { issuers: [...] }`");
             return None;
         }
-        let policy: RawPolicy = match deserialize(value, &Positions::default()) {
-            Ok(p) => p,
-            Err(e) => {
-                for p in e {
-                    let sub = if p.path.is_empty() {
-                        path.to_owned()
-                    } else {
-                        format!("{path}.{}", p.path)
-                    };
-                    self.err(&sub, p.message);
-                }
-                return None;
-            }
-        };
+        let policy: RawPolicy = self.subtree(path, value)?;
         if policy.issuers.is_empty() {
             self.err(
                 &format!("{path}.issuers"),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_norway::Value;
 
 use super::duration::Dur;
 use super::Validator;
@@ -18,11 +19,31 @@ pub struct RawListener {
     pub address: String,
     /// Serve TLS on this listener (otherwise plain HTTP).
     pub tls: Option<RawListenerTls>,
-    /// Answer authorization decisions for another proxy (nginx `auth_request`, Traefik
-    /// `ForwardAuth`, Envoy `ext_authz`, Caddy `forward_auth`) instead of proxying (default
-    /// false). Only `trusted_proxies` may ask.
+    /// Answer authorization decisions for another proxy instead of proxying: `true` when
+    /// the caller describes the original request in `X-Forwarded-*` headers (nginx
+    /// `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth`), or
+    /// `{ original: request_line, path_prefix: /check }` when it sends the original
+    /// method, path and Host as its own (Envoy `ext_authz`). Only `trusted_proxies` may ask.
+    pub forward_auth: Option<Value>,
+}
+
+/// `listeners[].forward_auth` in its long form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardAuth {
+    /// Where the original request is described (default `headers`).
     #[serde(default)]
-    pub forward_auth: bool,
+    original: Original,
+    /// With `request_line`: the prefix the caller puts before the original path.
+    path_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Original {
+    #[default]
+    Headers,
+    RequestLine,
 }
 
 /// `listeners[].tls`.
@@ -93,7 +114,20 @@ pub struct ListenerConfig {
     /// TLS files, when the listener speaks TLS.
     pub tls: Option<TlsFiles>,
     /// Decisions for another proxy instead of proxying.
-    pub forward_auth: bool,
+    pub forward_auth: Option<ForwardAuth>,
+}
+
+/// How a forward-auth caller describes the request it asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardAuth {
+    /// In `X-Forwarded-Method`/`-Uri`/`-Host`/`-Proto` (or `X-Original-Method`/`-URI`).
+    Headers,
+    /// As the decision request's own method, Host and path (after `path_prefix`, which may
+    /// be empty); the scheme still in `X-Forwarded-Proto`. Envoy `ext_authz` asks this way.
+    RequestLine {
+        /// What the caller puts before the original path (`""` for nothing).
+        path_prefix: String,
+    },
 }
 
 /// PEM files of a TLS listener; re-read on SIGHUP and when they change.
@@ -260,13 +294,61 @@ impl Validator<'_> {
                     key: base.join(&t.key),
                     client_ca: t.client_ca.as_ref().map(|c| base.join(c)),
                 });
+                let forward_auth = l
+                    .forward_auth
+                    .clone()
+                    .and_then(|v| self.forward_auth(&format!("listeners[{i}].forward_auth"), v));
                 Some(ListenerConfig {
                     address,
                     tls,
-                    forward_auth: l.forward_auth,
+                    forward_auth,
                 })
             })
             .collect()
+    }
+
+    fn forward_auth(&mut self, path: &str, value: Value) -> Option<ForwardAuth> {
+        match value {
+            Value::Bool(on) => return on.then_some(ForwardAuth::Headers),
+            Value::Mapping(_) => {}
+            _ => {
+                self.err(
+                    path,
+                    "write `true`, or `{ original: request_line, path_prefix: /check }` for Envoy ext_authz",
+                );
+                return None;
+            }
+        }
+        let raw: RawForwardAuth = self.subtree(path, value)?;
+        match (raw.original, raw.path_prefix) {
+            (Original::Headers, None) => Some(ForwardAuth::Headers),
+            (Original::Headers, Some(_)) => {
+                self.err(
+                    &format!("{path}.path_prefix"),
+                    "only `original: request_line` takes a path prefix",
+                );
+                None
+            }
+            (Original::RequestLine, prefix) => {
+                let prefix = prefix.unwrap_or_default();
+                let prefix = prefix.strip_suffix('/').unwrap_or(&prefix).to_owned();
+                let plain = prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
+                if !prefix.is_empty()
+                    && (!prefix.starts_with('/') || !plain || prefix.contains("//"))
+                {
+                    self.err(
+                        &format!("{path}.path_prefix"),
+                        "a plain absolute path such as `/check` (letters, digits, `/-._~`), as in Envoy's `path_prefix`",
+                    );
+                    return None;
+                }
+                Some(ForwardAuth::RequestLine {
+                    path_prefix: prefix,
+                })
+            }
+        }
     }
 
     pub(super) fn trusted_proxies(&mut self, raw: &[String]) -> Vec<Cidr> {
@@ -378,8 +460,61 @@ mod tests {
                 "log.level",
                 (2, 8),
             ),
+            (
+                "trusted_proxies: [ 127.0.0.1 ]\nlisteners: [ { address: \"127.0.0.1:0\", forward_auth: maybe } ]\n",
+                "listeners[0].forward_auth",
+                (2, 40),
+            ),
+            (
+                "trusted_proxies: [ 127.0.0.1 ]\nlisteners: [ { address: \"127.0.0.1:0\", forward_auth: { orignal: headers } } ]\n",
+                "listeners[0].forward_auth.orignal",
+                (2, 56),
+            ),
+            (
+                "trusted_proxies: [ 127.0.0.1 ]\nlisteners: [ { address: \"127.0.0.1:0\", forward_auth: { original: line } } ]\n",
+                "listeners[0].forward_auth.original",
+                (2, 56),
+            ),
+            (
+                "trusted_proxies: [ 127.0.0.1 ]\nlisteners: [ { address: \"127.0.0.1:0\", forward_auth: { path_prefix: /x } } ]\n",
+                "listeners[0].forward_auth.path_prefix",
+                (2, 56),
+            ),
+            (
+                "trusted_proxies: [ 127.0.0.1 ]\nlisteners: [ { address: \"127.0.0.1:0\", forward_auth: { original: request_line, path_prefix: \"/a?b\" } } ]\n",
+                "listeners[0].forward_auth.path_prefix",
+                (2, 80),
+            ),
         ];
         assert_problems(&cases, gateway_problems);
+    }
+
+    /// `forward_auth` in its short and long forms.
+    #[test]
+    fn forward_auth_forms() {
+        let with = |fa: &str| {
+            gateway_with(&format!(
+                "trusted_proxies: [ 127.0.0.1 ]\nlisteners: [ {{ address: \"127.0.0.1:0\", forward_auth: {fa} }} ]\n"
+            ))
+            .listeners[0]
+                .forward_auth
+                .clone()
+        };
+        assert_eq!(with("true"), Some(ForwardAuth::Headers));
+        assert_eq!(with("false"), None);
+        assert_eq!(with("{ original: headers }"), Some(ForwardAuth::Headers));
+        assert_eq!(
+            with("{ original: request_line, path_prefix: /check/ }"),
+            Some(ForwardAuth::RequestLine {
+                path_prefix: "/check".into()
+            })
+        );
+        assert_eq!(
+            with("{ original: request_line }"),
+            Some(ForwardAuth::RequestLine {
+                path_prefix: String::new()
+            })
+        );
     }
 
     /// Address ranges match by prefix, IPv4-mapped IPv6 as IPv4.

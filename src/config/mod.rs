@@ -34,7 +34,8 @@ pub use duration::Dur;
 pub use identity::IdentityHeader;
 pub use issuers::{parse_algorithm, IssuerConfig, KeySource, TokenCacheConfig};
 pub use listeners::{
-    Cidr, Limits, ListenerConfig, LogConfig, LogFormat, LogLevel, TlsFiles, UnderscoreHeaders,
+    Cidr, ForwardAuth, Limits, ListenerConfig, LogConfig, LogFormat, LogLevel, TlsFiles,
+    UnderscoreHeaders,
 };
 pub use revocation::{OnStale, RevocationConfig, RevocationSource};
 pub use routes::{PathMatch, RouteConfig};
@@ -189,6 +190,27 @@ fn deserialize<T: serde::de::DeserializeOwned>(
         let path = if path == "." { String::new() } else { path };
         vec![pos.problem(&path, did_you_mean(e.into_inner().to_string()))]
     })
+}
+
+impl Validator<'_> {
+    /// Deserialize the subtree at `path` (already known to be a mapping), reporting each
+    /// problem at its key below `path`.
+    fn subtree<T: serde::de::DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        match deserialize(value, &Positions::default()) {
+            Ok(t) => Some(t),
+            Err(problems) => {
+                for p in problems {
+                    let at = if p.path.is_empty() {
+                        path.to_owned()
+                    } else {
+                        format!("{path}.{}", p.path)
+                    };
+                    self.err(&at, p.message);
+                }
+                None
+            }
+        }
+    }
 }
 
 /// serde's "unknown field `colur`, expected one of `a`, `colour`, …" with the closest
@@ -355,7 +377,11 @@ impl<'a> Validator<'a> {
         }
         let revocation = raw.revocation.as_ref().map(|r| self.revocation(r, base));
         if raw.trusted_proxies.is_empty() {
-            for (i, _) in listeners.iter().enumerate().filter(|(_, l)| l.forward_auth) {
+            for (i, _) in listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.forward_auth.is_some())
+            {
                 self.err(
                     &format!("listeners[{i}].forward_auth"),
                     "list the proxies that ask (nginx, Traefik, Envoy, Caddy) in `trusted_proxies`: only they may send the original method and URI",

@@ -3,9 +3,11 @@
 //! whether a request may pass. The request is admitted exactly as the gateway would admit
 //! it — normalization, routing, token, signature, revocation, policy — and answered 200 with
 //! the identity headers, or with the refusal the gateway itself would send. Nothing is
-//! forwarded. The original method, URI, host and scheme must all come from `X-Forwarded-*`
-//! (or `X-Original-Method`/`-URI`) headers, believed only from `trusted_proxies`; nothing
-//! falls back to the decision request itself, which the client may shape.
+//! forwarded. Only `trusted_proxies` may ask. The original method, URI and host come either
+//! all from `X-Forwarded-*` (or `X-Original-Method`/`-URI`) headers, with nothing falling
+//! back to the decision request itself, which the client may shape behind nginx; or, for
+//! callers that ask that way (Envoy `ext_authz`), all from the decision request's own line
+//! and Host, below a configured path prefix. The scheme is always `X-Forwarded-Proto`.
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
@@ -15,6 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use super::{admit, Body, Gateway, Peer, Trace};
+use crate::config::ForwardAuth;
 use crate::error::Reject;
 use crate::headers;
 use crate::token;
@@ -31,6 +34,7 @@ pub async fn decide(
     gw: &Gateway,
     req: Request<Incoming>,
     peer: &Peer,
+    asked: &ForwardAuth,
     trace: &mut Trace,
 ) -> Result<Response<Body>, Reject> {
     let caller = peer.addr.ip();
@@ -43,26 +47,48 @@ pub async fn decide(
     if headers::carries_identity(&parts.headers, &gw.identity_names) {
         return Err(Reject::IdentityHeader);
     }
-    // Every part of the original request is described, exactly once: nothing falls back
-    // to the decision request's own line, host or scheme.
+    // Every part of the original request is described, exactly once.
     let required = |names: &[HeaderName]| one_of(&parts.headers, names)?.ok_or(Reject::BadOriginal);
-    let method = required(&[X_FORWARDED_METHOD, X_ORIGINAL_METHOD])?;
-    let target = required(&[X_FORWARDED_URI, X_ORIGINAL_URI])?;
-    let host = required(&[X_FORWARDED_HOST])?;
     let proto = match required(&[X_FORWARDED_PROTO])?.as_bytes() {
         b"https" => "https",
         b"http" => "http",
         _ => return Err(Reject::BadOriginal),
     };
-    parts.method = Method::from_bytes(method.as_bytes()).map_err(|_| Reject::BadMethod)?;
-    let target = PathAndQuery::try_from(target.as_bytes())
-        .ok()
-        // A fragment would be dropped here and sent on by the caller.
-        .filter(|t| t.as_str().starts_with('/') && !target.as_bytes().contains(&b'#'))
-        .ok_or(Reject::BadOriginal)?;
-    trace.described = Some((parts.method.clone(), target.path().to_owned()));
-    parts.uri = Uri::from(target);
-    parts.headers.insert(HOST, host);
+    match asked {
+        ForwardAuth::Headers => {
+            let method = required(&[X_FORWARDED_METHOD, X_ORIGINAL_METHOD])?;
+            let target = required(&[X_FORWARDED_URI, X_ORIGINAL_URI])?;
+            let host = required(&[X_FORWARDED_HOST])?;
+            parts.method = Method::from_bytes(method.as_bytes()).map_err(|_| Reject::BadMethod)?;
+            let target = PathAndQuery::try_from(target.as_bytes())
+                .ok()
+                // A fragment would be dropped here and sent on by the caller.
+                .filter(|t| t.as_str().starts_with('/') && !target.as_bytes().contains(&b'#'))
+                .ok_or(Reject::BadOriginal)?;
+            parts.uri = Uri::from(target);
+            parts.headers.insert(HOST, host);
+        }
+        ForwardAuth::RequestLine { path_prefix } => {
+            // The line is the original one with the prefix put before its path; the Host
+            // header is the original authority.
+            let target = parts
+                .uri
+                .path_and_query()
+                .map(PathAndQuery::as_str)
+                .and_then(|t| t.strip_prefix(path_prefix.as_str()))
+                .filter(|t| t.starts_with('/'))
+                .ok_or(Reject::BadOriginal)?;
+            let target = PathAndQuery::try_from(target).map_err(|_| Reject::BadOriginal)?;
+            // Over HTTP/2 the authority is in the line, not in a Host header.
+            let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+            if one_of(&parts.headers, &[HOST])?.is_none() {
+                let host = authority.and_then(|a| HeaderValue::try_from(a).ok());
+                parts.headers.insert(HOST, host.ok_or(Reject::BadOriginal)?);
+            }
+            parts.uri = Uri::from(target);
+        }
+    }
+    trace.described = Some((parts.method.clone(), parts.uri.path().to_owned()));
     let peer = Peer {
         proto,
         ..peer.clone()

@@ -17,7 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ForwardAuth};
 use crate::error::Reject;
 use crate::headers;
 use crate::live::{LiveBody, LiveRegistry};
@@ -205,7 +205,7 @@ pub struct Peer {
     /// The client presented a certificate the listener verified (mTLS).
     pub client_cert: bool,
     /// The listener answers forward-auth decisions instead of proxying.
-    pub forward_auth: bool,
+    pub forward_auth: Option<Arc<ForwardAuth>>,
 }
 
 impl Peer {
@@ -213,7 +213,7 @@ impl Peer {
         addr: SocketAddr,
         proto: &'static str,
         client_cert: bool,
-        forward_auth: bool,
+        forward_auth: Option<Arc<ForwardAuth>>,
     ) -> Peer {
         Peer {
             addr,
@@ -237,8 +237,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
         request_id: headers::request_id(req.headers()),
         described: None,
     };
-    let result = if peer.forward_auth {
-        authz::decide(&gw, req, &peer, &mut trace).await
+    let result = if let Some(asked) = &peer.forward_auth {
+        authz::decide(&gw, req, &peer, asked, &mut trace).await
     } else {
         process(&gw, req, &peer, &mut trace).await
     };
@@ -270,7 +270,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
             .or(path.as_deref()),
         route = route.map_or(NO_ROUTE, |r| r.name.as_str()),
         upstream = route
-            .filter(|_| !peer.forward_auth)
+            .filter(|_| peer.forward_auth.is_none())
             .map(|r| gw.upstreams[r.upstream].name.as_str()),
         status = resp.status().as_u16(),
         outcome = reason.outcome().as_str(),

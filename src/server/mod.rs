@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, ForwardAuth};
 use crate::http1::{self, BoxBody, Handler};
 use crate::live::Hold;
 use crate::proxy::{self, Gateway};
@@ -39,13 +39,13 @@ type TlsSettings = (Arc<rustls::ServerConfig>, Arc<ReloadingCert>);
 #[derive(Clone)]
 pub(super) struct Listening {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub forward_auth: bool,
+    pub forward_auth: Option<Arc<ForwardAuth>>,
 }
 
 /// Listeners bound, certificates read: nothing can fail for want of a port any more.
 pub struct Bound {
     /// Each with its TLS settings and whether it answers forward-auth decisions.
-    listeners: Vec<(TcpListener, Option<TlsSettings>, bool)>,
+    listeners: Vec<(TcpListener, Option<TlsSettings>, Option<ForwardAuth>)>,
     admin: Option<TcpListener>,
 }
 
@@ -73,7 +73,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
         let bound = TcpListener::bind(l.address)
             .await
             .with_context(|| format!("cannot listen on {}", l.address))?;
-        listeners.push((bound, tls, l.forward_auth));
+        listeners.push((bound, tls, l.forward_auth.clone()));
     }
     let admin = match config.admin {
         Some(addr) => Some(
@@ -138,7 +138,7 @@ pub fn serve(
             listener.into_std()?,
             Listening {
                 tls: acceptor,
-                forward_auth,
+                forward_auth: forward_auth.map(Arc::new),
             },
         ));
     }

@@ -1,5 +1,5 @@
-//! Forward-auth listeners: decisions for another proxy, directly and behind a real nginx
-//! using `auth_request`.
+//! Forward-auth listeners: decisions for another proxy, directly, behind a real nginx
+//! using `auth_request` and behind a real Envoy using `ext_authz`.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -17,12 +17,17 @@ struct Setup {
 }
 
 async fn setup(trusted: &str) -> Setup {
+    setup_asked(trusted, "true").await
+}
+
+/// A gateway whose one listener answers decisions asked as `forward_auth` says.
+async fn setup_asked(trusted: &str, forward_auth: &str) -> Setup {
     let key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let echo = Echo::start().await.expect("echo");
     let gw = start_gateway(&format!(
         r#"
-listeners: [ {{ address: "127.0.0.1:0", forward_auth: true }} ]
+listeners: [ {{ address: "127.0.0.1:0", forward_auth: {forward_auth} }} ]
 trusted_proxies: [ "{trusted}" ]
 issuers:
   - {{ name: idp, issuer: {iss}, jwks_uri: {jwks}, audiences: [api], algorithms: [ES256] }}
@@ -215,12 +220,40 @@ async fn decisions_match_the_gateway() {
     );
 }
 
-struct Nginx(Child);
+/// A proxy process of the test's, stopped when dropped.
+struct Proxy(Child);
 
-impl Drop for Nginx {
+impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Proxy {
+    /// Start `program` and wait until it accepts connections on `addr`.
+    async fn start(
+        program: &std::path::Path,
+        args: &[&std::ffi::OsStr],
+        addr: std::net::SocketAddr,
+    ) -> Proxy {
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let proxy = Proxy(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start",
+                program.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        proxy
     }
 }
 
@@ -275,22 +308,19 @@ http {{
         authz = s.gw.addrs[0],
     );
     std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
-    let child = Command::new(nginx)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let _nginx = Nginx(child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let conf = dir.join("nginx.conf");
+    let _nginx = Proxy::start(
+        std::path::Path::new(nginx),
+        &[
+            "-p".as_ref(),
+            dir.as_os_str(),
+            "-c".as_ref(),
+            conf.as_os_str(),
+        ],
+        addr,
+    )
+    .await;
     let good = s.token(json!({}));
     let r = get(addr, "/orders/1", &[&bearer(&good)]).await;
     assert_eq!(r.status, 200);
@@ -324,4 +354,174 @@ http {{
         assert_ne!(r.status, 200, "{path}");
     }
     assert_eq!(s.echo.stats.requests.load(Ordering::Relaxed), before);
+}
+
+/// Envoy in front, `ext_authz` asking jwtgate through its HTTP service, which describes the
+/// original request with its own line under a path prefix: the same decisions as behind
+/// nginx, and a client's identity header or underscore look-alike never reaches the
+/// upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz() {
+    let s = setup_asked(
+        "127.0.0.1/32",
+        "{ original: request_line, path_prefix: /check }",
+    )
+    .await;
+    let authz = s.gw.addrs[0];
+    let envoy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/envoy");
+    assert!(
+        envoy.exists(),
+        "Envoy is needed at {} (scripts/test installs it)",
+        envoy.display()
+    );
+    let dir = std::env::temp_dir().join(format!("jwtgate-envoy-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let cluster = |name: &str, addr: std::net::SocketAddr| {
+        format!(
+            "{{ name: {name}, type: STATIC, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }} }} ] }} ] }} }}",
+            ip = addr.ip(),
+            port = addr.port()
+        )
+    };
+    // The recipe of the README: the scheme from Envoy itself (use_remote_address), the
+    // identity headers and cookies sent along to be refused or read, underscore names
+    // refused at the edge.
+    let conf = format!(
+        r#"
+static_resources:
+  listeners:
+  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          use_remote_address: true
+          common_http_protocol_options: {{ headers_with_underscores_action: REJECT_REQUEST }}
+          route_config:
+            virtual_hosts:
+            - {{ name: app, domains: ["*"], routes: [ {{ match: {{ prefix: "/" }}, route: {{ cluster: app }} }} ] }}
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              http_service:
+                server_uri: {{ uri: "http://{authz}", cluster: jwtgate, timeout: 1s }}
+                path_prefix: /check
+                authorization_request:
+                  allowed_headers:
+                    patterns: [ {{ exact: cookie }}, {{ exact: x-forwarded-proto }}, {{ exact: x-user-id }}, {{ exact: x-jwt-payload }} ]
+                authorization_response:
+                  allowed_upstream_headers:
+                    patterns: [ {{ exact: x-user-id }}, {{ exact: x-jwt-payload }} ]
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - {jwtgate}
+  - {app}
+"#,
+        jwtgate = cluster("jwtgate", authz),
+        app = cluster("app", s.echo.addr),
+    );
+    let conf_path = dir.join("envoy.yaml");
+    std::fs::write(&conf_path, conf).expect("conf");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let _envoy = Proxy::start(
+        &envoy,
+        &[
+            "-c".as_ref(),
+            conf_path.as_os_str(),
+            "--disable-hot-restart".as_ref(),
+            "--concurrency".as_ref(),
+            "1".as_ref(),
+            "--log-level".as_ref(),
+            "error".as_ref(),
+        ],
+        addr,
+    )
+    .await;
+
+    let good = s.token(json!({}));
+    let r = get(addr, "/orders/1?q=1", &[&bearer(&good)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    assert_eq!(r.upstream_header("x-jwt-payload").len(), 1);
+    let r = get(addr, "/orders/1", &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "the gateway's challenge reaches the client"
+    );
+    assert_eq!(
+        get(addr, "/orders/1", &[&bearer("x.y.z")]).await.status,
+        401
+    );
+    let admin = s.token(json!({ "role": "admin" }));
+    assert_eq!(get(addr, "/admin/x", &[&bearer(&admin)]).await.status, 200);
+    let r = get(addr, "/public/../admin/x", &[&bearer(&good)]).await;
+    assert_eq!(
+        r.status, 403,
+        "Envoy routes to /admin; so does the decision"
+    );
+    assert_ne!(
+        get(addr, "/public/%2e%2e/admin/x", &[&bearer(&good)])
+            .await
+            .status,
+        200
+    );
+    // A cookie token is read from the cookie Envoy sends along.
+    let r = get(addr, "/maybe/x", &[&format!("Cookie: sess={good}")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    let r = get(addr, "/public/x", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), Vec::<String>::new());
+    // Client copies of identity headers, and underscore look-alikes, never reach the
+    // upstream.
+    let before = s.echo.stats.requests.load(Ordering::Relaxed);
+    for path in ["/public/x", "/orders/1"] {
+        for spoof in [
+            "X-User-Id: spoofed",
+            "X_User_Id: spoofed",
+            "X-Jwt-Payload: e30",
+        ] {
+            let r = get(addr, path, &[&bearer(&good), spoof]).await;
+            assert_ne!(r.status, 200, "{path} {spoof}");
+        }
+    }
+    assert_eq!(s.echo.stats.requests.load(Ordering::Relaxed), before);
+
+    // Asked directly, the listener wants the prefix and the scheme.
+    let direct = |path: &'static str, proto: Option<&'static str>| {
+        let good = good.clone();
+        async move {
+            let b = bearer(&good);
+            let mut h = vec![b.as_str()];
+            if let Some(p) = proto {
+                h.push(p);
+            }
+            get(authz, path, &h).await.status
+        }
+    };
+    assert_eq!(
+        direct("/check/orders/1", Some("X-Forwarded-Proto: https")).await,
+        200
+    );
+    assert_eq!(direct("/check/orders/1", None).await, 400, "no scheme");
+    assert_eq!(
+        direct("/orders/1", Some("X-Forwarded-Proto: https")).await,
+        400,
+        "no prefix"
+    );
+    assert_eq!(
+        direct("/checkout/1", Some("X-Forwarded-Proto: https")).await,
+        400
+    );
+    assert_eq!(
+        direct("/check?x=1", Some("X-Forwarded-Proto: https")).await,
+        400
+    );
 }
