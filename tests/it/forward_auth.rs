@@ -231,26 +231,18 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
-    /// Start `program` and wait until it accepts connections on `addr`.
-    async fn start(
-        program: &std::path::Path,
-        args: &[&std::ffi::OsStr],
-        addr: std::net::SocketAddr,
-    ) -> Proxy {
-        let child = Command::new(program)
-            .args(args)
+    /// Start `cmd` and wait until it accepts connections on `addr`.
+    async fn start(mut cmd: Command, addr: std::net::SocketAddr) -> Proxy {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
         let proxy = Proxy(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not start",
-                program.display()
-            );
+            assert!(Instant::now() < deadline, "{program} did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         proxy
@@ -310,17 +302,9 @@ http {{
     std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let conf = dir.join("nginx.conf");
-    let _nginx = Proxy::start(
-        std::path::Path::new(nginx),
-        &[
-            "-p".as_ref(),
-            dir.as_os_str(),
-            "-c".as_ref(),
-            conf.as_os_str(),
-        ],
-        addr,
-    )
-    .await;
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p").arg(&dir).arg("-c").arg(conf);
+    let _nginx = Proxy::start(cmd, addr).await;
     let good = s.token(json!({}));
     let r = get(addr, "/orders/1", &[&bearer(&good)]).await;
     assert_eq!(r.status, 200);
@@ -428,20 +412,16 @@ static_resources:
     let conf_path = dir.join("envoy.yaml");
     std::fs::write(&conf_path, conf).expect("conf");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let _envoy = Proxy::start(
-        &envoy,
-        &[
-            "-c".as_ref(),
-            conf_path.as_os_str(),
-            "--disable-hot-restart".as_ref(),
-            "--concurrency".as_ref(),
-            "1".as_ref(),
-            "--log-level".as_ref(),
-            "error".as_ref(),
-        ],
-        addr,
-    )
-    .await;
+    let mut cmd = Command::new(&envoy);
+    cmd.arg("-c").arg(conf_path);
+    cmd.args([
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "--log-level",
+        "error",
+    ]);
+    let _envoy = Proxy::start(cmd, addr).await;
 
     let good = s.token(json!({}));
     let r = get(addr, "/orders/1?q=1", &[&bearer(&good)]).await;
@@ -523,5 +503,83 @@ static_resources:
     assert_eq!(
         direct("/check?x=1", Some("X-Forwarded-Proto: https")).await,
         400
+    );
+}
+
+/// Caddy in front, `forward_auth` asking jwtgate with `X-Forwarded-*` headers, as the README
+/// recipe has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_forward_auth() {
+    let s = setup("127.0.0.1/32").await;
+    let caddy = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Caddy is needed (apt-get install -y caddy; scripts/test installs it)");
+    let dir = std::env::temp_dir().join(format!("jwtgate-caddy-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let conf = format!(
+        "{{\n  admin off\n  auto_https off\n}}\n\
+         http://:{port} {{\n\
+           forward_auth {authz} {{\n    uri /\n    copy_headers X-User-Id X-Jwt-Payload\n  }}\n\
+           reverse_proxy {echo}\n}}\n",
+        authz = s.gw.addrs[0],
+        echo = s.echo.addr,
+    );
+    let conf_path = dir.join("Caddyfile");
+    std::fs::write(&conf_path, conf).expect("conf");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut cmd = Command::new(caddy);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(conf_path)
+        .arg("--adapter")
+        .arg("caddyfile");
+    cmd.env("HOME", &dir)
+        .env("XDG_DATA_HOME", &dir)
+        .env("XDG_CONFIG_HOME", &dir);
+    let _caddy = Proxy::start(cmd, addr).await;
+
+    let good = s.token(json!({}));
+    let r = get(addr, "/orders/1?q=1", &[&bearer(&good)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    let r = get(addr, "/orders/1", &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|v| v.starts_with("Bearer")));
+    let expired = s.token(json!({ "exp": now() - 3600 }));
+    assert_eq!(
+        get(addr, "/orders/1", &[&bearer(&expired)]).await.status,
+        401
+    );
+    assert_eq!(get(addr, "/admin/x", &[&bearer(&good)]).await.status, 403);
+    let r = get(addr, "/public/x", &[]).await;
+    assert_eq!(r.status, 200);
+    // No identity on an anonymous pass. Caddy before 2.10 sets the unfilled placeholder
+    // itself (caddyserver/caddy#6610), which names no user.
+    for v in r.upstream_header("x-user-id") {
+        assert_eq!(v, "{http.reverse_proxy.header.X-User-Id}");
+    }
+    // Caddy sends the client's headers along: copies of identity headers are refused, and
+    // X-Forwarded-* from the client are replaced by Caddy's own.
+    let before = s.echo.stats.requests.load(Ordering::Relaxed);
+    for path in ["/public/x", "/orders/1"] {
+        for spoof in ["X-User-Id: spoofed", "X_User_Id: spoofed"] {
+            let r = get(addr, path, &[&bearer(&good), spoof]).await;
+            assert_ne!(r.status, 200, "{path} {spoof}");
+        }
+    }
+    assert_eq!(s.echo.stats.requests.load(Ordering::Relaxed), before);
+    let r = get(
+        addr,
+        "/admin/x",
+        &[&bearer(&good), "X-Forwarded-Uri: /public/x"],
+    )
+    .await;
+    assert_eq!(
+        r.status, 403,
+        "the client's X-Forwarded-Uri is not believed"
     );
 }
