@@ -3,7 +3,7 @@
 //! `curl` commands. The echo upstream is also what the integration tests forward to.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -156,15 +156,34 @@ async fn serve_document(doc: String) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn bind_or_any(port: u16) -> String {
-    match std::net::TcpListener::bind(("127.0.0.1", port)) {
-        Ok(_) => format!("127.0.0.1:{port}"),
-        Err(_) => {
-            let l = std::net::TcpListener::bind("127.0.0.1:0");
-            l.and_then(|l| l.local_addr())
-                .map_or("127.0.0.1:0".to_owned(), |a| a.to_string())
-        }
+fn bind_or_any(ip: IpAddr, port: u16) -> SocketAddr {
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(_) => SocketAddr::new(ip, port),
+        Err(_) => std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .unwrap_or(SocketAddr::new(ip, 0)),
     }
+}
+
+/// Where a client on this machine reaches a listener bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+/// Ctrl-C, or the SIGTERM a container runtime sends to stop.
+async fn stopped() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 /// One request on a fresh connection; the status code (0 when the gateway did not answer).
@@ -206,15 +225,16 @@ async fn demo_revocation(gw: SocketAddr, admin: &str, api_key: &str, issuer: &st
     }
 }
 
-/// Run the all-in-one demo until Ctrl-C.
-pub async fn run(port: u16) -> anyhow::Result<()> {
+/// Run the all-in-one demo until Ctrl-C or SIGTERM, the gateway and admin listeners on
+/// `bind` (the IdP, upstream and control plane stay on loopback).
+pub async fn run(bind: IpAddr, port: u16) -> anyhow::Result<()> {
     // A fresh key every run: nothing here is a published example key.
     let signing = crate::keygen::SigningKey::generate()?;
     let jwks = signing.jwks();
     let jwks_addr = serve_document(jwks.to_string()).await?;
     let echo = Echo::start().await?;
-    let listen = bind_or_any(port).await;
-    let admin = bind_or_any(9900).await;
+    let listen = bind_or_any(bind, port);
+    let admin = bind_or_any(bind, 9900);
     let issuer = "http://jwtgate.dev/issuer";
     // The embedded control plane (single-node mode): a throwaway store and writer key.
     let data = std::env::temp_dir().join(format!("jwtgate-dev-{}", std::process::id()));
@@ -263,8 +283,11 @@ revocation:
     let running = crate::app::start_gateway(config)
         .await
         .context("starting the dev gateway")?;
-    let gw = running.addrs[0];
-    let admin = running.admin.map(|a| a.to_string()).unwrap_or_default();
+    let gw = reachable(running.addrs[0]);
+    let admin = running
+        .admin
+        .map(|a| reachable(a).to_string())
+        .unwrap_or_default();
 
     let now = crate::clock::now_unix();
     let mint = |exp: u64, scope: &str, jti: &str| {
@@ -291,7 +314,7 @@ revocation:
 
     println!(
         r#"
-jwtgate dev is running on loopback:
+jwtgate dev is running:
   gateway   http://{gw}        (echo upstream at http://{echo}, JWKS at http://{jwks_addr}/jwks.json)
   admin     http://{admin}/metrics  /healthz  /readyz
 
@@ -330,7 +353,7 @@ then the first command answers 401 error_description="token revoked" — within 
     )
     .await;
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
+    stopped().await?;
     running.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

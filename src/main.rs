@@ -85,6 +85,10 @@ enum Command {
         /// Gateway port (falls back to a free one when taken).
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Address the gateway and admin listeners bind (`0.0.0.0` inside a container,
+        /// so that a published port reaches them).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
     },
 }
 
@@ -217,7 +221,7 @@ fn main() -> ExitCode {
             sid,
         } => mint(&key, iss, aud, sub, ttl, scope, sid),
         Command::Serve { config } => runtime.block_on(jwtgate::app::run_gateway(&config)),
-        Command::Dev { port } => match runtime.block_on(jwtgate::dev::run(port)) {
+        Command::Dev { port, bind } => match runtime.block_on(jwtgate::dev::run(bind, port)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("jwtgate dev: {e:#}");

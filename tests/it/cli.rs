@@ -396,19 +396,23 @@ async fn access_log_never_holds_a_token() {
     }
 }
 
-/// `jwtgate dev` starts everything on loopback and its printed commands do what they say.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_mode_prints_working_commands() {
+/// One `jwtgate dev` at a time: each takes admin port 9900 when it is free, and two
+/// starting together could both find it free.
+static DEV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `jwtgate dev` with `args`, its output read up to "Press Ctrl-C".
+async fn start_dev(args: &[&str], port: u16) -> (Served, Vec<String>) {
     use std::io::BufRead;
-    let port = free_port();
     let mut child = Command::new(BIN)
-        .args(["dev", "--port", &port.to_string()])
+        .arg("dev")
+        .args(args)
+        .args(["--port", &port.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
-    let _guard = Served {
+    let served = Served {
         child,
         addr: format!("127.0.0.1:{port}").parse().expect("addr"),
     };
@@ -421,6 +425,14 @@ async fn dev_mode_prints_working_commands() {
     })
     .await
     .expect("read");
+    (served, lines)
+}
+
+/// `jwtgate dev` starts everything on loopback and its printed commands do what they say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_prints_working_commands() {
+    let _one = DEV.lock().await;
+    let (_guard, lines) = start_dev(&[], free_port()).await;
     let tokens: Vec<String> = lines
         .iter()
         .filter_map(|l| l.split("Authorization: Bearer ").nth(1))
@@ -487,6 +499,55 @@ async fn dev_mode_prints_working_commands() {
         assert!(start.elapsed() < Duration::from_secs(1));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `jwtgate dev --bind 0.0.0.0`, the image's default command: reachable through any
+/// address of the machine, printing addresses a local client can use, and stopped cleanly
+/// by the SIGTERM a container runtime sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_in_a_container() {
+    let _one = DEV.lock().await;
+    let port = free_port();
+    let (mut served, lines) = start_dev(&["--bind", "0.0.0.0"], port).await;
+    let gateway = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("gateway   http://"))
+        .expect("gateway line");
+    assert!(
+        gateway.starts_with(&format!("127.0.0.1:{port} ")),
+        "{gateway}"
+    );
+    let token = lines
+        .iter()
+        .find_map(|l| l.split("Authorization: Bearer ").nth(1))
+        .map(|t| t.trim_end_matches('\'').to_owned())
+        .expect("token");
+    let r = get(served.addr, "/api/orders", &[&bearer(&token)]).await;
+    assert_eq!(r.status, 200);
+    let listens = std::fs::read_to_string("/proc/net/tcp").expect("tcp table");
+    assert!(
+        listens
+            .lines()
+            .any(|l| l.contains(&format!(" 00000000:{port:04X} 00000000:0000 0A"))),
+        "the gateway listens on 0.0.0.0:{port}"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = served.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }
 
 /// A file built to hurt the parser — deep nesting, an alias bomb, sheer size — is refused

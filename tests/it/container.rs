@@ -172,6 +172,11 @@ fn compose_file_wires_the_stack() {
     assert!(dockerfile.contains(
         r#"HEALTHCHECK --interval=5s --timeout=3s CMD ["/usr/local/bin/jwtgate", "health"]"#
     ));
+    // The default command is the self-contained demo, run as the image runs it by
+    // `cli::dev_mode_in_a_container`.
+    assert!(dockerfile
+        .lines()
+        .any(|l| l == r#"CMD ["dev", "--bind", "0.0.0.0"]"#));
     let ignored = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
     for path in ["target/", "config/keys/", ".git/"] {
         assert!(
