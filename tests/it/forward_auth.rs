@@ -1,5 +1,5 @@
-//! Forward-auth listeners: decisions for another proxy, directly, behind a real nginx
-//! using `auth_request` and behind a real Envoy using `ext_authz`.
+//! Forward-auth listeners: decisions for another proxy, directly and behind real ones:
+//! nginx `auth_request`, Envoy `ext_authz`, Caddy `forward_auth`, Traefik `ForwardAuth`.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -220,6 +220,19 @@ async fn decisions_match_the_gateway() {
     );
 }
 
+/// A proxy that scripts/test installs under target/test-tools.
+fn test_tool(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-tools")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{name} is needed at {} (scripts/test installs it)",
+        path.display()
+    );
+    path
+}
+
 /// A proxy process of the test's, stopped when dropped.
 struct Proxy(Child);
 
@@ -352,12 +365,7 @@ async fn envoy_ext_authz() {
     )
     .await;
     let authz = s.gw.addrs[0];
-    let envoy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/envoy");
-    assert!(
-        envoy.exists(),
-        "Envoy is needed at {} (scripts/test installs it)",
-        envoy.display()
-    );
+    let envoy = test_tool("envoy");
     let dir = std::env::temp_dir().join(format!("jwtgate-envoy-{}", fastrand::u64(..)));
     std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
@@ -564,6 +572,95 @@ async fn caddy_forward_auth() {
     }
     // Caddy sends the client's headers along: copies of identity headers are refused, and
     // X-Forwarded-* from the client are replaced by Caddy's own.
+    let before = s.echo.stats.requests.load(Ordering::Relaxed);
+    for path in ["/public/x", "/orders/1"] {
+        for spoof in ["X-User-Id: spoofed", "X_User_Id: spoofed"] {
+            let r = get(addr, path, &[&bearer(&good), spoof]).await;
+            assert_ne!(r.status, 200, "{path} {spoof}");
+        }
+    }
+    assert_eq!(s.echo.stats.requests.load(Ordering::Relaxed), before);
+    let r = get(
+        addr,
+        "/admin/x",
+        &[&bearer(&good), "X-Forwarded-Uri: /public/x"],
+    )
+    .await;
+    assert_eq!(
+        r.status, 403,
+        "the client's X-Forwarded-Uri is not believed"
+    );
+}
+
+/// Traefik in front, `forwardAuth` asking jwtgate with `X-Forwarded-*` headers, as the
+/// README recipe has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_forward_auth() {
+    let s = setup("127.0.0.1/32").await;
+    let traefik = test_tool("traefik");
+    let dir = std::env::temp_dir().join(format!("jwtgate-traefik-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let routes = format!(
+        r#"
+http:
+  routers:
+    app: {{ rule: "PathPrefix(`/`)", entryPoints: [web], service: app, middlewares: [jwtgate] }}
+  middlewares:
+    jwtgate:
+      forwardAuth:
+        address: http://{authz}/
+        authResponseHeaders: [X-User-Id, X-Jwt-Payload]
+  services:
+    app: {{ loadBalancer: {{ servers: [ {{ url: "http://{echo}" }} ] }} }}
+"#,
+        authz = s.gw.addrs[0],
+        echo = s.echo.addr,
+    );
+    let routes_path = dir.join("routes.yaml");
+    std::fs::write(&routes_path, routes).expect("routes");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut cmd = Command::new(traefik);
+    cmd.arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
+        .arg(format!(
+            "--providers.file.filename={}",
+            routes_path.display()
+        ))
+        .args([
+            "--log.level=ERROR",
+            "--global.checkNewVersion=false",
+            "--global.sendAnonymousUsage=false",
+        ])
+        .current_dir(&dir);
+    let _traefik = Proxy::start(cmd, addr).await;
+    // Traefik reads the routes after it listens: wait for them.
+    let good = s.token(json!({}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = get(addr, "/orders/1?q=1", &[&bearer(&good)]).await;
+        if r.status != 404 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
+    let r = get(addr, "/orders/1", &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|v| v.starts_with("Bearer")));
+    let expired = s.token(json!({ "exp": now() - 3600 }));
+    assert_eq!(
+        get(addr, "/orders/1", &[&bearer(&expired)]).await.status,
+        401
+    );
+    assert_eq!(get(addr, "/admin/x", &[&bearer(&good)]).await.status, 403);
+    let r = get(addr, "/public/x", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id"), Vec::<String>::new());
+    // Traefik sends the client's headers along: copies of identity headers are refused,
+    // and X-Forwarded-* from an untrusted client are replaced by Traefik's own.
     let before = s.echo.stats.requests.load(Ordering::Relaxed);
     for path in ["/public/x", "/orders/1"] {
         for spoof in ["X-User-Id: spoofed", "X_User_Id: spoofed"] {
