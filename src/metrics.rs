@@ -58,6 +58,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "jwtgate_config_reloads_total";
 
 /// Control plane: revocations durably written, by kind.
 pub const CONTROL_REVOCATIONS_WRITTEN_TOTAL: &str = "jwtgate_control_revocations_written_total";
+pub const SSF_EVENTS_TOTAL: &str = "jwtgate_ssf_events_total";
 /// Control plane: time a store write took, by operation (`insert`, `batch`, `delete`).
 pub const CONTROL_STORE_WRITE_SECONDS: &str = "jwtgate_control_store_write_seconds";
 /// Control plane: the store's head cursor (the newest write), read at scrape time.
@@ -141,6 +142,8 @@ pub struct MetricsInner {
     pub revocation_last_sync: prometheus::Gauge,
     // The control plane.
     pub control_written: IntCounterVec,
+    /// Security Event Tokens by transmitter, event and what came of them.
+    pub ssf_events: IntCounterVec,
     pub control_stream_clients: IntGauge,
     control_store_write: HistogramVec,
     pub control_head_cursor: IntGauge,
@@ -183,6 +186,7 @@ fn help(name: &str) -> &'static str {
         LIVE_CONNECTIONS_CLOSED_TOTAL => "Live connections the gateway ended, by reason.",
         REVOCATION_SYNC_LAG_SECONDS => "Seconds since the control plane was last heard from.",
         CONTROL_REVOCATIONS_WRITTEN_TOTAL => "Revocations durably written, by kind.",
+        SSF_EVENTS_TOTAL => "Shared Signals security events received, by transmitter, event type and result (revoked, ignored, replayed, refused).",
         CONTROL_STREAM_CLIENTS => "Open revocation streams.",
         _ => "jwtgate metric",
     }
@@ -248,6 +252,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             control_written: counter_vec(CONTROL_REVOCATIONS_WRITTEN_TOTAL, &["kind"]),
+            ssf_events: counter_vec(SSF_EVENTS_TOTAL, &["transmitter", "event", "result"]),
             control_stream_clients: IntGauge::new(
                 CONTROL_STREAM_CLIENTS,
                 help(CONTROL_STREAM_CLIENTS),
@@ -303,6 +308,7 @@ impl Metrics {
         }
         if components.contains(&Component::Control) {
             register(r, &m.control_written);
+            register(r, &m.ssf_events);
             register(r, &m.control_stream_clients);
             register(r, &m.control_store_write);
             register(r, &m.control_head_cursor);
@@ -359,6 +365,12 @@ impl Metrics {
                 .set(crate::clock::Clock::system().unix_ms() as f64 / 1000.0);
         }
         self.jwks_refresh.with_label_values(&[issuer, result]).inc();
+    }
+
+    pub fn ssf_event(&self, transmitter: &str, event: &str, result: &str) {
+        self.ssf_events
+            .with_label_values(&[transmitter, event, result])
+            .inc();
     }
 
     pub fn count_written(&self, kind: &str) {

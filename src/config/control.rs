@@ -42,6 +42,8 @@ pub struct RawControl {
     /// OAuth clients that may call `/v1/revoke` with HTTP Basic credentials.
     #[serde(default)]
     pub revoke_clients: Vec<RawRevokeClient>,
+    /// OpenID Shared Signals: security events (CAEP, RISC) that revoke.
+    pub shared_signals: Option<super::ssf::RawSharedSignals>,
     /// Log format and level.
     #[serde(default)]
     pub log: RawLog,
@@ -199,6 +201,8 @@ pub struct IdpConfig {
     pub backchannel: Option<BackchannelConfig>,
     /// OAuth clients allowed to call `/v1/revoke` with HTTP Basic credentials.
     pub revoke_clients: Vec<ApiKey>,
+    /// Shared Signals transmitters, when configured.
+    pub shared_signals: Option<super::ssf::SsfConfig>,
 }
 
 /// OIDC Back-Channel Logout: logout tokens of `issuer` addressed to one of its client ids.
@@ -302,10 +306,15 @@ impl Validator<'_> {
             })
             .collect();
         let revoke_clients = self.api_keys("revoke_clients", &clients, Path::new("."));
+        let shared_signals = raw
+            .shared_signals
+            .as_ref()
+            .map(|s| self.shared_signals(s, &token_issuers, base));
         IdpConfig {
             token_issuers,
             backchannel,
             revoke_clients,
+            shared_signals,
         }
     }
 

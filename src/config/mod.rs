@@ -18,6 +18,7 @@ pub mod listeners;
 pub mod revocation;
 pub mod routes;
 pub mod source;
+pub mod ssf;
 pub mod upstreams;
 
 use std::collections::BTreeMap;

@@ -176,6 +176,7 @@ async fn route(
         },
         (_, p) if revocation_id(p).is_some() => Err(ApiError::MethodNotAllowed),
         (Method::POST, "/v1/backchannel-logout") => super::idp::backchannel_logout(cp, req).await,
+        (Method::POST, "/v1/ssf/events") => super::ssf::push(cp, req).await,
         (Method::POST, "/v1/revoke") => {
             let api_key = authenticate(cp, &req).await.is_some_and(|r| r.writes());
             super::idp::revoke(cp, req, api_key).await
@@ -200,6 +201,7 @@ async fn route(
             | "/v1/revocations/stream"
             | "/v1/revoke"
             | "/v1/backchannel-logout"
+            | "/v1/ssf/events"
             | "/healthz"
             | "/readyz"
             | "/metrics",

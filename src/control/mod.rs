@@ -12,6 +12,7 @@ pub mod api;
 pub mod client;
 pub mod error;
 pub mod idp;
+pub mod ssf;
 pub mod store;
 pub mod writes;
 
@@ -40,6 +41,8 @@ pub struct ControlPlane {
     pub clock: Clock,
     /// Back-channel logout and RFC 7009 revocation.
     pub idp: idp::IdpEndpoints,
+    /// The Shared Signals receiver, when transmitters are configured.
+    pub ssf: Option<ssf::Receiver>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -71,7 +74,15 @@ impl ControlPlane {
             }
         }
         let idp = idp::IdpEndpoints::new(idp_config, ctx);
-        for keys in idp.key_sets() {
+        let ssf = idp_config
+            .shared_signals
+            .as_ref()
+            .map(|s| ssf::Receiver::new(s, &access, ctx));
+        let ssf_keys = ssf
+            .as_ref()
+            .map(ssf::Receiver::key_sets)
+            .unwrap_or_default();
+        for keys in idp.key_sets().into_iter().chain(ssf_keys) {
             tasks.spawn(keys.run(shutdown.clone()));
         }
         let cp = Arc::new(ControlPlane {
@@ -81,8 +92,21 @@ impl ControlPlane {
             metrics: ctx.metrics.clone(),
             clock: ctx.clock.clone(),
             idp,
+            ssf,
             shutdown: shutdown.clone(),
         });
+        if let Some(rx) = &cp.ssf {
+            for (t, tx) in rx.transmitters().iter().enumerate() {
+                if let Some(poll) = &tx.poll {
+                    tasks.spawn(ssf::poll::run(
+                        cp.clone(),
+                        t,
+                        poll.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+            }
+        }
         tasks.spawn(purge_loop(cp.clone(), shutdown));
         Ok(cp)
     }

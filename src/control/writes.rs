@@ -312,7 +312,7 @@ pub fn parse_revocation(
 
 /// Whatever wrote it (the API, a logout token, an RFC 7009 token): entries travel to every
 /// gateway and into logs, so the same field rules hold for all.
-fn check_fields(new: &NewRevocation) -> Result<(), ApiError> {
+pub fn check_fields(new: &NewRevocation) -> Result<(), ApiError> {
     let fields_ok = [Some(&new.iss), Some(&new.value), new.reason.as_ref()]
         .into_iter()
         .flatten()

@@ -284,6 +284,19 @@ impl Verifier {
         allowed: &[usize],
         now: u64,
     ) -> Result<Verified, Reject> {
+        let (issuer, claims, key_epoch) = self.signed_claims(token, allowed).await?;
+        check_registered(&claims, &self.issuers[issuer].cfg, now)?;
+        self.build(token, issuer, claims, key_epoch, now)
+    }
+
+    /// The issuer (one of `allowed`) whose key signed `token` with an algorithm it allows,
+    /// and the payload — no claim checked beyond `iss`. For JWTs that are not access
+    /// tokens (Security Event Tokens carry no `exp`): the caller checks the claims.
+    pub async fn signed_claims(
+        &self,
+        token: &str,
+        allowed: &[usize],
+    ) -> Result<(usize, Map<String, Value>, u64), Reject> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Reject::Malformed);
         }
@@ -333,8 +346,7 @@ impl Verifier {
                         tracing::debug!(issuer = %keys.cfg.name, kid = %shown(kid.unwrap_or("-")), "token refused: bad signature");
                         return Err(Reject::BadSignature);
                     }
-                    check_registered(&claims, &keys.cfg, now)?;
-                    return self.build(token, issuer, claims, set.epoch, now);
+                    return Ok((issuer, claims, set.epoch));
                 }
                 Lookup::Unavailable if refetched => return Err(Reject::KeysUnavailable),
                 Lookup::Unknown if refetched => {

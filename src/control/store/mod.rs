@@ -29,6 +29,21 @@ pub enum StoreError {
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Other(String),
+    /// [`Store::insert_once`]: the message was recorded before; nothing was written.
+    #[error("already recorded")]
+    AlreadySeen,
+}
+
+/// A message (a Security Event Token) whose effect is written at most once: its id is
+/// recorded in the same transaction, and kept until `expires_at`.
+#[derive(Debug, Clone)]
+pub struct Once {
+    /// Who issued the message (its `iss`).
+    pub iss: String,
+    /// Its id (`jti`), unique per issuer.
+    pub jti: String,
+    /// Until when a repeat is recognized (past the oldest `iat` still accepted).
+    pub expires_at: u64,
 }
 
 /// A revocation to record.
@@ -197,15 +212,39 @@ impl Store {
         if rs.is_empty() {
             return Ok(Vec::new());
         }
+        self.write(None, rs, now).await
+    }
+
+    /// Record the revocations a message calls for (none, one or more) and the message's id,
+    /// in one transaction: [`StoreError::AlreadySeen`], writing nothing, when the id was
+    /// recorded before.
+    pub async fn insert_once(
+        &self,
+        once: &Once,
+        rs: &[NewRevocation],
+        now: u64,
+    ) -> Result<Vec<Written>, StoreError> {
+        self.write(Some(once.clone()), rs, now).await
+    }
+
+    async fn write(
+        &self,
+        once: Option<Once>,
+        rs: &[NewRevocation],
+        now: u64,
+    ) -> Result<Vec<Written>, StoreError> {
         // Repeats of a key inside the batch are one write (its strongest form), so both stores
         // write each key once, in order of first appearance.
         let (merged, slot) = merge_batch(rs);
         let per_key = match &self.backend {
             Backend::Sqlite(conn) => {
                 let conn = conn.clone();
-                tokio::task::spawn_blocking(move || sqlite_insert(&conn, &merged, now)).await??
+                tokio::task::spawn_blocking(move || {
+                    sqlite_insert(&conn, once.as_ref(), &merged, now)
+                })
+                .await??
             }
-            Backend::Postgres(pg) => pg.insert(&merged, now).await?,
+            Backend::Postgres(pg) => pg.insert(once.as_ref(), &merged, now).await?,
         };
         let written: Vec<Written> = slot.iter().map(|&i| per_key[i]).collect();
         let newest = written.iter().map(|w| w.cursor).max().unwrap_or(0);
@@ -392,6 +431,10 @@ impl Store {
                 let conn = conn.clone();
                 tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
                     let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    conn.execute(
+                        "DELETE FROM seen_messages WHERE expires_at <= ?1",
+                        [to_i64(now)],
+                    )?;
                     Ok(conn.execute(
                         "DELETE FROM revocations WHERE expires_at <= ?1",
                         [to_i64(now)],
@@ -401,13 +444,25 @@ impl Store {
             }
             Backend::Postgres(pg) => {
                 let pooled = pg.client().await?;
-                let n = pooled
+                let seen = pooled
                     .client
                     .execute(
-                        "DELETE FROM jwtgate_revocations WHERE expires_at <= $1",
+                        "DELETE FROM jwtgate_seen_messages WHERE expires_at <= $1",
                         &[&to_i64(now)],
                     )
                     .await;
+                let n = match seen {
+                    Ok(_) => {
+                        pooled
+                            .client
+                            .execute(
+                                "DELETE FROM jwtgate_revocations WHERE expires_at <= $1",
+                                &[&to_i64(now)],
+                            )
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
                 pg.release(pooled, n.is_ok());
                 Ok(n?)
             }

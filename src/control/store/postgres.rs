@@ -5,7 +5,7 @@ use tokio::sync::watch;
 
 use std::time::Duration;
 
-use super::{strengthen, to_i64, to_u64, Deleted, NewRevocation, StoreError, Written};
+use super::{strengthen, to_i64, to_u64, Deleted, NewRevocation, Once, StoreError, Written};
 use crate::revocation::Kind;
 
 /// A small connection pool: at most `POOL_SIZE` connections, idle ones reused.
@@ -28,7 +28,7 @@ const WRITE_LOCK: i64 = 0x6a77_7467;
 const CHANNEL: &str = "jwtgate_revocations";
 
 /// The schema version this binary writes (2: tombstones).
-const SCHEMA: i32 = 2;
+const SCHEMA: i32 = 3;
 
 pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), StoreError> {
     // A store a newer jwtgate migrated may hold rows this one would misread.
@@ -64,7 +64,12 @@ pub(super) async fn migrate_pg(client: &tokio_postgres::Client) -> Result<(), St
              CREATE TABLE IF NOT EXISTS jwtgate_meta (epoch TEXT NOT NULL);
              ALTER TABLE jwtgate_meta ADD COLUMN IF NOT EXISTS head BIGINT NOT NULL DEFAULT 0;
              ALTER TABLE jwtgate_revocations ADD COLUMN IF NOT EXISTS deleted SMALLINT NOT NULL DEFAULT 0;
-             UPDATE jwtgate_schema SET version = 2 WHERE version < 2;
+             CREATE TABLE IF NOT EXISTS jwtgate_seen_messages (
+                 iss TEXT NOT NULL,
+                 jti TEXT NOT NULL,
+                 expires_at BIGINT NOT NULL,
+                 PRIMARY KEY (iss, jti));
+             UPDATE jwtgate_schema SET version = 3 WHERE version < 3;
              SELECT pg_advisory_unlock(1785951335);",
         )
         .await?;
@@ -161,12 +166,15 @@ impl Pg {
 
     pub(super) async fn insert(
         &self,
+        once: Option<&Once>,
         rs: &[NewRevocation],
         now: u64,
     ) -> Result<Vec<Written>, StoreError> {
         let mut pooled = self.client().await?;
-        let result = pg_insert(&mut pooled.client, rs, now).await;
-        self.release(pooled, result.is_ok());
+        let result = pg_insert(&mut pooled.client, once, rs, now).await;
+        // A repeat is an answer, not a broken connection.
+        let healthy = matches!(result, Ok(_) | Err(StoreError::AlreadySeen));
+        self.release(pooled, healthy);
         result
     }
 
@@ -208,10 +216,22 @@ async fn commit_write(tx: tokio_postgres::Transaction<'_>, newest: i64) -> Resul
 /// replaced, insert the new rows in batch order (ids ascend in that order).
 pub(super) async fn pg_insert(
     client: &mut tokio_postgres::Client,
+    once: Option<&Once>,
     rs: &[NewRevocation],
     now: u64,
 ) -> Result<Vec<Written>, StoreError> {
     let tx = write_tx(client).await?;
+    if let Some(once) = once {
+        let added = tx
+            .execute(
+                "INSERT INTO jwtgate_seen_messages (iss, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&once.iss, &once.jti, &to_i64(once.expires_at)],
+            )
+            .await?;
+        if added == 0 {
+            return Err(StoreError::AlreadySeen);
+        }
+    }
     let kinds: Vec<&str> = rs.iter().map(|r| r.kind.as_str()).collect();
     let isss: Vec<&str> = rs.iter().map(|r| r.iss.as_str()).collect();
     let values: Vec<&str> = rs.iter().map(|r| r.value.as_str()).collect();

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use rusqlite::OptionalExtension;
 
-use super::{strengthen, to_i64, to_u64, Deleted, NewRevocation, StoreError, Written};
+use super::{strengthen, to_i64, to_u64, Deleted, NewRevocation, Once, StoreError, Written};
 use crate::revocation::Kind;
 
-/// The schema version this binary writes (2: tombstones).
-const SCHEMA: i64 = 2;
+/// The schema version this binary writes (2: tombstones, 3: messages seen).
+const SCHEMA: i64 = 3;
 
 pub(super) async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, StoreError> {
     tokio::task::spawn_blocking(move || -> Result<rusqlite::Connection, StoreError> {
@@ -60,6 +60,19 @@ pub(super) async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, S
                  COMMIT;",
             )?;
         }
+        if version < 3 {
+            // Version 3: ids of Security Event Tokens already acted on.
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS seen_messages (
+                     iss TEXT NOT NULL,
+                     jti TEXT NOT NULL,
+                     expires_at INTEGER NOT NULL,
+                     PRIMARY KEY (iss, jti));
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
         Ok(conn)
     })
     .await?
@@ -67,11 +80,21 @@ pub(super) async fn open_sqlite(path: PathBuf) -> Result<rusqlite::Connection, S
 
 pub(super) fn sqlite_insert(
     conn: &Mutex<rusqlite::Connection>,
+    once: Option<&Once>,
     rs: &[NewRevocation],
     now: u64,
 ) -> Result<Vec<Written>, StoreError> {
     let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if let Some(once) = once {
+        let added = tx.execute(
+            "INSERT OR IGNORE INTO seen_messages (iss, jti, expires_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![once.iss, once.jti, to_i64(once.expires_at)],
+        )?;
+        if added == 0 {
+            return Err(StoreError::AlreadySeen);
+        }
+    }
     let written = rs
         .iter()
         .map(|r| sqlite_insert_one(&tx, r, now))

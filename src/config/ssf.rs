@@ -1,0 +1,262 @@
+//! `shared_signals` (control plane): the OpenID Shared Signals transmitters whose Security
+//! Event Tokens (CAEP, RISC) become revocations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+use super::control::{ApiKey, RawApiKey};
+use super::duration::Dur;
+use super::issuers::{IssuerConfig, RawIssuer};
+use super::Validator;
+
+/// `shared_signals`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharedSignals {
+    /// The `aud` every SET must carry: this receiver's name at the transmitters.
+    pub audience: String,
+    /// How old a SET's `iat` may be (default 1d); its `jti` is remembered that long.
+    pub max_age: Option<Dur>,
+    /// Who sends events.
+    pub transmitters: Vec<RawTransmitter>,
+}
+
+/// `shared_signals.transmitters[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransmitter {
+    /// Name for logs and the `transmitter` metric label.
+    pub name: String,
+    /// The SETs' `iss`, exactly.
+    pub issuer: String,
+    /// Where the transmitter publishes the keys it signs SETs with.
+    pub jwks_uri: String,
+    /// Accepted `alg` values (default: every asymmetric one; never `none` or HMAC).
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `iat` (default 30s).
+    pub leeway: Option<Dur>,
+    /// Whose users the events name: an entry of `issuers` (its `issuer` becomes the
+    /// revocations' `iss`) or that issuer URL itself.
+    pub subjects: String,
+    /// Subject formats besides `iss_sub` and `opaque` that hold the tokens' `sub` (`email`,
+    /// `phone_number`): only when the provider's `sub` is that identifier.
+    #[serde(default)]
+    pub sub_formats: Vec<String>,
+    /// Push delivery (RFC 8935) to `POST /v1/ssf/events`; absent: pushed SETs are refused.
+    pub push: Option<RawPush>,
+    /// Poll delivery (RFC 8936) from the transmitter.
+    pub poll: Option<RawPoll>,
+}
+
+/// `shared_signals.transmitters[].push`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPush {
+    /// Hex SHA-256 of the bearer token the transmitter presents.
+    pub token_sha256: Option<String>,
+    /// Or a file holding that token.
+    pub token_file: Option<String>,
+}
+
+/// `shared_signals.transmitters[].poll`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoll {
+    /// The transmitter's poll endpoint.
+    pub url: String,
+    /// Pause between polls that found nothing (default 5s).
+    pub interval: Option<Dur>,
+    /// A file holding the bearer token presented to the endpoint.
+    pub token_file: Option<String>,
+    /// SETs asked for per poll (default 100).
+    pub max_events: Option<u32>,
+}
+
+/// Validated `shared_signals`.
+#[derive(Debug, Clone)]
+pub struct SsfConfig {
+    /// The `aud` SETs must carry.
+    pub audience: String,
+    /// Oldest `iat` accepted; ids are remembered this long (plus leeway).
+    pub max_age: Duration,
+    /// The transmitters.
+    pub transmitters: Vec<TransmitterConfig>,
+}
+
+/// Subject identifier formats (RFC 9493) that can name the tokens' `sub`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubFormat {
+    Email,
+    PhoneNumber,
+}
+
+/// One validated transmitter.
+#[derive(Debug, Clone)]
+pub struct TransmitterConfig {
+    /// Its name.
+    pub name: String,
+    /// Its SETs' issuer and keys, `audiences` set to the receiver's audience.
+    pub issuer: IssuerConfig,
+    /// The `iss` the revocations carry: the issuer of the tokens its events are about.
+    pub subjects_iss: String,
+    /// Extra formats that hold `sub`.
+    pub sub_formats: Vec<SubFormat>,
+    /// Push allowed, with the bearer it must present (`None`: the signature alone).
+    pub push: Option<Option<ApiKey>>,
+    /// Poll delivery.
+    pub poll: Option<PollConfig>,
+}
+
+/// Validated `poll`.
+#[derive(Debug, Clone)]
+pub struct PollConfig {
+    pub url: Uri,
+    pub interval: Duration,
+    pub token: Option<String>,
+    pub max_events: u32,
+}
+
+/// Every asymmetric JWS algorithm.
+const ASYMMETRIC: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+impl Validator<'_> {
+    pub(super) fn shared_signals(
+        &mut self,
+        raw: &RawSharedSignals,
+        token_issuers: &[IssuerConfig],
+        base: &Path,
+    ) -> SsfConfig {
+        let p = "shared_signals";
+        if raw.audience.trim().is_empty() {
+            self.err(
+                &format!("{p}.audience"),
+                "the `aud` transmitters address SETs to",
+            );
+        }
+        if raw.transmitters.is_empty() {
+            self.err(
+                &format!("{p}.transmitters"),
+                "list at least one transmitter",
+            );
+        }
+        let issuers: Vec<RawIssuer> = raw
+            .transmitters
+            .iter()
+            .map(|t| RawIssuer {
+                name: t.name.clone(),
+                issuer: t.issuer.clone(),
+                discovery: false,
+                jwks_uri: Some(t.jwks_uri.clone()),
+                jwks_file: None,
+                secret: None,
+                audiences: vec![raw.audience.clone()],
+                algorithms: if t.algorithms.is_empty() {
+                    ASYMMETRIC.iter().map(|a| (*a).to_owned()).collect()
+                } else {
+                    t.algorithms.clone()
+                },
+                leeway: t.leeway,
+                jwks_refresh: None,
+                jwks_max_stale: None,
+                jwks_refetch_interval: None,
+                require_sub: Some(false),
+            })
+            .collect();
+        let checked = self.issuers_at(&format!("{p}.transmitters"), &issuers, base);
+        let mut transmitters = Vec::new();
+        for (i, t) in raw.transmitters.iter().enumerate() {
+            let at = format!("{p}.transmitters[{i}]");
+            let Some(issuer) = checked.iter().find(|c| c.name == t.name).cloned() else {
+                continue;
+            };
+            let subjects_iss = match token_issuers.iter().find(|c| c.name == t.subjects) {
+                Some(c) => c.issuer.clone(),
+                None if t.subjects.contains("://") => t.subjects.clone(),
+                None => {
+                    self.err(&format!("{at}.subjects"), format!("no entry of `issuers` is named `{}`; name one, or write the `iss` of the tokens the events are about", t.subjects));
+                    continue;
+                }
+            };
+            let sub_formats = t
+                .sub_formats
+                .iter()
+                .enumerate()
+                .filter_map(|(j, f)| match f.as_str() {
+                    "email" => Some(SubFormat::Email),
+                    "phone_number" => Some(SubFormat::PhoneNumber),
+                    _ => {
+                        self.err(
+                            &format!("{at}.sub_formats[{j}]"),
+                            "`email` or `phone_number` (`iss_sub` and `opaque` always name `sub`)",
+                        );
+                        None
+                    }
+                })
+                .collect();
+            let push = t.push.as_ref().map(|push| {
+                let key = RawApiKey {
+                    name: t.name.clone(),
+                    sha256: push.token_sha256.clone(),
+                    key_file: push.token_file.clone(),
+                };
+                match (&key.sha256, &key.key_file) {
+                    (None, None) => None,
+                    _ => self
+                        .api_keys(&format!("{at}.push"), std::slice::from_ref(&key), base)
+                        .pop(),
+                }
+            });
+            let poll = t.poll.as_ref().and_then(|poll| {
+                let url = self.fetch_url(&format!("{at}.poll.url"), &poll.url)?;
+                let token = poll.token_file.as_ref().and_then(|file| {
+                    match super::secret_file(&base.join(file)) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.err(&format!("{at}.poll.token_file"), e);
+                            None
+                        }
+                    }
+                });
+                Some(PollConfig {
+                    url,
+                    interval: self.positive(
+                        &format!("{at}.poll.interval"),
+                        poll.interval,
+                        Duration::from_secs(5),
+                    ),
+                    token,
+                    max_events: poll.max_events.unwrap_or(100).clamp(1, 1000),
+                })
+            });
+            if push.is_none() && poll.is_none() {
+                self.err(
+                    &at,
+                    "give `push` (the transmitter posts to /v1/ssf/events), `poll` (jwtgate polls it), or both",
+                );
+            }
+            transmitters.push(TransmitterConfig {
+                name: t.name.clone(),
+                issuer,
+                subjects_iss,
+                sub_formats,
+                push,
+                poll,
+            });
+        }
+        SsfConfig {
+            audience: raw.audience.clone(),
+            max_age: self.positive(
+                &format!("{p}.max_age"),
+                raw.max_age,
+                Duration::from_secs(86_400),
+            ),
+            transmitters,
+        }
+    }
+}
