@@ -18,6 +18,7 @@ mod operations;
 mod proxy;
 mod revocation;
 mod socketio;
+mod ssf;
 mod store;
 mod tls;
 mod verify;

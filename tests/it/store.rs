@@ -3,7 +3,7 @@
 
 use crate::support::*;
 use jwtgate::config::StoreUrl;
-use jwtgate::control::store::{NewRevocation, Store};
+use jwtgate::control::store::{NewRevocation, Once, Store, StoreError};
 use jwtgate::revocation::Kind;
 
 fn jti(value: &str, expires_at: u64) -> NewRevocation {
@@ -270,6 +270,48 @@ async fn suite(url: StoreUrl) {
         .await
         .expect("empty")
         .is_empty());
+
+    // A message's effect is written once: its id commits with its revocations, a repeat
+    // writes nothing (not even a revocation that was since deleted), and ids are
+    // forgotten only once past their time.
+    let once = Once {
+        iss: format!("https://transmitter/{:x}", fastrand::u64(..)),
+        jti: "set-1".into(),
+        expires_at: now + 100,
+    };
+    let first = reopened
+        .insert_once(&once, &[jti("by-set", now + 100)], now)
+        .await
+        .expect("once");
+    assert!(first[0].changed);
+    reopened.delete(first[0].cursor, now).await.expect("delete");
+    let again = reopened
+        .insert_once(&once, &[jti("by-set", now + 100)], now)
+        .await;
+    assert!(matches!(again, Err(StoreError::AlreadySeen)), "{again:?}");
+    assert!(!reopened
+        .revokes(iss, [Some("by-set"), None, None], None, now)
+        .await
+        .expect("revokes"));
+    // Nothing to revoke: the id alone is recorded.
+    let ignored = Once {
+        jti: "set-2".into(),
+        ..once.clone()
+    };
+    assert!(reopened
+        .insert_once(&ignored, &[], now)
+        .await
+        .expect("id only")
+        .is_empty());
+    assert!(matches!(
+        reopened.insert_once(&ignored, &[], now).await,
+        Err(StoreError::AlreadySeen)
+    ));
+    reopened.purge(now + 101).await.expect("purge");
+    assert!(reopened
+        .insert_once(&ignored, &[], now + 101)
+        .await
+        .is_ok());
 }
 
 /// The store suite on SQLite.
