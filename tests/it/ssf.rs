@@ -555,6 +555,9 @@ async fn refused_and_replayed_sets_revoke_nothing() {
     );
 }
 
+/// The revocation a SET should make: its kind and value, or none.
+type Expect = Option<(&'static str, &'static str)>;
+
 /// Each subject format and event type maps as the README's table says: a session or a
 /// `sub` cutoff at the event's time for the transmitter's `subjects` issuer; events and
 /// subjects the gateways cannot act on are acknowledged and counted, revoking nothing.
@@ -564,7 +567,7 @@ async fn subjects_and_events_map_to_revocations() {
     let iss = w.idp.url.clone();
     let at = now() - 100;
     let ev = |kind: &str| json!({ "event_timestamp": at, "kind": kind });
-    let cases: Vec<(String, Value, Value, Option<(&str, &str)>)> = vec![
+    let cases: Vec<(String, Value, Value, Expect)> = vec![
         (
             format!("{CAEP}session-revoked"),
             ev("a"),
