@@ -260,3 +260,96 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::control::ControlConfig;
+    use super::*;
+
+    const HEAD: &str = "listen: \"127.0.0.1:0\"\nstore: \"sqlite://r.db\"\nissuers:\n  - { name: corp, issuer: \"https://id.example\", jwks_uri: \"https://id.example/jwks\", audiences: [api] }\n";
+
+    fn load(ssf: &str) -> Result<ControlConfig, Vec<String>> {
+        ControlConfig::from_yaml(
+            &format!("{HEAD}shared_signals:\n{ssf}"),
+            Path::new("/etc/jwtgate"),
+            &|_| None,
+        )
+        .map_err(|ps| ps.into_iter().map(|p| p.path).collect())
+    }
+
+    /// A transmitter with push and poll: keys from its JWKS, asymmetric algorithms only,
+    /// events about the users of the `issuers` entry it names.
+    #[test]
+    fn a_transmitter() {
+        let c = load("  audience: https://gw/\n  transmitters:\n    - { name: t, issuer: \"https://ssf.example\", jwks_uri: \"https://ssf.example/jwks\", subjects: corp, sub_formats: [email], push: { token_sha256: \"0000000000000000000000000000000000000000000000000000000000000000\" }, poll: { url: \"https://ssf.example/poll\", interval: 2s } }\n")
+            .expect("valid");
+        let s = c.idp.shared_signals.expect("shared_signals");
+        let t = &s.transmitters[0];
+        assert_eq!(t.subjects_iss, "https://id.example");
+        assert_eq!(t.issuer.audiences, vec!["https://gw/".to_owned()]);
+        assert!(!t
+            .issuer
+            .algorithms
+            .iter()
+            .any(|a| format!("{a:?}").starts_with("HS")));
+        assert_eq!(t.sub_formats, vec![SubFormat::Email]);
+        assert!(matches!(t.push, Some(Some(_))));
+        assert_eq!(
+            t.poll.as_ref().expect("poll").interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(s.max_age, Duration::from_secs(86_400));
+    }
+
+    /// Each mistake is reported at its key.
+    #[test]
+    fn problems() {
+        let t = |extra: &str| {
+            let subjects = if extra.contains("subjects") {
+                ""
+            } else {
+                ", subjects: corp"
+            };
+            format!("  audience: https://gw/\n  transmitters:\n    - {{ name: t, issuer: \"https://ssf.example\", jwks_uri: \"https://ssf.example/jwks\"{subjects}{extra} }}\n")
+        };
+        for (yaml, path) in [
+            (t(""), "shared_signals.transmitters[0]"),
+            (
+                t(", push: {}, subjects: nobody"),
+                "shared_signals.transmitters[0].subjects",
+            ),
+            (
+                t(", push: {}, sub_formats: [account]"),
+                "shared_signals.transmitters[0].sub_formats[0]",
+            ),
+            (
+                t(", push: {}, algorithms: [HS256]"),
+                "shared_signals.transmitters[0].algorithms[0]",
+            ),
+            (
+                t(", push: { token_sha256: xyz }"),
+                "shared_signals.transmitters[0].push[0].sha256",
+            ),
+            (
+                t(", poll: { url: \"ftp://x\" }"),
+                "shared_signals.transmitters[0].poll.url",
+            ),
+            (
+                "  audience: \"\"\n  transmitters: []\n".to_owned(),
+                "shared_signals.audience",
+            ),
+            (
+                "  audience: a\n  transmitters: []\n".to_owned(),
+                "shared_signals.transmitters",
+            ),
+        ] {
+            let got = load(&yaml).expect_err(&yaml);
+            assert!(
+                got.iter().any(|p| p == path),
+                "{yaml}: want {path}, got {got:?}"
+            );
+        }
+    }
+}

@@ -308,10 +308,7 @@ async fn suite(url: StoreUrl) {
         Err(StoreError::AlreadySeen)
     ));
     reopened.purge(now + 101).await.expect("purge");
-    assert!(reopened
-        .insert_once(&ignored, &[], now + 101)
-        .await
-        .is_ok());
+    assert!(reopened.insert_once(&ignored, &[], now + 101).await.is_ok());
 }
 
 /// The store suite on SQLite.
