@@ -6,6 +6,7 @@
 //! the event's time. Each SET's `jti` is recorded in the same transaction as its
 //! revocations, so a replay — or a redelivery after a lost acknowledgement — writes nothing.
 
+mod events;
 pub mod poll;
 
 use std::sync::Arc;
@@ -22,67 +23,16 @@ use super::error::{empty_ok, json_response, ApiError};
 use super::store::{NewRevocation, Once, StoreError};
 use super::writes::{check_fields, MAX_LEEWAY_SECS};
 use super::ControlPlane;
-use crate::config::ssf::{SsfConfig, SubFormat, TransmitterConfig};
+use crate::config::ssf::{SsfConfig, TransmitterConfig};
 use crate::config::{AccessConfig, TokenCacheConfig};
 use crate::error::Reject;
 use crate::revocation::Kind;
 use crate::verify::keys::IssuerKeys;
 use crate::verify::{self, Verifier};
+use events::{event_type, Effect, Subject};
 
 /// The largest SET accepted.
 const MAX_SET_BYTES: usize = 64 * 1024;
-const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
-const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
-const VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
-
-/// What an event type does to the subject it names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effect {
-    /// The session when the subject names one, else every token of the user until the event.
-    Session,
-    /// Every token of the user issued until the event.
-    User,
-    /// Nothing the gateways hold depends on it.
-    None,
-}
-
-/// Event types by name (after the CAEP or RISC prefix): the metric label and the effect.
-const EVENTS: &[(&str, &str, Effect)] = &[
-    (CAEP, "session-revoked", Effect::Session),
-    (CAEP, "credential-change", Effect::User),
-    (CAEP, "token-claims-change", Effect::User),
-    (CAEP, "assurance-level-change", Effect::None),
-    (CAEP, "device-compliance-change", Effect::None),
-    (CAEP, "session-established", Effect::None),
-    (CAEP, "session-presented", Effect::None),
-    (CAEP, "risk-level-change", Effect::None),
-    (RISC, "account-disabled", Effect::User),
-    (RISC, "account-purged", Effect::User),
-    (RISC, "credential-compromise", Effect::User),
-    (RISC, "sessions-revoked", Effect::User),
-    (RISC, "account-credential-change-required", Effect::User),
-    (RISC, "account-enabled", Effect::None),
-    (RISC, "identifier-changed", Effect::None),
-    (RISC, "identifier-recycled", Effect::None),
-    (RISC, "opt-in", Effect::None),
-    (RISC, "opt-out-initiated", Effect::None),
-    (RISC, "opt-out-cancelled", Effect::None),
-    (RISC, "opt-out-effective", Effect::None),
-    (RISC, "recovery-activated", Effect::None),
-    (RISC, "recovery-information-changed", Effect::None),
-];
-
-/// The metric label and effect of an event type URI; unknown types are `other`, ignored.
-fn event_type(uri: &str) -> (&'static str, Effect) {
-    if uri == VERIFICATION {
-        return ("verification", Effect::None);
-    }
-    EVENTS
-        .iter()
-        .find(|(prefix, name, _)| uri.strip_prefix(prefix) == Some(name))
-        .map_or(("other", Effect::None), |(_, name, effect)| (name, *effect))
-}
-
 /// Why a SET is refused: the RFC 8935 §2.4 error codes, or a failure of ours that a
 /// transmitter should retry.
 #[derive(Debug)]
@@ -309,7 +259,7 @@ impl Receiver {
                 .get("sub_id")
                 .or_else(|| payload.get("subject"))
                 .ok_or_else(|| invalid("the SET names no subject (sub_id)"))?;
-            let subject = self.subject(tx, subject)?;
+            let subject = events::subject(tx, subject)?;
             // The event's own time (CAEP `event_timestamp`), else when the SET was made;
             // never later than now.
             let at = payload
@@ -324,83 +274,6 @@ impl Receiver {
             jti: jti.to_owned(),
             event,
             revocation,
-        })
-    }
-
-    /// The user (`sub`) and session (`sid`) an RFC 9493 subject identifier names, as far as
-    /// the gateways can revoke by them.
-    fn subject(&self, tx: &TransmitterConfig, s: &Value) -> Result<Subject, SetError> {
-        let s = s
-            .as_object()
-            .ok_or_else(|| invalid("the subject is not an object"))?;
-        let text = |name: &str| {
-            s.get(name)
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| SetError::InvalidRequest(format!("the subject lacks `{name}`")))
-        };
-        let format = s.get("format").and_then(Value::as_str).unwrap_or_default();
-        let user = match format {
-            "iss_sub" => {
-                let (iss, sub) = (text("iss")?, text("sub")?);
-                (iss == tx.subjects_iss).then_some(sub)
-            }
-            "opaque" => Some(text("id")?),
-            "email" => {
-                let v = text("email")?;
-                tx.sub_formats.contains(&SubFormat::Email).then_some(v)
-            }
-            "phone_number" => {
-                let v = text("phone_number")?;
-                tx.sub_formats
-                    .contains(&SubFormat::PhoneNumber)
-                    .then_some(v)
-            }
-            "complex" => {
-                let user = match s.get("user") {
-                    Some(u) => self.subject(tx, u)?.user,
-                    None => None,
-                };
-                let session = match s.get("session") {
-                    Some(Value::Object(sess))
-                        if sess.get("format").and_then(Value::as_str) == Some("opaque") =>
-                    {
-                        Some(
-                            sess.get("id")
-                                .and_then(Value::as_str)
-                                .filter(|v| !v.is_empty())
-                                .ok_or_else(|| invalid("the session subject lacks `id`"))?
-                                .to_owned(),
-                        )
-                    }
-                    Some(_) => {
-                        return Err(invalid("a session subject must have the opaque format"))
-                    }
-                    None => None,
-                };
-                return Ok(Subject { user, session });
-            }
-            "aliases" => {
-                let list = s
-                    .get("identifiers")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| invalid("aliases without identifiers"))?;
-                let mut user = None;
-                for alias in list {
-                    if user.is_none() {
-                        user = self.subject(tx, alias)?.user;
-                    }
-                }
-                user
-            }
-            "" => return Err(invalid("the subject has no format")),
-            // `account`, `did`, `uri`: nothing the gateways can match.
-            _ => None,
-        };
-        Ok(Subject {
-            user,
-            session: None,
         })
     }
 
@@ -449,12 +322,6 @@ impl Receiver {
             _ => None,
         }
     }
-}
-
-/// What a subject identifier names that the gateways can revoke by.
-struct Subject {
-    user: Option<String>,
-    session: Option<String>,
 }
 
 /// RFC 8417 §2.3 / SSF: the JOSE `typ` is `secevent+jwt`.
