@@ -547,7 +547,23 @@ async fn caddy_forward_auth() {
         .env("XDG_DATA_HOME", &dir)
         .env("XDG_CONFIG_HOME", &dir);
     let _caddy = Proxy::start(cmd, addr).await;
+    // No identity on an anonymous pass. Caddy before 2.10 sets the unfilled placeholder
+    // itself (caddyserver/caddy#6610), which names no user.
+    decisions_through(&s, addr, &|ids: &[String]| {
+        ids.iter()
+            .all(|v| v == "{http.reverse_proxy.header.X-User-Id}")
+    })
+    .await;
+}
 
+/// What every proxy in front must show: the gateway's decisions, its challenge, identity
+/// only from a verified token (`anonymous` judges what an anonymous pass carries), spoofed
+/// identity headers refused, and the client's own `X-Forwarded-Uri` not believed.
+async fn decisions_through(
+    s: &Setup,
+    addr: std::net::SocketAddr,
+    anonymous: &dyn Fn(&[String]) -> bool,
+) {
     let good = s.token(json!({}));
     let r = get(addr, "/orders/1?q=1", &[&bearer(&good)]).await;
     assert_eq!(r.status, 200);
@@ -565,13 +581,9 @@ async fn caddy_forward_auth() {
     assert_eq!(get(addr, "/admin/x", &[&bearer(&good)]).await.status, 403);
     let r = get(addr, "/public/x", &[]).await;
     assert_eq!(r.status, 200);
-    // No identity on an anonymous pass. Caddy before 2.10 sets the unfilled placeholder
-    // itself (caddyserver/caddy#6610), which names no user.
-    for v in r.upstream_header("x-user-id") {
-        assert_eq!(v, "{http.reverse_proxy.header.X-User-Id}");
-    }
-    // Caddy sends the client's headers along: copies of identity headers are refused, and
-    // X-Forwarded-* from the client are replaced by Caddy's own.
+    let ids = r.upstream_header("x-user-id");
+    assert!(anonymous(&ids), "{ids:?}");
+    // The proxy sends the client's headers along: copies of identity headers are refused.
     let before = s.echo.stats.requests.load(Ordering::Relaxed);
     for path in ["/public/x", "/orders/1"] {
         for spoof in ["X-User-Id: spoofed", "X_User_Id: spoofed"] {
@@ -636,47 +648,9 @@ http:
     // Traefik reads the routes after it listens: wait for them.
     let good = s.token(json!({}));
     let deadline = Instant::now() + Duration::from_secs(10);
-    let r = loop {
-        let r = get(addr, "/orders/1?q=1", &[&bearer(&good)]).await;
-        if r.status != 404 || Instant::now() > deadline {
-            break r;
-        }
+    while get(addr, "/orders/1", &[&bearer(&good)]).await.status == 404 {
+        assert!(Instant::now() < deadline, "Traefik did not load its routes");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(r.status, 200);
-    assert_eq!(r.upstream_header("x-user-id"), vec!["42".to_owned()]);
-    let r = get(addr, "/orders/1", &[]).await;
-    assert_eq!(r.status, 401);
-    assert!(r
-        .header("www-authenticate")
-        .is_some_and(|v| v.starts_with("Bearer")));
-    let expired = s.token(json!({ "exp": now() - 3600 }));
-    assert_eq!(
-        get(addr, "/orders/1", &[&bearer(&expired)]).await.status,
-        401
-    );
-    assert_eq!(get(addr, "/admin/x", &[&bearer(&good)]).await.status, 403);
-    let r = get(addr, "/public/x", &[]).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.upstream_header("x-user-id"), Vec::<String>::new());
-    // Traefik sends the client's headers along: copies of identity headers are refused,
-    // and X-Forwarded-* from an untrusted client are replaced by Traefik's own.
-    let before = s.echo.stats.requests.load(Ordering::Relaxed);
-    for path in ["/public/x", "/orders/1"] {
-        for spoof in ["X-User-Id: spoofed", "X_User_Id: spoofed"] {
-            let r = get(addr, path, &[&bearer(&good), spoof]).await;
-            assert_ne!(r.status, 200, "{path} {spoof}");
-        }
     }
-    assert_eq!(s.echo.stats.requests.load(Ordering::Relaxed), before);
-    let r = get(
-        addr,
-        "/admin/x",
-        &[&bearer(&good), "X-Forwarded-Uri: /public/x"],
-    )
-    .await;
-    assert_eq!(
-        r.status, 403,
-        "the client's X-Forwarded-Uri is not believed"
-    );
+    decisions_through(&s, addr, &|ids: &[String]| ids.is_empty()).await;
 }

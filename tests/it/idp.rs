@@ -86,14 +86,7 @@ impl World {
         .await
     }
     async fn stored(&self) -> usize {
-        self.control
-            .plane
-            .store
-            .list(0, 10_000, now())
-            .await
-            .expect("list")
-            .0
-            .len()
+        control_entries(&self.control).await.len()
     }
     fn user_token(&self, extra: Value) -> String {
         let mut c = claims(&self.idp.url);

@@ -263,13 +263,7 @@ impl World {
         self.user_key.mint(&claims_with(&self.idp.url, &extra))
     }
     async fn entries(&self) -> Vec<jwtgate::revocation::Entry> {
-        self.control
-            .plane
-            .store
-            .list(0, 10_000, now())
-            .await
-            .expect("list")
-            .0
+        control_entries(&self.control).await
     }
     /// Wait until every gateway refuses `token` as revoked; how long that took.
     async fn refused_everywhere(&self, token: &str) -> Duration {

@@ -454,6 +454,19 @@ pub fn control_yaml(store: &str, listen: &str, extra: &str) -> String {
     )
 }
 
+/// Every entry a control plane's store holds (tombstones included).
+pub async fn control_entries(
+    control: &jwtgate::app::RunningControl,
+) -> Vec<jwtgate::revocation::Entry> {
+    control
+        .plane
+        .store
+        .list(0, 10_000, now())
+        .await
+        .expect("list")
+        .0
+}
+
 pub async fn start_control(store: &str, extra: &str) -> jwtgate::app::RunningControl {
     let config = jwtgate::config::ControlConfig::from_yaml(
         &control_yaml(store, "127.0.0.1:0", extra),
