@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::api::{read_body, ControlBody, MAX_FORM_BYTES};
 use super::error::{empty_ok, ApiError};
-use super::store::NewRevocation;
-use super::writes::{record, MAX_LEEWAY_SECS};
+use super::store::{NewRevocation, Once};
+use super::writes::{check_fields, record, record_once, MAX_LEEWAY_SECS};
 use super::ControlPlane;
 use crate::config::{ApiKey, BackchannelConfig, IdpConfig, IssuerConfig, TokenCacheConfig};
 use crate::path::percent_decode;
@@ -34,8 +34,6 @@ pub struct IdpEndpoints {
 struct Backchannel {
     verifier: Verifier,
     max_age: Duration,
-    /// `iss` + `jti` of logout tokens already accepted (BCL §2.6 step 9).
-    seen: moka::sync::Cache<String, ()>,
 }
 
 fn verifier(issuers: &[IssuerConfig], ctx: &verify::Context) -> Verifier {
@@ -58,10 +56,6 @@ impl IdpEndpoints {
                 .map(|b: &BackchannelConfig| Backchannel {
                     verifier: verifier(std::slice::from_ref(&b.issuer), ctx),
                     max_age: b.max_age,
-                    seen: moka::sync::Cache::builder()
-                        .max_capacity(1_000_000)
-                        .time_to_live(b.max_age + b.issuer.leeway + Duration::from_secs(60))
-                        .build(),
                 }),
             revoke_clients: cfg.revoke_clients.clone(),
         }
@@ -168,11 +162,6 @@ pub async fn backchannel_logout(
         tracing::info!(reason = ?why, "logout token refused");
         ApiError::LogoutTokenRefused(why.into())
     })?;
-    // Replay check and mark in one step, so two concurrent copies cannot both pass.
-    let entry = bc.seen.entry(key.clone()).or_insert(());
-    if !entry.is_fresh() {
-        return Err(ApiError::LogoutTokenRefused("jti already used".into()));
-    }
     let new = match (sid, sub) {
         (Some(sid), _) => NewRevocation {
             kind: Kind::Sid,
@@ -197,20 +186,35 @@ pub async fn backchannel_logout(
         },
         (None, None) => return Err(ApiError::LogoutTokenRefused("neither sid nor sub".into())),
     };
-    if let Err(e) = record(cp, &new, now).await {
-        // Let the provider's retry through.
-        bc.seen.invalidate(&key);
-        return Err(e);
+    check_fields(&new)?;
+    // The logout token's id commits with its revocation (BCL §2.6 step 9): a replay — on
+    // any replica, after any restart — writes nothing, and a failed write leaves the
+    // provider's retry free to succeed.
+    let once = Once {
+        // Apart from the same issuer's Security Event Tokens.
+        iss: format!("logout {}", key.0),
+        jti: key.1,
+        expires_at: now
+            .saturating_add(bc.max_age.as_secs())
+            .saturating_add(bc.verifier.issuers[0].cfg.leeway.as_secs())
+            .saturating_add(60),
+    };
+    match record_once(cp, &once, std::slice::from_ref(&new), now).await {
+        Ok(Some(_)) => Ok(empty_ok()),
+        Ok(None) => Err(ApiError::LogoutTokenRefused("jti already used".into())),
+        Err(e) => {
+            tracing::error!(error = %e, "logout not stored");
+            Err(ApiError::WriteFailed)
+        }
     }
-    Ok(empty_ok())
 }
 
-/// BCL §2.6: returns `(iss, sid, sub, replay key)`.
+/// BCL §2.6: returns `(iss, sid, sub, (iss, jti))`.
 async fn validate_logout_token(
     bc: &Backchannel,
     token: &str,
     now: u64,
-) -> Result<(String, Option<String>, Option<String>, String), String> {
+) -> Result<(String, Option<String>, Option<String>, (String, String)), String> {
     // §2.4 explicit typing: `logout+jwt` (or none); any other type is another kind of JWT.
     if let Some(typ) = jose_typ(token)? {
         let t = typ.to_ascii_lowercase();
@@ -263,8 +267,7 @@ async fn validate_logout_token(
         return Err("neither sid nor sub".into());
     }
     let iss = bc.verifier.issuers[0].cfg.issuer.clone();
-    let key = format!("{iss}\u{0}{jti}");
-    Ok((iss, sid, sub, key))
+    Ok((iss.clone(), sid, sub, (iss, jti.to_owned())))
 }
 
 /// The client id of valid HTTP Basic client credentials (RFC 6749 §2.3.1).

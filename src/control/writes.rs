@@ -327,6 +327,33 @@ pub fn check_fields(new: &NewRevocation) -> Result<(), ApiError> {
 }
 
 /// Write and answer `201 {"id","cursor"}` once durable (`200` for a repeat that changed nothing).
+/// Write the revocations a message calls for and its id in one transaction, once
+/// ([`super::store::Store::insert_once`]), counting what changed. `Ok(None)`: the message
+/// was recorded before and nothing was written.
+pub async fn record_once(
+    cp: &ControlPlane,
+    once: &super::store::Once,
+    revocations: &[NewRevocation],
+    now: u64,
+) -> Result<Option<Vec<super::store::Written>>, super::store::StoreError> {
+    let started = std::time::Instant::now();
+    let written = cp.store.insert_once(once, revocations, now).await;
+    cp.metrics.store_write("insert", started.elapsed());
+    match written {
+        Ok(w) => {
+            for (r, w) in revocations.iter().zip(&w) {
+                if w.changed {
+                    cp.metrics.count_written(r.kind.as_str());
+                    cp.metrics.head_at_least(w.cursor);
+                }
+            }
+            Ok(Some(w))
+        }
+        Err(super::store::StoreError::AlreadySeen) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn record(
     cp: &ControlPlane,
     new: &NewRevocation,

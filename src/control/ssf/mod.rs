@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value};
 
 use super::api::{read_body, ControlBody};
 use super::error::{empty_ok, json_response, ApiError};
-use super::store::{NewRevocation, Once, StoreError};
-use super::writes::{check_fields, MAX_LEEWAY_SECS};
+use super::store::{NewRevocation, Once};
+use super::writes::{check_fields, record_once, MAX_LEEWAY_SECS};
 use super::ControlPlane;
 use crate::config::ssf::{SsfConfig, TransmitterConfig};
 use crate::config::{AccessConfig, TokenCacheConfig};
@@ -363,24 +363,10 @@ pub async fn commit(
     for r in &revocations {
         check_fields(r).map_err(|_| invalid("the subject or session identifier is too long"))?;
     }
-    let started = std::time::Instant::now();
-    let written = cp.store.insert_once(&once, &revocations, now).await;
-    cp.metrics.store_write("insert", started.elapsed());
-    let outcome = match written {
-        Ok(w) => {
-            for (r, w) in revocations.iter().zip(&w) {
-                if w.changed {
-                    cp.metrics.count_written(r.kind.as_str());
-                    cp.metrics.head_at_least(w.cursor);
-                }
-            }
-            if revocations.is_empty() {
-                Outcome::Ignored
-            } else {
-                Outcome::Revoked
-            }
-        }
-        Err(StoreError::AlreadySeen) => Outcome::Replayed,
+    let outcome = match record_once(cp, &once, &revocations, now).await {
+        Ok(Some(_)) if revocations.is_empty() => Outcome::Ignored,
+        Ok(Some(_)) => Outcome::Revoked,
+        Ok(None) => Outcome::Replayed,
         Err(e) => {
             tracing::error!(error = %e, transmitter = %tx.name, "security event not stored");
             return Err(SetError::Unavailable(
