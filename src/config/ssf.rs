@@ -42,7 +42,7 @@ pub struct RawTransmitter {
     /// Whose users the events name: an entry of `issuers` (its `issuer` becomes the
     /// revocations' `iss`) or that issuer URL itself.
     pub subjects: String,
-    /// Subject formats besides `iss_sub` and `opaque` that hold the tokens' `sub` (`email`,
+    /// Subject formats besides `iss_sub` that hold the tokens' `sub` (`opaque`, `email`,
     /// `phone_number`): only when the provider's `sub` is that identifier.
     #[serde(default)]
     pub sub_formats: Vec<String>,
@@ -90,6 +90,7 @@ pub struct SsfConfig {
 /// Subject identifier formats (RFC 9493) that can name the tokens' `sub`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubFormat {
+    Opaque,
     Email,
     PhoneNumber,
 }
@@ -105,10 +106,21 @@ pub struct TransmitterConfig {
     pub subjects_iss: String,
     /// Extra formats that hold `sub`.
     pub sub_formats: Vec<SubFormat>,
-    /// Push allowed, with the bearer it must present (`None`: the signature alone).
-    pub push: Option<Option<ApiKey>>,
+    /// Push allowed, and how the transmitter authenticates.
+    pub push: Option<PushAuth>,
     /// Poll delivery.
     pub poll: Option<PollConfig>,
+}
+
+/// How a pushing transmitter authenticates, beyond the SET's signature.
+#[derive(Debug, Clone)]
+pub enum PushAuth {
+    /// The signature alone (`push: {}`).
+    SignatureOnly,
+    /// A bearer token with this SHA-256.
+    Bearer(ApiKey),
+    /// A token was configured but its file does not exist yet: every push is refused.
+    Nobody,
 }
 
 /// Validated `poll`.
@@ -188,12 +200,13 @@ impl Validator<'_> {
                 .iter()
                 .enumerate()
                 .filter_map(|(j, f)| match f.as_str() {
+                    "opaque" => Some(SubFormat::Opaque),
                     "email" => Some(SubFormat::Email),
                     "phone_number" => Some(SubFormat::PhoneNumber),
                     _ => {
                         self.err(
                             &format!("{at}.sub_formats[{j}]"),
-                            "`email` or `phone_number` (`iss_sub` and `opaque` always name `sub`)",
+                            "`opaque`, `email` or `phone_number` (`iss_sub` always names `sub`)",
                         );
                         None
                     }
@@ -206,17 +219,27 @@ impl Validator<'_> {
                     key_file: push.token_file.clone(),
                 };
                 match (&key.sha256, &key.key_file) {
-                    (None, None) => None,
+                    (None, None) => PushAuth::SignatureOnly,
+                    // A token file that does not exist yet locks push, never opens it.
                     _ => self
                         .api_keys(&format!("{at}.push"), std::slice::from_ref(&key), base)
-                        .pop(),
+                        .pop()
+                        .map_or(PushAuth::Nobody, PushAuth::Bearer),
                 }
             });
             let poll = t.poll.as_ref().and_then(|poll| {
                 let url = self.fetch_url(&format!("{at}.poll.url"), &poll.url)?;
                 let token = poll.token_file.as_ref().and_then(|file| {
-                    match super::secret_file(&base.join(file)) {
-                        Ok(t) => t,
+                    let path = base.join(file);
+                    match super::secret_file(&path) {
+                        Ok(Some(t)) => Some(t),
+                        Ok(None) => {
+                            self.err(
+                                &format!("{at}.poll.token_file"),
+                                format!("{} does not exist", path.display()),
+                            );
+                            None
+                        }
                         Err(e) => {
                             self.err(&format!("{at}.poll.token_file"), e);
                             None
@@ -295,12 +318,21 @@ mod tests {
             .iter()
             .any(|a| format!("{a:?}").starts_with("HS")));
         assert_eq!(t.sub_formats, vec![SubFormat::Email]);
-        assert!(matches!(t.push, Some(Some(_))));
+        assert!(matches!(t.push, Some(PushAuth::Bearer(_))));
         assert_eq!(
             t.poll.as_ref().expect("poll").interval,
             Duration::from_secs(2)
         );
         assert_eq!(s.max_age, Duration::from_secs(86_400));
+        // A push token file that does not exist yet refuses every push.
+        let c = load("  audience: a\n  transmitters:\n    - { name: t, issuer: \"https://ssf.example\", jwks_uri: \"https://ssf.example/jwks\", subjects: corp, push: { token_file: /nonexistent/ssf-push } }\n")
+            .expect("a warning, not an error");
+        let s = c.idp.shared_signals.expect("shared_signals");
+        assert!(matches!(s.transmitters[0].push, Some(PushAuth::Nobody)));
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.path.starts_with("shared_signals.transmitters[0].push")));
     }
 
     /// Each mistake is reported at its key.
@@ -335,6 +367,10 @@ mod tests {
             (
                 t(", poll: { url: \"ftp://x\" }"),
                 "shared_signals.transmitters[0].poll.url",
+            ),
+            (
+                t(", poll: { url: \"https://x/poll\", token_file: /nonexistent/t }"),
+                "shared_signals.transmitters[0].poll.token_file",
             ),
             (
                 "  audience: \"\"\n  transmitters: []\n".to_owned(),

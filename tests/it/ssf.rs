@@ -154,7 +154,7 @@ shared_signals:
       issuer: "{tx_iss}"
       jwks_uri: "{tx_jwks}"
       subjects: corp
-      sub_formats: [email]
+      sub_formats: [email, opaque]
       push: {{ token_sha256: {push} }}
     - name: polled
       issuer: "{poll_iss}"
@@ -622,6 +622,12 @@ async fn subjects_and_events_map_to_revocations() {
             format!("{RISC}account-disabled"),
             ev("j"),
             json!({ "format": "account", "uri": "acct:u@x" }),
+            None,
+        ),
+        (
+            format!("{CAEP}session-revoked"),
+            ev("m"),
+            complex("https://other.test", "u1", "sess-8"),
             None,
         ),
         (

@@ -84,7 +84,10 @@ pub(super) fn subject(tx: &TransmitterConfig, s: &Value) -> Result<Subject, SetE
             let (iss, sub) = (text("iss")?, text("sub")?);
             (iss == tx.subjects_iss).then_some(sub)
         }
-        "opaque" => Some(text("id")?),
+        "opaque" => {
+            let v = text("id")?;
+            tx.sub_formats.contains(&SubFormat::Opaque).then_some(v)
+        }
         "email" => {
             let v = text("email")?;
             tx.sub_formats.contains(&SubFormat::Email).then_some(v)
@@ -97,7 +100,17 @@ pub(super) fn subject(tx: &TransmitterConfig, s: &Value) -> Result<Subject, SetE
         }
         "complex" => {
             let user = match s.get("user") {
-                Some(u) => subject(tx, u)?.user,
+                // A user the gateways cannot match (another issuer's) puts the whole
+                // subject outside this transmitter's reach, its session included.
+                Some(u) => match subject(tx, u)?.user {
+                    None => {
+                        return Ok(Subject {
+                            user: None,
+                            session: None,
+                        })
+                    }
+                    found => found,
+                },
                 None => None,
             };
             let session = match s.get("session") {

@@ -23,7 +23,7 @@ use super::error::{empty_ok, json_response, ApiError};
 use super::store::{NewRevocation, Once};
 use super::writes::{check_fields, record_once, MAX_LEEWAY_SECS};
 use super::ControlPlane;
-use crate::config::ssf::{SsfConfig, TransmitterConfig};
+use crate::config::ssf::{PushAuth, SsfConfig, TransmitterConfig};
 use crate::config::{AccessConfig, TokenCacheConfig};
 use crate::error::Reject;
 use crate::revocation::Kind;
@@ -31,8 +31,8 @@ use crate::verify::keys::IssuerKeys;
 use crate::verify::{self, Verifier};
 use events::{event_type, Effect, Subject};
 
-/// The largest SET accepted.
-const MAX_SET_BYTES: usize = 64 * 1024;
+/// The largest SET accepted: the verifier's limit for any JWT.
+const MAX_SET_BYTES: usize = verify::MAX_TOKEN_BYTES;
 /// Why a SET is refused: the RFC 8935 §2.4 error codes, or a failure of ours that a
 /// transmitter should retry.
 #[derive(Debug)]
@@ -97,6 +97,8 @@ fn invalid(why: &str) -> SetError {
 pub struct Valid {
     transmitter: usize,
     jti: String,
+    /// Its `iat`, never before now: the id is remembered from then on.
+    iat: u64,
     /// The event type's metric label.
     event: &'static str,
     /// The revocation it calls for, if any.
@@ -214,8 +216,14 @@ impl Receiver {
         }
         let iat = claims
             .get("iat")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| invalid("iat is missing"))?;
+            .and_then(|v| {
+                v.as_u64().or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0)
+                        .map(|f| f as u64)
+                })
+            })
+            .ok_or_else(|| invalid("iat is missing or not a NumericDate"))?;
         if iat > now.saturating_add(leeway) {
             return Err(invalid("iat is in the future"));
         }
@@ -272,6 +280,7 @@ impl Receiver {
         Ok(Valid {
             transmitter: t,
             jti: jti.to_owned(),
+            iat,
             event,
             revocation,
         })
@@ -351,20 +360,30 @@ pub async fn commit(
     now: u64,
 ) -> Result<Outcome, SetError> {
     let tx = &rx.cfg.transmitters[valid.transmitter];
+    let Some(revocation) = valid.revocation else {
+        // Nothing to write, nothing a replay could repeat: no durable write either.
+        cp.metrics
+            .ssf_event(&tx.name, valid.event, Outcome::Ignored.as_str());
+        tracing::info!(transmitter = %tx.name, event = valid.event, result = "ignored", "security event");
+        return Ok(Outcome::Ignored);
+    };
+    // Remembered as long as the SET could pass the `iat` check: from its `iat` (which may
+    // be up to the leeway ahead of now), plus `max_age` and the leeway, plus a margin.
     let once = Once {
         iss: tx.issuer.issuer.clone(),
         jti: valid.jti,
-        expires_at: now
+        expires_at: valid
+            .iat
+            .max(now)
             .saturating_add(rx.cfg.max_age.as_secs())
             .saturating_add(tx.issuer.leeway.as_secs())
             .saturating_add(60),
     };
-    let revocations: Vec<NewRevocation> = valid.revocation.into_iter().collect();
+    let revocations = vec![revocation];
     for r in &revocations {
         check_fields(r).map_err(|_| invalid("the subject or session identifier is too long"))?;
     }
     let outcome = match record_once(cp, &once, &revocations, now).await {
-        Ok(Some(_)) if revocations.is_empty() => Outcome::Ignored,
         Ok(Some(_)) => Outcome::Revoked,
         Ok(None) => Outcome::Replayed,
         Err(e) => {
@@ -465,7 +484,7 @@ async fn pushed(
     let t = rx.claimed_transmitter(set).map_err(|e| early(None, e))?;
     match &rx.cfg.transmitters[t].push {
         None => return Err(early(Some(t), SetError::AccessDenied)),
-        Some(Some(key)) => {
+        Some(PushAuth::Bearer(key)) => {
             let ok = bearer.is_some_and(|d| {
                 aws_lc_rs::constant_time::verify_slices_are_equal(d.as_ref(), &key.sha256).is_ok()
             });
@@ -473,7 +492,8 @@ async fn pushed(
                 return Err(early(Some(t), SetError::AuthenticationFailed));
             }
         }
-        Some(None) => {}
+        Some(PushAuth::Nobody) => return Err(early(Some(t), SetError::AuthenticationFailed)),
+        Some(PushAuth::SignatureOnly) => {}
     }
     receive(cp, rx, t, set).await
 }

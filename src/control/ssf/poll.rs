@@ -52,7 +52,20 @@ pub async fn run(
     let mut pending = Pending::default();
     let mut failures = 0u32;
     loop {
-        let pause = match poll_once(&cp, t, &cfg, &client, &mut pending).await {
+        let result = poll_once(&cp, t, &cfg, &client, &mut pending).await;
+        // A transmitter that keeps refusing what we report (it forgot those ids) would
+        // stall polling for good: after a few refusals the report is dropped; the SETs it
+        // named were committed, or will be delivered again.
+        let refused = result
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<Refused>());
+        let reporting = !(pending.ack.is_empty() && pending.errors.is_empty());
+        if refused.is_some_and(|r| (400..500).contains(&r.0)) && failures >= 3 && reporting {
+            tracing::error!(transmitter = %name, "the transmitter keeps refusing our report of committed and refused SETs; dropping it");
+            pending = Pending::default();
+        }
+        let pause = match result {
             Ok(true) => {
                 failures = 0;
                 Duration::ZERO
@@ -118,20 +131,22 @@ async fn poll_once(
     .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
     .to_bytes();
     if status != StatusCode::OK {
-        anyhow::bail!("the transmitter answered {status}");
+        return Err(Refused(status.as_u16()).into());
     }
     // The transmitter has what we reported.
     *pending = Pending::default();
     let answer: Value =
         serde_json::from_slice(&bytes).map_err(|_| anyhow::anyhow!("the answer is not JSON"))?;
+    let empty = serde_json::Map::new();
     let sets = match answer.get("sets") {
-        None => serde_json::Map::new(),
-        Some(Value::Object(sets)) => sets.clone(),
+        None => &empty,
+        Some(Value::Object(sets)) => sets,
         Some(_) => anyhow::bail!("`sets` is not an object"),
     };
     let more = answer.get("moreAvailable").and_then(Value::as_bool) == Some(true);
     let mut unavailable = false;
-    for (id, set) in &sets {
+    // At most what was asked for: the rest stays unacknowledged and comes again.
+    for (id, set) in sets.iter().take(cfg.max_events as usize) {
         let Some(set) = set.as_str() else {
             pending.errors.insert(
                 id.clone(),
@@ -157,6 +172,19 @@ async fn poll_once(
     if unavailable {
         anyhow::bail!("some events could not be committed; they will be delivered again");
     }
-    // Report at once what was decided, even when nothing more is waiting.
-    Ok(more || !pending.ack.is_empty() || !pending.errors.is_empty())
+    // Poll again at once only after SETs came: to report on them and take what waits.
+    // An empty answer (whatever `moreAvailable` says) waits for the interval.
+    Ok(!sets.is_empty() && (more || !pending.ack.is_empty() || !pending.errors.is_empty()))
 }
+
+/// A poll answered with an HTTP error status.
+#[derive(Debug, Clone, Copy)]
+struct Refused(u16);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the transmitter answered {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
