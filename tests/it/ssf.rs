@@ -824,3 +824,48 @@ async fn polled_sets_are_committed_then_acknowledged() {
     let metrics = w.control.plane.metrics.render();
     assert!(metrics.contains(r#"jwtgate_ssf_events_total{event="session-revoked",result="replayed",transmitter="polled"} 1"#), "{metrics}");
 }
+
+/// A SET's id is remembered exactly as long as the SET itself could be accepted: with the
+/// clock moved past `max_age`, the remembered ids are purged, and the same SET, replayed,
+/// is refused as too old — never applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_ids_outlive_the_acceptance_window() {
+    let w = world().await;
+    // `iat` up to the leeway ahead of the receiver's clock is accepted.
+    let mut claims = w.session_revoked("s-w");
+    claims["iat"] = json!(now() + 20);
+    let set = w.sign(&claims);
+    assert_eq!(w.push(&set).await.status, 202);
+    let id = w.entries().await[0].cursor;
+    let r = request(
+        w.control.addr,
+        "DELETE",
+        &format!("/v1/revocations/{id}"),
+        &[&format!("Authorization: Bearer {WRITER_KEY}")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let clock = &w.control.plane.clock;
+    let store = &w.control.plane.store;
+    // Just inside the window: the id is still there after a purge; the replay writes
+    // nothing.
+    clock.advance(Duration::from_secs(86_400));
+    store.purge(clock.unix()).await.expect("purge");
+    assert_eq!(w.push(&set).await.status, 202);
+    assert!(w
+        .entries()
+        .await
+        .iter()
+        .all(|e| e.deleted || e.sid.is_none()));
+    // Past it: the id may be gone, and the SET is refused by its age.
+    clock.advance(Duration::from_secs(120));
+    store.purge(clock.unix()).await.expect("purge");
+    let r = w.push(&set).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["err"], "invalid_request");
+    assert!(w
+        .entries()
+        .await
+        .iter()
+        .all(|e| e.deleted || e.sid.is_none()));
+}
