@@ -117,6 +117,12 @@ impl Drop for Served {
 }
 
 fn serve(yaml: &str) -> Served {
+    serve_logging_to(yaml, Stdio::null())
+}
+
+/// `jwtgate serve` on `yaml` (its listener on 127.0.0.1), its log to `stderr`, once it
+/// accepts connections.
+fn serve_logging_to(yaml: &str, stderr: impl Into<Stdio>) -> Served {
     let p = temp_file("gw.yaml", yaml);
     let port: u16 = yaml
         .split("127.0.0.1:")
@@ -128,7 +134,7 @@ fn serve(yaml: &str) -> Served {
         .args(["serve", "-c"])
         .arg(&p)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -266,29 +272,13 @@ async fn access_log_never_holds_a_token() {
     let port = free_port();
     let secret = "0123456789abcdef0123456789abcdef";
     let log = std::env::temp_dir().join(format!("jwtgate-log-{}", fastrand::u64(..)));
-    let p = temp_file(
-        "gw.yaml",
+    let gw = serve_logging_to(
         &format!(
             "listeners: [ {{ address: \"127.0.0.1:{port}\" }} ]\nlog: {{ format: json, level: debug }}\nissuers:\n  - {{ name: s, issuer: https://s.example, secret: \"{secret}\", audiences: [api], algorithms: [HS256] }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: api, match: {{ path_prefix: / }}, upstream: echo, auth: {{ issuers: [s], token_sources: [header, {{ query: access_token }}] }} }}\n",
             echo.addr
         ),
+        std::fs::File::create(&log).expect("log file"),
     );
-    let child = Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(&p)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn");
-    let gw = Served {
-        child,
-        addr: format!("127.0.0.1:{port}").parse().expect("addr"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(gw.addr).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let token = Signer::hmac(secret.as_bytes(), jsonwebtoken::Algorithm::HS256)
         .mint(&claims("https://s.example"));
     let first = get(gw.addr, "/a", &[&bearer(&token)]).await;
@@ -708,29 +698,13 @@ async fn text_logs_off_a_terminal_have_no_colour() {
     let echo = Echo::start().await.expect("echo");
     let port = free_port();
     let log = std::env::temp_dir().join(format!("jwtgate-text-log-{}", fastrand::u64(..)));
-    let p = temp_file(
-        "gw.yaml",
+    let gw = serve_logging_to(
         &format!(
             "listeners: [ {{ address: \"127.0.0.1:{port}\" }} ]\nlog: {{ format: text, level: info }}\nupstreams: [ {{ name: echo, url: \"http://{}\" }} ]\nroutes:\n  - {{ name: open, match: {{ path_prefix: / }}, upstream: echo, auth: none }}\n",
             echo.addr
         ),
+        std::fs::File::create(&log).expect("log file"),
     );
-    let child = Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(&p)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn");
-    let gw = Served {
-        child,
-        addr: format!("127.0.0.1:{port}").parse().expect("addr"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(gw.addr).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert_eq!(get(gw.addr, "/a", &[]).await.status, 200);
     std::thread::sleep(Duration::from_millis(200));
     drop(gw);
