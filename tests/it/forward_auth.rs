@@ -220,6 +220,26 @@ async fn decisions_match_the_gateway() {
     );
 }
 
+/// A proxy from the system's packages, at the first of `paths` that exists.
+fn installed(name: &str, paths: &[&'static str]) -> &'static str {
+    paths
+        .iter()
+        .copied()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("{name} is needed (apt-get install -y {name}; scripts/test installs it)")
+        })
+}
+
+/// A fresh folder for a proxy's files, and a free loopback port for it to listen on.
+fn workdir(name: &str) -> (std::path::PathBuf, u16, std::net::SocketAddr) {
+    let dir = std::env::temp_dir().join(format!("jwtgate-{name}-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    (dir, port, addr)
+}
+
 /// A proxy that scripts/test installs under target/test-tools.
 fn test_tool(name: &str) -> std::path::PathBuf {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -268,13 +288,9 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request() {
     let s = setup("127.0.0.1/32").await;
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nginx is needed (apt-get install -y nginx; scripts/test installs it)");
-    let dir = std::env::temp_dir().join(format!("jwtgate-nginx-{}", fastrand::u64(..)));
+    let nginx = installed("nginx", &["/usr/sbin/nginx", "/usr/bin/nginx"]);
+    let (dir, port, addr) = workdir("nginx");
     std::fs::create_dir_all(dir.join("tmp")).expect("dir");
-    let port = free_port();
     let d = dir.display();
     let conf = format!(
         r#"
@@ -313,7 +329,6 @@ http {{
         authz = s.gw.addrs[0],
     );
     std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let conf = dir.join("nginx.conf");
     let mut cmd = Command::new(nginx);
     cmd.arg("-p").arg(&dir).arg("-c").arg(conf);
@@ -366,9 +381,7 @@ async fn envoy_ext_authz() {
     .await;
     let authz = s.gw.addrs[0];
     let envoy = test_tool("envoy");
-    let dir = std::env::temp_dir().join(format!("jwtgate-envoy-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let port = free_port();
+    let (dir, port, addr) = workdir("envoy");
     let cluster = |name: &str, addr: std::net::SocketAddr| {
         format!(
             "{{ name: {name}, type: STATIC, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }} }} ] }} ] }} }}",
@@ -419,7 +432,6 @@ static_resources:
     );
     let conf_path = dir.join("envoy.yaml");
     std::fs::write(&conf_path, conf).expect("conf");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut cmd = Command::new(&envoy);
     cmd.arg("-c").arg(conf_path);
     cmd.args([
@@ -519,13 +531,8 @@ static_resources:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caddy_forward_auth() {
     let s = setup("127.0.0.1/32").await;
-    let caddy = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("Caddy is needed (apt-get install -y caddy; scripts/test installs it)");
-    let dir = std::env::temp_dir().join(format!("jwtgate-caddy-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let port = free_port();
+    let caddy = installed("caddy", &["/usr/bin/caddy", "/usr/local/bin/caddy"]);
+    let (dir, port, addr) = workdir("caddy");
     let conf = format!(
         "{{\n  admin off\n  auto_https off\n}}\n\
          http://:{port} {{\n\
@@ -536,7 +543,6 @@ async fn caddy_forward_auth() {
     );
     let conf_path = dir.join("Caddyfile");
     std::fs::write(&conf_path, conf).expect("conf");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut cmd = Command::new(caddy);
     cmd.arg("run")
         .arg("--config")
@@ -610,9 +616,7 @@ async fn decisions_through(
 async fn traefik_forward_auth() {
     let s = setup("127.0.0.1/32").await;
     let traefik = test_tool("traefik");
-    let dir = std::env::temp_dir().join(format!("jwtgate-traefik-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let port = free_port();
+    let (dir, port, addr) = workdir("traefik");
     let routes = format!(
         r#"
 http:
@@ -631,7 +635,6 @@ http:
     );
     let routes_path = dir.join("routes.yaml");
     std::fs::write(&routes_path, routes).expect("routes");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut cmd = Command::new(traefik);
     cmd.arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
         .arg(format!(
