@@ -12,11 +12,10 @@ pub mod poll;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::api::{read_body, ControlBody};
 use super::error::{empty_ok, json_response, ApiError};
@@ -162,11 +161,7 @@ impl Receiver {
     /// The transmitter a SET claims to come from (its unverified `iss`): only to pick the
     /// keys and the push credential it must match.
     pub fn claimed_transmitter(&self, set: &str) -> Result<usize, SetError> {
-        let payload = set.split('.').nth(1).ok_or_else(|| invalid("not a JWS"))?;
-        let claims: Map<String, Value> = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()
-            .and_then(|p| serde_json::from_slice(&p).ok())
+        let claims = verify::unverified_part(set, 1)
             .ok_or_else(|| invalid("the payload is not a JSON object"))?;
         let iss = claims
             .get("iss")
@@ -335,11 +330,7 @@ impl Receiver {
 
 /// RFC 8417 §2.3 / SSF: the JOSE `typ` is `secevent+jwt`.
 fn check_typ(set: &str) -> Result<(), SetError> {
-    let header = set.split('.').next().unwrap_or_default();
-    let header: Map<String, Value> = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()
-        .and_then(|h| serde_json::from_slice(&h).ok())
+    let header = verify::unverified_part(set, 0)
         .ok_or_else(|| invalid("the JOSE header is not a JSON object"))?;
     let typ = header
         .get("typ")
