@@ -444,25 +444,23 @@ impl Store {
             }
             Backend::Postgres(pg) => {
                 let pooled = pg.client().await?;
-                let seen = pooled
-                    .client
-                    .execute(
-                        "DELETE FROM jwtgate_seen_messages WHERE expires_at <= $1",
-                        &[&to_i64(now)],
-                    )
-                    .await;
-                let n = match seen {
-                    Ok(_) => {
-                        pooled
-                            .client
-                            .execute(
-                                "DELETE FROM jwtgate_revocations WHERE expires_at <= $1",
-                                &[&to_i64(now)],
-                            )
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
+                let n = async {
+                    pooled
+                        .client
+                        .execute(
+                            "DELETE FROM jwtgate_seen_messages WHERE expires_at <= $1",
+                            &[&to_i64(now)],
+                        )
+                        .await?;
+                    pooled
+                        .client
+                        .execute(
+                            "DELETE FROM jwtgate_revocations WHERE expires_at <= $1",
+                            &[&to_i64(now)],
+                        )
+                        .await
+                }
+                .await;
                 pg.release(pooled, n.is_ok());
                 Ok(n?)
             }
