@@ -66,13 +66,13 @@ pub async fn run(
             pending = Pending::default();
         }
         let pause = match result {
-            Ok(true) => {
+            Ok(again) => {
                 failures = 0;
-                Duration::ZERO
-            }
-            Ok(false) => {
-                failures = 0;
-                cfg.interval
+                if again {
+                    Duration::ZERO
+                } else {
+                    cfg.interval
+                }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
