@@ -101,8 +101,9 @@ fn check(c: &mut Criterion) {
             })
         });
         let memo = AtomicU64::new(0);
+        let claims = serde_json::Map::new();
         c.bench_function(&format!("revocation/per_request_memo/{n}"), |b| {
-            b.iter(|| black_box(set.is_revoked(black_box(&keys), &memo)))
+            b.iter(|| black_box(set.is_revoked(black_box(&keys), &memo, &claims)))
         });
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::revocation::set::TokenKeys;
 use crate::revocation::Kind;
+use crate::verify::Verified;
 
 /// Why the gateway ended a live connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,8 @@ impl CloseReason {
 
 struct Conn {
     keys: TokenKeys,
+    /// The token, for claim entries (`None` on `auth: none` routes).
+    token: Option<Arc<Verified>>,
     close: watch::Sender<Option<CloseReason>>,
 }
 
@@ -88,12 +91,16 @@ impl LiveRegistry {
         })
     }
 
-    /// Register a connection; it stays registered until the returned guard is dropped.
+    /// Register a connection, under its token's keys when it has one; it stays registered
+    /// until the returned guard is dropped.
     pub fn register(
         self: &Arc<Self>,
-        keys: TokenKeys,
+        token: Option<Arc<Verified>>,
         expires_in: Option<Duration>,
     ) -> Registration {
+        let keys = token
+            .as_ref()
+            .map_or_else(TokenKeys::default, |v| v.revocation_keys);
         let (tx, rx) = watch::channel(None);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.next += 1;
@@ -101,7 +108,14 @@ impl LiveRegistry {
         for k in [keys.jti, keys.sid, keys.sub].into_iter().flatten() {
             inner.by_key.entry(k).or_default().push(id);
         }
-        inner.conns.insert(id, Conn { keys, close: tx });
+        inner.conns.insert(
+            id,
+            Conn {
+                keys,
+                token,
+                close: tx,
+            },
+        );
         drop(inner);
         self.open.inc();
         Registration {
@@ -126,8 +140,31 @@ impl LiveRegistry {
             let matches = match kind {
                 Kind::Sub => issued_before.is_some_and(|cutoff| conn.keys.iat < cutoff),
                 Kind::Jti | Kind::Sid => true,
+                // Not indexed by key: see `revoke_claim`.
+                Kind::Claim => false,
             };
             if matches {
+                conn.close
+                    .send_if_modified(|r| r.replace(CloseReason::Revoked).is_none());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A claim entry arrived: signal every connection whose token `holds` its claim value
+    /// and was issued before the cutoff. Claim entries are rare; every connection is looked
+    /// at. Returns how many.
+    pub fn revoke_claim(
+        &self,
+        holds: impl Fn(&serde_json::Map<String, serde_json::Value>) -> bool,
+        issued_before: Option<u64>,
+    ) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for conn in inner.conns.values() {
+            let Some(token) = &conn.token else { continue };
+            if issued_before.is_some_and(|cutoff| conn.keys.iat < cutoff) && holds(&token.claims) {
                 conn.close
                     .send_if_modified(|r| r.replace(CloseReason::Revoked).is_none());
                 n += 1;
@@ -150,8 +187,7 @@ impl LiveRegistry {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         for conn in inner.conns.values() {
-            let k = &conn.keys;
-            if k.jti.is_some() || k.sid.is_some() || k.sub.is_some() {
+            if conn.token.is_some() {
                 conn.close.send_if_modified(|r| r.replace(reason).is_none());
                 n += 1;
             }

@@ -46,11 +46,29 @@ pub struct RawTransmitter {
     /// `phone_number`): only when the provider's `sub` is that identifier.
     #[serde(default)]
     pub sub_formats: Vec<String>,
+    /// The token claim that holds what an `email` or `phone_number` subject names, when
+    /// `sub` does not: events about it revoke by that claim.
+    #[serde(default)]
+    pub subject_claims: RawSubjectClaims,
     /// Push delivery (RFC 8935) to `POST /v1/ssf/events`; absent: pushed SETs are refused.
     pub push: Option<RawPush>,
     /// Poll delivery (RFC 8936) from the transmitter.
     pub poll: Option<RawPoll>,
 }
+
+/// `shared_signals.transmitters[].subject_claims`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubjectClaims {
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+}
+
+/// Longest claim name a claim revocation may name.
+pub const MAX_CLAIM_NAME: usize = 256;
+/// Claims a claim revocation may not name: the token's own frame, and those with a
+/// revocation kind of their own.
+pub const NOT_USER_CLAIMS: &[&str] = &["iss", "aud", "exp", "nbf", "iat", "jti", "sid", "sub"];
 
 /// `shared_signals.transmitters[].push`.
 #[derive(Debug, Deserialize)]
@@ -106,6 +124,8 @@ pub struct TransmitterConfig {
     pub subjects_iss: String,
     /// Extra formats that hold `sub`.
     pub sub_formats: Vec<SubFormat>,
+    /// Formats held by another claim than `sub`: (format, claim).
+    pub subject_claims: Vec<(SubFormat, String)>,
     /// Push allowed, and how the transmitter authenticates.
     pub push: Option<PushAuth>,
     /// Poll delivery.
@@ -211,7 +231,8 @@ impl Validator<'_> {
                         None
                     }
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            let subject_claims = self.subject_claims(&at, &t.subject_claims, &sub_formats);
             let push = t.push.as_ref().map(|push| {
                 let key = RawApiKey {
                     name: t.name.clone(),
@@ -268,6 +289,7 @@ impl Validator<'_> {
                 issuer,
                 subjects_iss,
                 sub_formats,
+                subject_claims,
                 push,
                 poll,
             });
@@ -281,6 +303,45 @@ impl Validator<'_> {
             ),
             transmitters,
         }
+    }
+
+    /// `subject_claims`: a top-level claim per format, not one `sub_formats` already gives
+    /// to `sub`, and not one of the token's frame.
+    fn subject_claims(
+        &mut self,
+        at: &str,
+        raw: &RawSubjectClaims,
+        sub_formats: &[SubFormat],
+    ) -> Vec<(SubFormat, String)> {
+        let mut out = Vec::new();
+        for (format, key, claim) in [
+            (SubFormat::Email, "email", &raw.email),
+            (SubFormat::PhoneNumber, "phone_number", &raw.phone_number),
+        ] {
+            let Some(claim) = claim else { continue };
+            let path = format!("{at}.subject_claims.{key}");
+            if sub_formats.contains(&format) {
+                self.err(
+                    &path,
+                    format!(
+                        "`sub_formats` already says `sub` holds the {key}; keep one of the two"
+                    ),
+                );
+            } else if claim.is_empty()
+                || claim.len() > MAX_CLAIM_NAME
+                || claim.chars().any(char::is_control)
+            {
+                self.err(
+                    &path,
+                    "the name of a top-level token claim (1 to 256 characters), such as `email`",
+                );
+            } else if NOT_USER_CLAIMS.contains(&claim.as_str()) {
+                self.err(&path, format!("`{claim}` is not a claim that names a user; when `sub` holds the {key}, list `{key}` in `sub_formats`"));
+            } else {
+                out.push((format, claim.clone()));
+            }
+        }
+        out
     }
 }
 
@@ -355,6 +416,18 @@ mod tests {
             (
                 t(", push: {}, sub_formats: [account]"),
                 "shared_signals.transmitters[0].sub_formats[0]",
+            ),
+            (
+                t(", push: {}, sub_formats: [email], subject_claims: { email: email }"),
+                "shared_signals.transmitters[0].subject_claims.email",
+            ),
+            (
+                t(", push: {}, subject_claims: { phone_number: sub }"),
+                "shared_signals.transmitters[0].subject_claims.phone_number",
+            ),
+            (
+                t(", push: {}, subject_claims: { email: \"\" }"),
+                "shared_signals.transmitters[0].subject_claims.email",
             ),
             (
                 t(", push: {}, algorithms: [HS256]"),

@@ -117,12 +117,23 @@ async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Option<Role
         .revokes(
             iss,
             [Some(&jti), text("sid"), text("sub")],
+            &claim_values(&verified.claims),
             verified.iat,
             now,
         )
         .await
         .unwrap_or(true);
     (!revoked).then_some(Role::WriterJwt)
+}
+
+/// The key values a claim entry would have for each of a token's string claims (bar those
+/// no claim entry may name).
+fn claim_values(claims: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    claims
+        .iter()
+        .filter(|(name, _)| !crate::config::ssf::NOT_USER_CLAIMS.contains(&name.as_str()))
+        .filter_map(|(name, v)| Some(crate::revocation::claim_value(name, v.as_str()?)))
+        .collect()
 }
 
 pub async fn handle(cp: &ControlPlane, req: Request<Incoming>) -> Response<ControlBody> {
@@ -432,6 +443,8 @@ mod tests {
             jti: Some("x".repeat(size)),
             sid: None,
             sub: None,
+            claim: None,
+            value: None,
             issued_before: None,
             expires_at: 1,
             reason: None,

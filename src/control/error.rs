@@ -183,7 +183,13 @@ impl ApiError {
             EmptyValue(kind) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                Cow::Owned(format!("`{}` must not be empty", kind.as_str())),
+                Cow::Owned(format!(
+                    "`{}` must not be empty",
+                    match kind {
+                        Kind::Claim => "value",
+                        k => k.as_str(),
+                    }
+                )),
                 None,
             ),
             EpochChanged => (

@@ -23,8 +23,9 @@ pub const MAX_LEEWAY_SECS: u64 = 300;
 /// Large (batch) bodies read at once.
 const BATCH_READERS: usize = 4;
 static BATCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BATCH_READERS);
-/// Longest accepted `iss`, `jti`, `sid`, `sub` or `reason`.
+/// Longest accepted `iss`, `jti`, `sid`, `sub`, claim `value` or `reason`.
 const MAX_FIELD: usize = 1024;
+use crate::config::ssf::{MAX_CLAIM_NAME, NOT_USER_CLAIMS};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +34,9 @@ struct RevokeBody {
     jti: Option<String>,
     sid: Option<String>,
     sub: Option<String>,
+    /// A claim entry: the claim's name, and the `value` it must hold.
+    claim: Option<String>,
+    value: Option<String>,
     expires_at: Option<u64>,
     issued_before: Option<u64>,
     reason: Option<String>,
@@ -45,29 +49,57 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
     if body.iss.is_empty() || body.iss.len() > MAX_FIELD {
         return Err(Invalid("`iss` must be 1 to 1024 characters"));
     }
-    if long(&body.jti) || long(&body.sid) || long(&body.sub) || long(&body.reason) {
+    if long(&body.jti)
+        || long(&body.sid)
+        || long(&body.sub)
+        || long(&body.value)
+        || long(&body.reason)
+    {
         return Err(Invalid("fields are at most 1024 characters"));
     }
     // Entries travel to every gateway and into logs: no control characters.
     let clean = |s: &str| !s.chars().any(char::is_control);
     let all_clean = clean(&body.iss)
-        && [&body.jti, &body.sid, &body.sub, &body.reason]
-            .iter()
-            .all(|f| f.as_deref().is_none_or(clean));
+        && [
+            &body.jti,
+            &body.sid,
+            &body.sub,
+            &body.claim,
+            &body.value,
+            &body.reason,
+        ]
+        .iter()
+        .all(|f| f.as_deref().is_none_or(clean));
     if !all_clean {
         return Err(Invalid("fields must not hold control characters"));
     }
-    let (kind, value) = match (body.jti, body.sid, body.sub) {
-        (Some(v), None, None) => (Kind::Jti, v),
-        (None, Some(v), None) => (Kind::Sid, v),
-        (None, None, Some(v)) => (Kind::Sub, v),
-        _ => return Err(Invalid("give exactly one of `jti`, `sid` or `sub`")),
+    let (kind, value) = match (body.jti, body.sid, body.sub, body.claim, body.value) {
+        (Some(v), None, None, None, None) => (Kind::Jti, v),
+        (None, Some(v), None, None, None) => (Kind::Sid, v),
+        (None, None, Some(v), None, None) => (Kind::Sub, v),
+        (None, None, None, Some(claim), Some(v)) => {
+            if claim.is_empty() || claim.len() > MAX_CLAIM_NAME {
+                return Err(Invalid("`claim` must be 1 to 256 characters"));
+            }
+            if NOT_USER_CLAIMS.contains(&claim.as_str()) {
+                return Err(Invalid("`claim` names a user claim such as `email`: for `sub`, `sid` or `jti` use that field"));
+            }
+            if v.is_empty() {
+                return Err(ApiError::EmptyValue(Kind::Claim));
+            }
+            (Kind::Claim, crate::revocation::claim_value(&claim, &v))
+        }
+        _ => {
+            return Err(Invalid(
+                "give exactly one of `jti`, `sid`, `sub`, or `claim` with `value`",
+            ))
+        }
     };
     if value.is_empty() {
         return Err(ApiError::EmptyValue(kind));
     }
-    if kind != Kind::Sub && body.issued_before.is_some() {
-        return Err(Invalid("`issued_before` goes with `sub`"));
+    if !matches!(kind, Kind::Sub | Kind::Claim) && body.issued_before.is_some() {
+        return Err(Invalid("`issued_before` goes with `sub` or `claim`"));
     }
     let retention = access.default_retention.as_secs();
     let lifetime = access.max_token_lifetime.as_secs();
@@ -97,12 +129,12 @@ fn validate(body: RevokeBody, access: &AccessConfig, now: u64) -> Result<NewRevo
             }
             (expires_at, None)
         }
-        Kind::Sub => {
+        Kind::Sub | Kind::Claim => {
             if body.expires_at.is_some() {
-                return Err(Invalid("a `sub` revocation is kept for max_token_lifetime after `issued_before`; do not give `expires_at`"));
+                return Err(Invalid("a `sub` or `claim` revocation is kept for max_token_lifetime after `issued_before`; do not give `expires_at`"));
             }
             let cutoff = body.issued_before.ok_or(Invalid(
-                "a `sub` revocation needs `issued_before` (Unix seconds)",
+                "a `sub` or `claim` revocation needs `issued_before` (Unix seconds)",
             ))?;
             // Tokens issued before the cutoff live up to `lifetime`, accepted `leeway` longer.
             (
@@ -313,10 +345,23 @@ pub fn parse_revocation(
 /// Whatever wrote it (the API, a logout token, an RFC 7009 token): entries travel to every
 /// gateway and into logs, so the same field rules hold for all.
 pub fn check_fields(new: &NewRevocation) -> Result<(), ApiError> {
-    let fields_ok = [Some(&new.iss), Some(&new.value), new.reason.as_ref()]
-        .into_iter()
-        .flatten()
-        .all(|f| !f.is_empty() && f.len() <= MAX_FIELD && !f.chars().any(char::is_control));
+    // A claim entry's key value is the claim's name and its value, each held to the rules.
+    let (first, second) = match new.kind {
+        Kind::Claim => match new.value.split_once(crate::revocation::CLAIM_SEPARATOR) {
+            Some((claim, value)) => (claim, Some(value)),
+            None => ("", None),
+        },
+        _ => (new.value.as_str(), None),
+    };
+    let fields_ok = [
+        Some(new.iss.as_str()),
+        Some(first),
+        second,
+        new.reason.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .all(|f| !f.is_empty() && f.len() <= MAX_FIELD && !f.chars().any(char::is_control));
     if fields_ok {
         Ok(())
     } else {

@@ -18,7 +18,6 @@ use crate::config::TokenSource;
 use crate::error::Reject;
 use crate::headers::{self, Forwarding};
 use crate::live::{self, Hold, LiveBody, Registration};
-use crate::revocation::set::TokenKeys;
 use crate::token;
 use crate::upstream::RequestBody;
 
@@ -255,10 +254,10 @@ fn subprotocol_marker<'a>(admitted: &Admitted<'a>) -> Option<&'a str> {
 /// request and too early to find this registration. From here on, the registry signals it.
 fn register(gw: &Gateway, admitted: &Admitted<'_>) -> Result<Registration, Reject> {
     let (Some(policy), Some(v)) = (&admitted.route.auth, admitted.verified()) else {
-        return Ok(gw.live.register(TokenKeys::default(), None));
+        return Ok(gw.live.register(None, None));
     };
     let reg = gw.live.register(
-        v.revocation_keys,
+        Some(v.clone()),
         policy
             .close_on_expiry
             .then(|| v.expires_in(gw.clock.unix())),

@@ -87,6 +87,7 @@ impl Gateway {
             checked: &v.revocation_checked,
             exp: v.exp,
             iat: v.iat,
+            claims: &v.claims,
         })
     }
 

@@ -5,11 +5,14 @@
 //!
 //! A revocation entry is one of: `(iss, jti)` — that token is dead; `(iss, sid)` — every
 //! token of that session is dead; `(iss, sub, issued_before)` — every token of that subject
-//! issued before the cutoff is dead.
+//! issued before the cutoff is dead; `(iss, claim, value, issued_before)` — every token whose
+//! string claim `claim` holds `value` (ASCII case aside) issued before the cutoff is dead, for
+//! users known by another identifier than `sub` (an email, a phone number).
 
 pub mod set;
 pub mod sync;
 
+use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,8 @@ pub struct Presented<'a> {
     pub checked: &'a AtomicU64,
     pub exp: u64,
     pub iat: Option<u64>,
+    /// The token's claims, for claim entries.
+    pub claims: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 impl Revocations {
@@ -90,7 +95,7 @@ impl Revocations {
         if !self.state.is_ready() {
             return Err(Reject::RevocationsNotReady);
         }
-        if self.set.is_revoked(token.keys, token.checked) {
+        if self.set.is_revoked(token.keys, token.checked, token.claims) {
             return Err(Reject::Revoked);
         }
         // Without `iat` a token's lifetime is unbounded: once a `sub` cutoff it predates is
@@ -126,6 +131,11 @@ pub struct Entry {
     pub sid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// A claim entry: the claim's name; `value` holds what it must equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_before: Option<u64>,
     /// Unix seconds after which the entry is dropped (it can no longer match a live token).
@@ -143,16 +153,18 @@ pub enum Kind {
     Jti,
     Sid,
     Sub,
+    Claim,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Jti, Kind::Sid, Kind::Sub];
+    pub const ALL: [Kind; 4] = [Kind::Jti, Kind::Sid, Kind::Sub, Kind::Claim];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Jti => "jti",
             Kind::Sid => "sid",
             Kind::Sub => "sub",
+            Kind::Claim => "claim",
         }
     }
 
@@ -162,15 +174,46 @@ impl Kind {
 }
 
 impl Entry {
-    /// The entry's kind and key value; `None` when it names none or several.
-    pub fn key(&self) -> Option<(Kind, &str)> {
-        match (&self.jti, &self.sid, &self.sub) {
-            (Some(v), None, None) => Some((Kind::Jti, v)),
-            (None, Some(v), None) => Some((Kind::Sid, v)),
-            (None, None, Some(v)) => Some((Kind::Sub, v)),
+    /// The entry's kind and key value (for a claim entry, [`claim_value`]); `None` when it
+    /// names none or several.
+    pub fn key(&self) -> Option<(Kind, Cow<'_, str>)> {
+        match (&self.jti, &self.sid, &self.sub, &self.claim, &self.value) {
+            (Some(v), None, None, None, None) => Some((Kind::Jti, v.into())),
+            (None, Some(v), None, None, None) => Some((Kind::Sid, v.into())),
+            (None, None, Some(v), None, None) => Some((Kind::Sub, v.into())),
+            (None, None, None, Some(c), Some(v)) => Some((Kind::Claim, claim_value(c, v).into())),
             _ => None,
         }
     }
+
+    /// Set the key field(s) of `kind` from a stored key value.
+    pub fn set_key(&mut self, kind: Kind, value: String) {
+        match kind {
+            Kind::Jti => self.jti = Some(value),
+            Kind::Sid => self.sid = Some(value),
+            Kind::Sub => self.sub = Some(value),
+            Kind::Claim => {
+                let (claim, v) = value.split_once(CLAIM_SEPARATOR).unwrap_or(("", &value));
+                self.claim = Some(claim.to_owned());
+                self.value = Some(v.to_owned());
+            }
+        }
+    }
+}
+
+/// Between a claim's name and its value in a claim entry's key: a control character, which
+/// neither may hold (and PostgreSQL text can).
+pub const CLAIM_SEPARATOR: char = '\u{1f}';
+
+/// The key value of a claim entry: the claim's name and its value, the value's ASCII letters
+/// in lower case — an email's domain has no case, and providers treat its local part as
+/// having none; erring that way revokes more, never less.
+pub fn claim_value(claim: &str, value: &str) -> String {
+    let mut s = String::with_capacity(claim.len() + 1 + value.len());
+    s.push_str(claim);
+    s.push(CLAIM_SEPARATOR);
+    s.extend(value.chars().map(|c| c.to_ascii_lowercase()));
+    s
 }
 
 mod cursor_string {

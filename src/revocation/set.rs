@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use super::Kind;
+use serde_json::{Map as Claims, Value};
+
+use super::{claim_value, Kind, CLAIM_SEPARATOR};
 
 /// The keys are already uniformly random: hash them by identity.
 #[derive(Default)]
@@ -33,12 +35,12 @@ impl Hasher for IdentityHasher {
     }
 }
 
-/// What one entry holds: when it may be dropped, and for `sub` entries the cutoff.
+/// What one entry holds: when it may be dropped, and for `sub` and claim entries the cutoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
     /// Unix seconds (u32 reaches 2106).
     expires: u32,
-    /// `sub` entries: tokens with `iat` below this are revoked. 0 for jti/sid.
+    /// `sub` and claim entries: tokens with `iat` below this are revoked. 0 for jti/sid.
     cutoff: u32,
 }
 
@@ -62,12 +64,18 @@ pub struct RevocationSet {
     cursor: AtomicU64,
     /// The epoch of the store the cursor belongs to (empty until known).
     epoch: std::sync::Mutex<String>,
-    counts: [AtomicU64; 3],
+    counts: [AtomicU64; 4],
+    /// The claims that claim entries name (only ever grows; a handful at most), and
+    /// whether there is any, read on every lookup.
+    claim_names: RwLock<Vec<Box<str>>>,
+    has_claims: AtomicBool,
 }
 
-/// Snapshot formats: version 2 adds the store epoch after the entries.
+/// Snapshot formats: version 2 adds the store epoch after the entries, version 3 the names
+/// of the claims that claim entries name.
 const MAGIC_V1: &[u8; 8] = b"JWTGRV01";
-const MAGIC: &[u8; 8] = b"JWTGRV02";
+const MAGIC_V2: &[u8; 8] = b"JWTGRV02";
+const MAGIC: &[u8; 8] = b"JWTGRV03";
 
 impl RevocationSet {
     pub fn new() -> RevocationSet {
@@ -82,7 +90,34 @@ impl RevocationSet {
             cursor: AtomicU64::new(0),
             epoch: std::sync::Mutex::new(String::new()),
             counts: Default::default(),
+            claim_names: RwLock::new(Vec::new()),
+            has_claims: AtomicBool::new(false),
         }
+    }
+
+    /// Claim entries name `claim`: from now on every token's `claim` is looked up.
+    fn add_claim_name(&self, claim: &str) {
+        let mut names = self.claim_names.write().unwrap_or_else(|e| e.into_inner());
+        if !names.iter().any(|n| &**n == claim) {
+            names.push(claim.into());
+        }
+        drop(names);
+        self.has_claims.store(true, Ordering::Release);
+    }
+
+    /// The claims that claim entries name.
+    pub fn claim_names(&self) -> Vec<Box<str>> {
+        self.claim_names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The claim entry key a token holds for `claim`, when that claim is a string.
+    pub fn claim_key(&self, claims: &Claims<String, Value>, claim: &str) -> Option<u64> {
+        let iss = claims.get("iss")?.as_str()?;
+        let value = claims.get(claim)?.as_str()?;
+        Some(self.key(Kind::Claim, iss, &claim_value(claim, value)))
     }
 
     pub fn key(&self, kind: Kind, iss: &str, value: &str) -> u64 {
@@ -121,10 +156,15 @@ impl RevocationSet {
         expires_at: u64,
         issued_before: Option<u64>,
     ) {
+        if kind == Kind::Claim {
+            if let Some((claim, _)) = value.split_once(CLAIM_SEPARATOR) {
+                self.add_claim_name(claim);
+            }
+        }
         let key = self.key(kind, iss, value);
         let slot = Slot {
             expires: clamp_u32(expires_at),
-            cutoff: if kind == Kind::Sub {
+            cutoff: if matches!(kind, Kind::Sub | Kind::Claim) {
                 clamp_u32(issued_before.unwrap_or(expires_at))
             } else {
                 0
@@ -155,14 +195,19 @@ impl RevocationSet {
         }
     }
 
-    /// Whether a token with these keys is revoked. `checked` is the token's memo of the
-    /// last version it was found clean at: unchanged set, no lookup.
-    pub fn is_revoked(&self, keys: &TokenKeys, checked: &AtomicU64) -> bool {
+    /// Whether a token with these keys and claims is revoked. `checked` is the token's memo
+    /// of the last version it was found clean at: unchanged set, no lookup.
+    pub fn is_revoked(
+        &self,
+        keys: &TokenKeys,
+        checked: &AtomicU64,
+        claims: &Claims<String, Value>,
+    ) -> bool {
         let version = self.version.load(Ordering::Acquire);
         if checked.load(Ordering::Relaxed) == version {
             return false;
         }
-        let revoked = self.lookup(keys);
+        let revoked = self.lookup(keys) || self.claim_revoked(claims, keys.iat);
         if !revoked {
             checked.store(version, Ordering::Relaxed);
         }
@@ -179,6 +224,23 @@ impl RevocationSet {
                 .is_some_and(|k| map.get(&k).is_some_and(|s| keys.iat < u64::from(s.cutoff)))
     }
 
+    /// Whether a claim entry revokes a token with these claims, issued at `iat`.
+    pub fn claim_revoked(&self, claims: &Claims<String, Value>, iat: u64) -> bool {
+        if !self.has_claims.load(Ordering::Acquire) {
+            return false;
+        }
+        let keys: Vec<u64> = self
+            .claim_names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|claim| self.claim_key(claims, claim))
+            .collect();
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .any(|k| map.get(k).is_some_and(|s| iat < u64::from(s.cutoff)))
+    }
+
     /// Drop entries past their time. Returns how many went.
     pub fn purge(&self, now: u64) -> usize {
         let now = clamp_u32(now);
@@ -187,15 +249,20 @@ impl RevocationSet {
         map.retain(|_, s| s.expires > now);
         let gone = before - map.len();
         if gone > 0 {
-            let mut counts = [0u64; 3];
-            for k in map.keys() {
-                counts[(*k & 3) as usize % 3] += 1;
-            }
-            for (c, n) in self.counts.iter().zip(counts) {
-                c.store(n, Ordering::Relaxed);
-            }
+            self.recount(&map);
         }
         gone
+    }
+
+    /// Count the entries of each kind again (the low two bits of a key are its kind).
+    fn recount(&self, map: &Map) {
+        let mut counts = [0u64; 4];
+        for k in map.keys() {
+            counts[(*k & 3) as usize] += 1;
+        }
+        for (c, n) in self.counts.iter().zip(counts) {
+            c.store(n, Ordering::Relaxed);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -254,7 +321,9 @@ impl RevocationSet {
             buf.extend_from_slice(MAGIC);
             buf.extend_from_slice(&self.seed.to_le_bytes());
             buf.extend_from_slice(&self.cursor().to_le_bytes());
-            for c in &self.counts {
+            // Three count slots (the layout of earlier versions); counts are recomputed on
+            // load.
+            for c in &self.counts[..3] {
                 buf.extend_from_slice(&(c.load(Ordering::Relaxed) as u32).to_le_bytes());
             }
             buf.extend_from_slice(&(map.len() as u64).to_le_bytes());
@@ -266,6 +335,13 @@ impl RevocationSet {
             let epoch = &epoch.as_bytes()[..epoch.len().min(u16::MAX as usize)];
             buf.extend_from_slice(&(epoch.len() as u16).to_le_bytes());
             buf.extend_from_slice(epoch);
+            let names = self.claim_names();
+            buf.extend_from_slice(&(names.len().min(u16::MAX as usize) as u16).to_le_bytes());
+            for name in names.iter().take(u16::MAX as usize) {
+                let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+                buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                buf.extend_from_slice(name);
+            }
         }
         let tmp = path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp)?;
@@ -291,39 +367,53 @@ impl RevocationSet {
         let mut data = Vec::new();
         std::fs::File::open(path)?.read_to_end(&mut data)?;
         let header = 8 + 8 + 8 + 12 + 8;
-        if data.len() < header || (&data[..8] != MAGIC && &data[..8] != MAGIC_V1) {
+        let version = match data.get(..8) {
+            Some(m) if m == MAGIC_V1 => 1,
+            Some(m) if m == MAGIC_V2 => 2,
+            Some(m) if m == MAGIC => 3,
+            _ => 0,
+        };
+        if data.len() < header || version == 0 {
             return Err(bad("not a jwtgate snapshot"));
         }
-        let v2 = &data[..8] == MAGIC;
         let u64_at = |i: usize| u64::from_le_bytes(data[i..i + 8].try_into().unwrap_or([0; 8]));
         let u32_at = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap_or([0; 4]));
         let set = RevocationSet::with_seed(u64_at(8));
         set.cursor.store(u64_at(16), Ordering::Release);
-        for (i, c) in set.counts.iter().enumerate() {
-            c.store(u64::from(u32_at(24 + 4 * i)), Ordering::Relaxed);
-        }
         let n = usize::try_from(u64_at(36)).map_err(|_| bad("truncated"))?;
         let entries_end = n
             .checked_mul(16)
             .and_then(|b| b.checked_add(header))
             .ok_or_else(|| bad("truncated"))?;
-        let epoch = if v2 {
-            let len_at = entries_end;
-            let len = data
-                .get(len_at..len_at + 2)
+        // After the entries: the epoch (v2), then the claim names (v3) after their count;
+        // each string a u16 length and its bytes.
+        let mut at = entries_end;
+        let u16_next = |at: &mut usize| -> std::io::Result<usize> {
+            let n = data
+                .get(*at..*at + 2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
                 .ok_or_else(|| bad("truncated"))?;
-            if data.len() != len_at + 2 + len {
-                return Err(bad("truncated"));
-            }
-            String::from_utf8_lossy(&data[len_at + 2..]).into_owned()
-        } else {
-            if data.len() != entries_end {
-                return Err(bad("truncated"));
-            }
-            String::new()
+            *at += 2;
+            Ok(n)
         };
-        set.set_epoch(&epoch);
+        let string = |at: &mut usize, len: usize| -> std::io::Result<String> {
+            let s = data.get(*at..*at + len).ok_or_else(|| bad("truncated"))?;
+            *at += len;
+            Ok(String::from_utf8_lossy(s).into_owned())
+        };
+        if version >= 2 {
+            let len = u16_next(&mut at)?;
+            set.set_epoch(&string(&mut at, len)?);
+        }
+        if version >= 3 {
+            for _ in 0..u16_next(&mut at)? {
+                let len = u16_next(&mut at)?;
+                set.add_claim_name(&string(&mut at, len)?);
+            }
+        }
+        if data.len() != at {
+            return Err(bad("truncated"));
+        }
         let now = clamp_u32(now);
         let mut map = Map::with_capacity_and_hasher(n, Default::default());
         for i in 0..n {
@@ -336,6 +426,7 @@ impl RevocationSet {
                 map.insert(u64_at(at), slot);
             }
         }
+        set.recount(&map);
         *set.map.write().unwrap_or_else(|e| e.into_inner()) = map;
         Ok(set)
     }
@@ -371,31 +462,92 @@ mod tests {
         s.insert(Kind::Sub, "i", "u1", 2_000_000_000, Some(1000));
         assert!(s.is_revoked(
             &s.token_keys("i", Some("t1"), None, None, Some(5)),
-            &AtomicU64::new(0)
+            &AtomicU64::new(0),
+            &Claims::new()
         ));
         assert!(!s.is_revoked(
             &s.token_keys("other", Some("t1"), None, None, Some(5)),
-            &AtomicU64::new(0)
+            &AtomicU64::new(0),
+            &Claims::new()
         ));
         assert!(s.is_revoked(
             &s.token_keys("i", Some("x"), Some("s1"), None, Some(5)),
-            &AtomicU64::new(0)
+            &AtomicU64::new(0),
+            &Claims::new()
         ));
         assert!(s.is_revoked(
             &s.token_keys("i", None, None, Some("u1"), Some(999)),
-            &AtomicU64::new(0)
+            &AtomicU64::new(0),
+            &Claims::new()
         ));
         assert!(s.is_revoked(
             &s.token_keys("i", None, None, Some("u1"), None),
-            &AtomicU64::new(0)
+            &AtomicU64::new(0),
+            &Claims::new()
         ));
         // Each token keeps its own memo.
         let memo = AtomicU64::new(0);
         let clean = s.token_keys("i", None, None, Some("u1"), Some(1000));
-        assert!(!s.is_revoked(&clean, &memo));
+        assert!(!s.is_revoked(&clean, &memo, &Claims::new()));
         // Memo: clean at this version; a later cutoff is still seen.
         s.insert(Kind::Sub, "i", "u1", 2_000_000_000, Some(2000));
-        assert!(s.is_revoked(&clean, &memo));
+        assert!(s.is_revoked(&clean, &memo, &Claims::new()));
+    }
+
+    fn claims(pairs: &[(&str, &str)]) -> Claims<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect()
+    }
+
+    /// A claim entry revokes tokens whose string claim holds the value (ASCII case aside)
+    /// and were issued before its cutoff — of its issuer only, under that claim only.
+    #[test]
+    fn claim_entries_match_the_claim() {
+        let s = RevocationSet::new();
+        let keys = |iat| s.token_keys("i", Some("t"), None, Some("u1"), Some(iat));
+        let alice = claims(&[("iss", "i"), ("email", "Alice@Example.COM")]);
+        assert!(!s.is_revoked(&keys(5), &AtomicU64::new(0), &alice));
+        s.insert(
+            Kind::Claim,
+            "i",
+            &claim_value("email", "alice@example.com"),
+            2_000_000_000,
+            Some(1000),
+        );
+        assert_eq!(s.count(Kind::Claim), 1);
+        assert!(s.is_revoked(&keys(999), &AtomicU64::new(0), &alice));
+        // Issued at or after the cutoff: clean.
+        assert!(!s.is_revoked(&keys(1000), &AtomicU64::new(0), &alice));
+        // Another issuer, another claim holding the same value, another user, no claim.
+        for other in [
+            claims(&[("iss", "j"), ("email", "alice@example.com")]),
+            claims(&[("iss", "i"), ("upn", "alice@example.com")]),
+            claims(&[("iss", "i"), ("email", "bob@example.com")]),
+            claims(&[("iss", "i")]),
+        ] {
+            assert!(
+                !s.is_revoked(&keys(5), &AtomicU64::new(0), &other),
+                "{other:?}"
+            );
+        }
+        // A claim that is not a string matches nothing.
+        let mut number = claims(&[("iss", "i")]);
+        number.insert("email".into(), Value::from(5));
+        assert!(!s.is_revoked(&keys(5), &AtomicU64::new(0), &number));
+        // The memo: a token found clean is looked at again once a claim entry arrives.
+        let memo = AtomicU64::new(0);
+        let bob = claims(&[("iss", "i"), ("phone_number", "+12065550100")]);
+        assert!(!s.is_revoked(&keys(5), &memo, &bob));
+        s.insert(
+            Kind::Claim,
+            "i",
+            &claim_value("phone_number", "+12065550100"),
+            2_000_000_000,
+            Some(1000),
+        );
+        assert!(s.is_revoked(&keys(5), &memo, &bob));
     }
 
     /// Snapshots round-trip, drop expired entries, and refuse damaged files.
@@ -404,6 +556,13 @@ mod tests {
         let s = RevocationSet::new();
         s.insert(Kind::Jti, "i", "t1", 2_000_000_000, None);
         s.insert(Kind::Jti, "i", "old", 10, None);
+        s.insert(
+            Kind::Claim,
+            "i",
+            &claim_value("email", "a@b.c"),
+            2_000_000_000,
+            Some(1000),
+        );
         s.set_cursor(42);
         s.set_epoch("e-1");
         let p = std::env::temp_dir().join(format!("jwtgate-snap-{}", fastrand::u64(..)));
@@ -411,8 +570,11 @@ mod tests {
         let l = RevocationSet::load(&p, 100).expect("load");
         assert_eq!(l.cursor(), 42);
         assert_eq!(l.epoch(), "e-1");
-        assert_eq!(l.len(), 1);
+        assert_eq!(l.len(), 2);
+        assert_eq!((l.count(Kind::Jti), l.count(Kind::Claim)), (1, 1));
         assert!(l.lookup(&l.token_keys("i", Some("t1"), None, None, None)));
+        // The claim names come back with their entries.
+        assert!(l.claim_revoked(&claims(&[("iss", "i"), ("email", "A@B.C")]), 5));
         let mut data = std::fs::read(&p).expect("read");
         data.truncate(data.len() - 3);
         std::fs::write(&p, &data).expect("write");

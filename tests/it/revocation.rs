@@ -544,6 +544,38 @@ async fn control_api_refusals() {
             "1024",
         ),
         (json!(["not", "an", "object"]), "malformed"),
+        (
+            json!({ "iss": "i", "claim": "email", "issued_before": 1 }),
+            "exactly one",
+        ),
+        (
+            json!({ "iss": "i", "value": "a@b.c", "issued_before": 1 }),
+            "exactly one",
+        ),
+        (
+            json!({ "iss": "i", "claim": "email", "value": "a@b.c" }),
+            "issued_before",
+        ),
+        (
+            json!({ "iss": "i", "claim": "sub", "value": "x", "issued_before": 1 }),
+            "names a user",
+        ),
+        (
+            json!({ "iss": "i", "claim": "", "value": "x", "issued_before": 1 }),
+            "`claim`",
+        ),
+        (
+            json!({ "iss": "i", "claim": "email", "value": "", "issued_before": 1 }),
+            "empty",
+        ),
+        (
+            json!({ "iss": "i", "claim": "e\u{1f}mail", "value": "x", "issued_before": 1 }),
+            "control",
+        ),
+        (
+            json!({ "iss": "i", "jti": "x", "expires_at": 1, "issued_before": 1 }),
+            "`issued_before` goes with",
+        ),
     ];
     for (body, why) in &bad {
         let r = revoke(a, body).await;

@@ -155,11 +155,13 @@ shared_signals:
       jwks_uri: "{tx_jwks}"
       subjects: corp
       sub_formats: [email, opaque]
+      subject_claims: {{ phone_number: phone }}
       push: {{ token_sha256: {push} }}
     - name: polled
       issuer: "{poll_iss}"
       jwks_uri: "{poll_jwks}"
       subjects: "{iss}"
+      subject_claims: {{ email: email }}
       poll: {{ url: "http://{poll_addr}/poll", interval: 50ms, token_file: "{token_file}" }}
 "#,
         iss = idp.url,
@@ -589,7 +591,7 @@ async fn subjects_and_events_map_to_revocations() {
         (
             format!("{RISC}account-disabled"),
             ev("e"),
-            json!({ "format": "aliases", "identifiers": [ { "format": "phone_number", "phone_number": "+1555" }, { "format": "iss_sub", "iss": iss, "sub": "u5" } ] }),
+            json!({ "format": "aliases", "identifiers": [ { "format": "account", "uri": "acct:u5@x" }, { "format": "iss_sub", "iss": iss, "sub": "u5" } ] }),
             Some(("sub", "u5")),
         ),
         (
@@ -604,18 +606,19 @@ async fn subjects_and_events_map_to_revocations() {
             json!({ "format": "iss_sub", "iss": iss, "sub": "u7" }),
             Some(("sub", "u7")),
         ),
-        // Not ours to act on: another issuer's user, a phone number the provider's `sub` is
-        // not, an account URI, an event that changes no token, an unknown type.
-        (
-            format!("{RISC}account-disabled"),
-            ev("h"),
-            json!({ "format": "iss_sub", "iss": "https://other.test", "sub": "u8" }),
-            None,
-        ),
+        // A phone number by the claim `subject_claims` names.
         (
             format!("{RISC}account-disabled"),
             ev("i"),
             json!({ "format": "phone_number", "phone_number": "+1555" }),
+            Some(("phone", "+1555")),
+        ),
+        // Not ours to act on: another issuer's user, an account URI, an event that
+        // changes no token, an unknown type.
+        (
+            format!("{RISC}account-disabled"),
+            ev("h"),
+            json!({ "format": "iss_sub", "iss": "https://other.test", "sub": "u8" }),
             None,
         ),
         (
@@ -673,6 +676,11 @@ async fn subjects_and_events_map_to_revocations() {
                 assert_eq!(e.iss, iss);
                 match *kind {
                     "sid" => assert_eq!(e.sid.as_deref(), Some(*value)),
+                    "phone" => {
+                        assert_eq!(e.claim.as_deref(), Some("phone"));
+                        assert_eq!(e.value.as_deref(), Some(*value));
+                        assert_eq!(e.issued_before, Some(at + 1), "cut off at the event's time");
+                    }
                     _ => {
                         assert_eq!(e.sub.as_deref(), Some(*value), "{event}");
                         assert_eq!(e.issued_before, Some(at + 1), "cut off at the event's time");
@@ -706,10 +714,95 @@ async fn subjects_and_events_map_to_revocations() {
     for line in [
         r#"jwtgate_ssf_events_total{event="other",result="ignored",transmitter="corp-ssf"} 1"#,
         r#"jwtgate_ssf_events_total{event="verification",result="ignored",transmitter="corp-ssf"} 1"#,
-        r#"jwtgate_ssf_events_total{event="account-disabled",result="ignored",transmitter="corp-ssf"} 3"#,
+        r#"jwtgate_ssf_events_total{event="account-disabled",result="ignored",transmitter="corp-ssf"} 2"#,
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
+}
+
+/// `email` and `phone_number` subjects revoke by the token claim `subject_claims` names
+/// (ASCII case aside), pushed or polled: the subject's WebSocket closes and its tokens
+/// issued before the event are refused at both gateways; other users, and the same user's
+/// tokens issued after the event, pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_subjects_revoke_tokens_and_sockets_holding_the_claim() {
+    let w = world().await;
+    let at = now();
+    let doomed = w.token(json!({ "phone": "+15550001", "iat": at - 5 }));
+    let neighbour = w.token(json!({ "phone": "+15550002", "iat": at - 5 }));
+    let later = w.token(json!({ "phone": "+15550001", "iat": at + 5 }));
+    let mut req = format!("ws://{}/chat", w.gateways[0].addrs[0])
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {doomed}").parse().expect("value"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("handshake");
+    let set = w.sign(&set_claims(
+        &w.tx_idp.url,
+        &format!("{RISC}account-disabled"),
+        json!({ "event_timestamp": at }),
+        json!({ "format": "phone_number", "phone_number": "+15550001" }),
+    ));
+    assert_eq!(w.push(&set).await.status, 202);
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(1), socket.next()).await {
+            Err(_) => panic!("the WebSocket is still open after 1 s"),
+            Ok(Some(Ok(Message::Close(Some(f))))) => break f.code,
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("closed without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(closed, CloseCode::Policy);
+    w.refused_everywhere(&doomed).await;
+    for gw in &w.gateways {
+        for ok in [&neighbour, &later] {
+            assert_eq!(get(gw.addrs[0], "/", &[&bearer(ok)]).await.status, 200);
+        }
+    }
+
+    // Polled: an email subject, in another case than the token's claim.
+    let grace = w.token(json!({ "email": "grace@EXAMPLE.com", "iat": at - 5 }));
+    let other = w.token(json!({ "email": "grace@example.org", "iat": at - 5 }));
+    let c = set_claims(
+        &w.poll_idp.url,
+        &format!("{CAEP}credential-change"),
+        json!({ "event_timestamp": at }),
+        json!({ "format": "email", "email": "Grace@Example.com" }),
+    );
+    let header = json!({ "alg": "ES384", "kid": "ssf-p", "typ": "secevent+jwt" });
+    w.poll.offer(
+        c["jti"].as_str().expect("jti"),
+        &w.poll_tx.mint_raw(&header, &c),
+    );
+    let start = Instant::now();
+    while get(w.gateways[1].addrs[0], "/", &[&bearer(&grace)])
+        .await
+        .status
+        != 401
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "not committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.refused_everywhere(&grace).await;
+    assert_eq!(
+        get(w.gateways[0].addrs[0], "/", &[&bearer(&other)])
+            .await
+            .status,
+        200
+    );
+    let entries = w.entries().await;
+    let e = entries
+        .iter()
+        .find(|e| e.claim.as_deref() == Some("email"))
+        .expect("a claim entry");
+    assert_eq!(
+        (e.iss.as_str(), e.value.as_deref()),
+        (w.idp.url.as_str(), Some("grace@example.com"))
+    );
 }
 
 /// Poll delivery: SETs are committed, then acknowledged in the next poll; a forged one is

@@ -82,6 +82,7 @@ async fn suite(url: StoreUrl) {
 
     // Whether a token is revoked (writer checks): by jti, sid, or a sub cutoff after iat.
     let iss = "https://iss";
+    let none: &[String] = &[];
     for (keys, iat, want) in [
         ([Some("a"), None, None], Some(now), true),
         ([Some("zz"), None, None], Some(now), false),
@@ -92,18 +93,27 @@ async fn suite(url: StoreUrl) {
         ([Some("zz"), None, Some("u2")], Some(now - 20), false),
     ] {
         assert_eq!(
-            store.revokes(iss, keys, iat, now).await.expect("revokes"),
+            store
+                .revokes(iss, keys, none, iat, now)
+                .await
+                .expect("revokes"),
             want,
             "{keys:?} {iat:?}"
         );
     }
     assert!(!store
-        .revokes("https://other", [Some("a"), None, None], Some(now), now)
+        .revokes(
+            "https://other",
+            [Some("a"), None, None],
+            none,
+            Some(now),
+            now
+        )
         .await
         .expect("revokes"));
     assert!(
         !store
-            .revokes(iss, [Some("a"), None, None], Some(now), now + 500)
+            .revokes(iss, [Some("a"), None, None], none, Some(now), now + 500)
             .await
             .expect("revokes"),
         "expired entries revoke nothing"
@@ -196,7 +206,7 @@ async fn suite(url: StoreUrl) {
         .expect("tombstone");
     assert!(tomb.deleted && tomb.jti.as_deref() == Some("b"));
     assert!(!reopened
-        .revokes(iss, [Some("b"), None, None], Some(now), now)
+        .revokes(iss, [Some("b"), None, None], &[], Some(now), now)
         .await
         .expect("revokes"));
     assert_eq!(
@@ -215,7 +225,7 @@ async fn suite(url: StoreUrl) {
         .expect("insert");
     assert!(again.changed && again.cursor > gone.cursor);
     assert!(reopened
-        .revokes(iss, [Some("b"), None, None], Some(now), now)
+        .revokes(iss, [Some("b"), None, None], &[], Some(now), now)
         .await
         .expect("revokes"));
 
@@ -257,7 +267,7 @@ async fn suite(url: StoreUrl) {
     assert!(w[1].changed && w[1].cursor > gone.cursor);
     assert!(w[2].changed && w[2].cursor > w[1].cursor && w[3].cursor > w[2].cursor);
     assert!(reopened
-        .revokes(iss, [Some("batch5"), None, None], Some(now), now)
+        .revokes(iss, [Some("batch5"), None, None], &[], Some(now), now)
         .await
         .expect("revokes"));
     let unchanged = reopened
@@ -290,7 +300,7 @@ async fn suite(url: StoreUrl) {
         .await;
     assert!(matches!(again, Err(StoreError::AlreadySeen)), "{again:?}");
     assert!(!reopened
-        .revokes(iss, [Some("by-set"), None, None], None, now)
+        .revokes(iss, [Some("by-set"), None, None], &[], None, now)
         .await
         .expect("revokes"));
     // Nothing to revoke: the id alone is recorded.
@@ -308,6 +318,7 @@ async fn suite(url: StoreUrl) {
         Err(StoreError::AlreadySeen)
     ));
     reopened.purge(now + 101).await.expect("purge");
+    claim_entries(&reopened, now).await;
     assert!(reopened.insert_once(&ignored, &[], now + 101).await.is_ok());
 }
 
@@ -355,7 +366,51 @@ async fn sqlite_schema_1_is_migrated() {
         .expect("delete")
         .is_some());
     assert!(!store
-        .revokes("https://iss", [Some("old"), None, None], Some(now), now)
+        .revokes(
+            "https://iss",
+            [Some("old"), None, None],
+            &[],
+            Some(now),
+            now
+        )
         .await
         .expect("revokes"));
+}
+
+/// A claim entry is stored and listed as its claim and value, and revokes (writer checks)
+/// tokens holding that claim value, ASCII case aside, issued before its cutoff.
+async fn claim_entries(store: &Store, now: u64) {
+    let iss = "https://claims";
+    let email = NewRevocation {
+        kind: Kind::Claim,
+        iss: iss.into(),
+        expires_at: now + 100,
+        value: jwtgate::revocation::claim_value("email", "Ada@Example.com"),
+        issued_before: Some(now - 10),
+        reason: None,
+    };
+    let written = store.insert(&email, now).await.expect("insert");
+    let (listed, _) = store.list(written.cursor - 1, 1, now).await.expect("list");
+    assert_eq!(
+        (listed[0].claim.as_deref(), listed[0].value.as_deref()),
+        (Some("email"), Some("ada@example.com"))
+    );
+    assert_eq!(listed[0].key().map(|(k, _)| k), Some(Kind::Claim));
+    let ada = [jwtgate::revocation::claim_value("email", "ADA@example.com")];
+    let bob = [jwtgate::revocation::claim_value("email", "bob@example.com")];
+
+    for (keys, claims, iat, want) in [
+        ([Some("zz"), None, None], &ada[..], Some(now - 20), true),
+        ([Some("zz"), None, None], &ada[..], Some(now), false),
+        ([Some("zz"), None, None], &bob[..], Some(now - 20), false),
+    ] {
+        assert_eq!(
+            store
+                .revokes(iss, keys, claims, iat, now)
+                .await
+                .expect("revokes"),
+            want,
+            "{claims:?} {iat:?}"
+        );
+    }
 }

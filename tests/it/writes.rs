@@ -360,7 +360,13 @@ async fn cli_file_and_delete() {
     assert!(!control
         .plane
         .store
-        .revokes("https://i", [Some("f0"), None, None], Some(now()), now())
+        .revokes(
+            "https://i",
+            [Some("f0"), None, None],
+            &[],
+            Some(now()),
+            now()
+        )
         .await
         .expect("revokes"));
     let out = run(vec!["--delete".into(), id]).await.expect("run");

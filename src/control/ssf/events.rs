@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::{invalid, SetError};
 use crate::config::ssf::{SubFormat, TransmitterConfig};
+use crate::revocation::{claim_value, Kind};
 
 pub(super) const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 pub(super) const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
@@ -59,45 +60,49 @@ pub(super) fn event_type(uri: &str) -> (&'static str, Effect) {
         .map_or(("other", Effect::None), |(_, name, effect)| (name, *effect))
 }
 
+/// A subject's text field (`check_fields` holds it to the API's field rules later).
+fn field(s: &serde_json::Map<String, Value>, name: &str, what: &str) -> Result<String, SetError> {
+    s.get(name)
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| SetError::InvalidRequest(format!("the {what} lacks `{name}`")))
+}
+
 /// What a subject identifier names that the gateways can revoke by.
 pub(super) struct Subject {
-    pub user: Option<String>,
+    /// The user: by `sub`, or by another claim ([`Kind::Claim`], its key value).
+    pub user: Option<(Kind, String)>,
     pub session: Option<String>,
 }
 
-/// The user (`sub`) and session (`sid`) an RFC 9493 subject identifier names, as far as
-/// the gateways can revoke by them.
+/// The user (`sub`, or the claim `subject_claims` names) and session (`sid`) an RFC 9493
+/// subject identifier names, as far as the gateways can revoke by them.
 pub(super) fn subject(tx: &TransmitterConfig, s: &Value) -> Result<Subject, SetError> {
     let s = s
         .as_object()
         .ok_or_else(|| invalid("the subject is not an object"))?;
-    let text = |name: &str| {
-        s.get(name)
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| SetError::InvalidRequest(format!("the subject lacks `{name}`")))
+    let text = |name: &str| field(s, name, "subject");
+    // A format's value is `sub` when `sub_formats` says so, else the claim
+    // `subject_claims` names for it, else nothing the gateways hold.
+    let user_by = |format: SubFormat, v: String| {
+        if tx.sub_formats.contains(&format) {
+            return Some((Kind::Sub, v));
+        }
+        tx.subject_claims
+            .iter()
+            .find(|(f, _)| *f == format)
+            .map(|(_, claim)| (Kind::Claim, claim_value(claim, &v)))
     };
     let format = s.get("format").and_then(Value::as_str).unwrap_or_default();
     let user = match format {
         "iss_sub" => {
             let (iss, sub) = (text("iss")?, text("sub")?);
-            (iss == tx.subjects_iss).then_some(sub)
+            (iss == tx.subjects_iss).then_some((Kind::Sub, sub))
         }
-        "opaque" => {
-            let v = text("id")?;
-            tx.sub_formats.contains(&SubFormat::Opaque).then_some(v)
-        }
-        "email" => {
-            let v = text("email")?;
-            tx.sub_formats.contains(&SubFormat::Email).then_some(v)
-        }
-        "phone_number" => {
-            let v = text("phone_number")?;
-            tx.sub_formats
-                .contains(&SubFormat::PhoneNumber)
-                .then_some(v)
-        }
+        "opaque" => user_by(SubFormat::Opaque, text("id")?),
+        "email" => user_by(SubFormat::Email, text("email")?),
+        "phone_number" => user_by(SubFormat::PhoneNumber, text("phone_number")?),
         "complex" => {
             let user = match s.get("user") {
                 // A user the gateways cannot match (another issuer's) puts the whole
@@ -117,13 +122,7 @@ pub(super) fn subject(tx: &TransmitterConfig, s: &Value) -> Result<Subject, SetE
                 Some(Value::Object(sess))
                     if sess.get("format").and_then(Value::as_str) == Some("opaque") =>
                 {
-                    Some(
-                        sess.get("id")
-                            .and_then(Value::as_str)
-                            .filter(|v| !v.is_empty())
-                            .ok_or_else(|| invalid("the session subject lacks `id`"))?
-                            .to_owned(),
-                    )
+                    Some(field(sess, "id", "session subject")?)
                 }
                 Some(_) => return Err(invalid("a session subject must have the opaque format")),
                 None => None,

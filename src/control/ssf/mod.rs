@@ -308,12 +308,13 @@ impl Receiver {
             (
                 _,
                 Subject {
-                    user: Some(sub), ..
+                    user: Some((kind, value)),
+                    ..
                 },
             ) => Some(NewRevocation {
-                kind: Kind::Sub,
+                kind,
                 iss: tx.subjects_iss.clone(),
-                value: sub,
+                value,
                 expires_at: at
                     .saturating_add(1)
                     .saturating_add(self.max_token_lifetime.as_secs())
@@ -372,7 +373,11 @@ pub async fn commit(
     };
     let revocations = vec![revocation];
     for r in &revocations {
-        check_fields(r).map_err(|_| invalid("the subject or session identifier is too long"))?;
+        check_fields(r).map_err(|_| {
+            invalid(
+                "the subject or session identifier is over 1024 bytes or holds control characters",
+            )
+        })?;
     }
     let outcome = match record_once(cp, &once, &revocations, now).await {
         Ok(Some(_)) => Outcome::Revoked,

@@ -114,16 +114,14 @@ impl Row {
             jti: None,
             sid: None,
             sub: None,
+            claim: None,
+            value: None,
             issued_before: self.issued_before.map(to_u64),
             expires_at: to_u64(self.expires_at),
             reason: self.reason,
             deleted: self.deleted,
         };
-        match Kind::parse(&self.kind) {
-            Some(Kind::Jti) => e.jti = Some(self.value),
-            Some(Kind::Sid) => e.sid = Some(self.value),
-            _ => e.sub = Some(self.value),
-        }
+        e.set_key(Kind::parse(&self.kind).unwrap_or(Kind::Sub), self.value);
         e
     }
 }
@@ -340,29 +338,33 @@ impl Store {
         Ok((entries, more))
     }
 
-    /// Whether a live entry revokes a token with these claims (`jti`, `sid`, or a `sub`
-    /// cutoff after its `iat`; no `iat` counts as revoked by any cutoff).
+    /// Whether a live entry revokes a token with these claims (`jti`, `sid`, or a `sub` or
+    /// claim cutoff after its `iat`; no `iat` counts as revoked by any cutoff). `claims`
+    /// are the key values ([`crate::revocation::claim_value`]) of the token's claims.
     pub async fn revokes(
         &self,
         iss: &str,
         keys: [Option<&str>; 3],
+        claims: &[String],
         iat: Option<u64>,
         now: u64,
     ) -> Result<bool, StoreError> {
         let [jti, sid, sub] = keys.map(|k| k.map(str::to_owned));
         let iss = iss.to_owned();
         let iat = to_i64(iat.unwrap_or(0));
-        const WHERE: &str = "iss = ?1 AND expires_at > ?2 AND deleted = 0 AND ((kind = 'jti' AND value = ?3) OR (kind = 'sid' AND value = ?4) OR (kind = 'sub' AND value = ?5 AND issued_before > ?6))";
+        const WHERE: &str = "iss = ?1 AND expires_at > ?2 AND deleted = 0 AND ((kind = 'jti' AND value = ?3) OR (kind = 'sid' AND value = ?4) OR (kind = 'sub' AND value = ?5 AND issued_before > ?6) OR (kind = 'claim' AND value IN CLAIMS AND issued_before > ?6))";
         match &self.backend {
             Backend::Sqlite(conn) => {
                 let conn = conn.clone();
+                let claims = serde_json::to_string(claims).unwrap_or_else(|_| "[]".into());
                 tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
                     let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
                     let mut stmt = conn.prepare_cached(&format!(
-                        "SELECT EXISTS (SELECT 1 FROM revocations WHERE {WHERE})"
+                        "SELECT EXISTS (SELECT 1 FROM revocations WHERE {})",
+                        WHERE.replace("CLAIMS", "(SELECT value FROM json_each(?7))")
                     ))?;
                     let found: i64 = stmt.query_row(
-                        rusqlite::params![iss, to_i64(now), jti, sid, sub, iat],
+                        rusqlite::params![iss, to_i64(now), jti, sid, sub, iat, claims],
                         |r| r.get(0),
                     )?;
                     Ok(found != 0)
@@ -373,6 +375,7 @@ impl Store {
                 let sql = format!(
                     "SELECT EXISTS (SELECT 1 FROM jwtgate_revocations WHERE {})",
                     WHERE
+                        .replace("value IN CLAIMS", "value = ANY($7)")
                         .replace("?1", "$1")
                         .replace("?2", "$2")
                         .replace("?3", "$3")
@@ -381,7 +384,7 @@ impl Store {
                         .replace("?6", "$6")
                 );
                 let rows = pg
-                    .query(&sql, &[&iss, &to_i64(now), &jti, &sid, &sub, &iat])
+                    .query(&sql, &[&iss, &to_i64(now), &jti, &sid, &sub, &iat, &claims])
                     .await?;
                 Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
             }
