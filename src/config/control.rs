@@ -83,6 +83,9 @@ pub struct RawWriters {
     /// Writer API keys.
     #[serde(default)]
     pub api_keys: Vec<RawApiKey>,
+    /// The token claims writers may revoke by (`claim` entries); default `email` and
+    /// `phone_number`.
+    pub claims: Option<Vec<String>>,
 }
 
 /// `readers`.
@@ -164,6 +167,8 @@ pub struct AccessConfig {
     pub writer_scope: String,
     /// Writer API keys.
     pub writer_keys: Vec<ApiKey>,
+    /// The claims `claim` entries written through the API may name (`writers.claims`).
+    pub writer_claims: Vec<String>,
     /// Reader API keys.
     pub reader_keys: Vec<ApiKey>,
     /// Retention of a `sid` entry without `expires_at`.
@@ -425,6 +430,21 @@ impl Validator<'_> {
             writer_issuers,
             writer_scope: w.scope.clone().unwrap_or_default(),
             writer_keys: self.api_keys(&format!("{prefix}writers.api_keys"), &w.api_keys, base),
+            writer_claims: match &w.claims {
+                None => vec!["email".to_owned(), "phone_number".to_owned()],
+                Some(claims) => claims
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, c)| {
+                        let problem = super::ssf::claim_name_problem(c);
+                        if let Some(problem) = &problem {
+                            self.err(&format!("{prefix}writers.claims[{i}]"), problem);
+                        }
+                        problem.is_none()
+                    })
+                    .map(|(_, c)| c.clone())
+                    .collect(),
+            },
             reader_keys: self.api_keys(&format!("{prefix}readers.api_keys"), &r.api_keys, base),
             default_retention: self.positive(
                 &format!("{prefix}default_retention"),
@@ -484,6 +504,11 @@ mod tests {
                 (4, 34),
             ),
             ("default_retention: 0s\n", "default_retention", (3, 1)),
+            (
+                "writers: { claims: [email, iss] }\n",
+                "writers.claims[1]",
+                (3, 28),
+            ),
         ];
         assert_problems(&cases, |yaml| {
             let yaml = if yaml.starts_with("listen") {

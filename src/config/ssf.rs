@@ -70,6 +70,17 @@ pub const MAX_CLAIM_NAME: usize = 256;
 /// revocation kind of their own.
 pub const NOT_USER_CLAIMS: &[&str] = &["iss", "aud", "exp", "nbf", "iat", "jti", "sid", "sub"];
 
+/// What is wrong with `claim` as the claim of a claim revocation, if anything.
+pub fn claim_name_problem(claim: &str) -> Option<String> {
+    if claim.is_empty() || claim.len() > MAX_CLAIM_NAME || claim.chars().any(char::is_control) {
+        Some("the name of a top-level token claim (1 to 256 characters), such as `email`".into())
+    } else if NOT_USER_CLAIMS.contains(&claim) {
+        Some(format!("`{claim}` is not a claim that names a user"))
+    } else {
+        None
+    }
+}
+
 /// `shared_signals.transmitters[].push`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,16 +338,11 @@ impl Validator<'_> {
                         "`sub_formats` already says `sub` holds the {key}; keep one of the two"
                     ),
                 );
-            } else if claim.is_empty()
-                || claim.len() > MAX_CLAIM_NAME
-                || claim.chars().any(char::is_control)
-            {
+            } else if let Some(problem) = claim_name_problem(claim) {
                 self.err(
                     &path,
-                    "the name of a top-level token claim (1 to 256 characters), such as `email`",
+                    format!("{problem}; when `sub` holds the {key}, list `{key}` in `sub_formats`"),
                 );
-            } else if NOT_USER_CLAIMS.contains(&claim.as_str()) {
-                self.err(&path, format!("`{claim}` is not a claim that names a user; when `sub` holds the {key}, list `{key}` in `sub_formats`"));
             } else {
                 out.push((format, claim.clone()));
             }

@@ -288,11 +288,7 @@ async fn list(
         })?;
     // Pages are bounded in bytes too, far below what a gateway accepts, so no mix of
     // large entries can make a page no gateway can take. Entries are serialized once.
-    // Gateways of this version ask for tombstones (deletes); older ones would refuse a page
-    // holding one and stop syncing, so they are not sent any (they keep a deleted entry
-    // until it expires: the safe side).
-    let tombstones = query_param(req, "tombstones") == Some("1");
-    let (array, last, more) = page_entries(&entries, more, tombstones);
+    let (array, last, more) = page_entries(&entries, more, Understood::of(req));
     // Jump to the head only on the last page: a page that could not hold its first entry
     // must not skip past it.
     let cursor = last.unwrap_or(if more { since } else { since.max(head) });
@@ -314,20 +310,44 @@ async fn list(
 /// Bytes of entries one page carries (gateways accept 16 MiB).
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// What entries a client can read. Gateways of this version ask for tombstones (deletes)
+/// and claim entries; older ones would refuse a page or event holding one and stop syncing
+/// altogether, so they are sent none: they keep a deleted entry until it expires (the safe
+/// side), and miss claim entries only.
+#[derive(Clone, Copy)]
+struct Understood {
+    tombstones: bool,
+    claims: bool,
+}
+
+impl Understood {
+    fn of(req: &Request<Incoming>) -> Understood {
+        Understood {
+            tombstones: query_param(req, "tombstones") == Some("1"),
+            claims: query_param(req, "claims") == Some("1"),
+        }
+    }
+
+    /// Whether `e` is left out (its cursor is passed all the same).
+    fn skips(self, e: &crate::revocation::Entry) -> bool {
+        (e.deleted && !self.tombstones) || (e.claim.is_some() && !self.claims)
+    }
+}
+
 /// The longest prefix of `entries` within [`PAGE_BYTES`] (at least one entry), serialized
-/// once as a JSON array — tombstones only for clients that asked for them; the cursor of
-/// the last entry it covers (a tombstone left out included); whether more follow.
+/// once as a JSON array — without what the client cannot read ([`Understood`]); the cursor
+/// of the last entry it covers (one left out included); whether more follow.
 fn page_entries(
     entries: &[crate::revocation::Entry],
     more: bool,
-    tombstones: bool,
+    understood: Understood,
 ) -> (Vec<u8>, Option<u64>, bool) {
     let mut out = Vec::with_capacity(entries.len().saturating_mul(128).min(PAGE_BYTES) + 64);
     out.push(b'[');
     let mut last = None;
     let mut written = 0;
     for e in entries {
-        if e.deleted && !tombstones {
+        if understood.skips(e) {
             last = Some(e.cursor);
             continue;
         }
@@ -372,7 +392,7 @@ fn stream(
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_secs(5), Duration::from_millis)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
-    let tombstones = query_param(req, "tombstones") == Some("1");
+    let understood = Understood::of(req);
     let (tx, rx) = mpsc::channel(64);
     let store = cp.store.clone();
     let clients = cp.metrics.control_stream_clients.clone();
@@ -393,7 +413,7 @@ fn stream(
             };
             for e in entries {
                 cursor = e.cursor;
-                if e.deleted && !tombstones {
+                if understood.skips(&e) {
                     continue;
                 }
                 let data = serde_json::to_string(&e).unwrap_or_default();
@@ -452,12 +472,17 @@ mod tests {
         }
     }
 
+    const ALL: Understood = Understood {
+        tombstones: true,
+        claims: true,
+    };
+
     /// A page stops at its byte budget (keeping at least one entry), says more follow, and
     /// is valid JSON.
     #[test]
     fn pages_are_bounded_in_bytes() {
         let big: Vec<Entry> = (1..=5000).map(|c| entry(c, 1024)).collect();
-        let (page, last, more) = page_entries(&big, false, true);
+        let (page, last, more) = page_entries(&big, false, ALL);
         assert!(more);
         assert!(page.len() <= PAGE_BYTES);
         let parsed: Vec<Entry> = serde_json::from_slice(&page).expect("JSON");
@@ -468,7 +493,7 @@ mod tests {
         );
         assert_eq!(last, parsed.last().map(|e| e.cursor));
         assert_eq!(parsed[..], big[..parsed.len()]);
-        let (page, last, more) = page_entries(&[entry(1, 10), entry(2, 10)], false, true);
+        let (page, last, more) = page_entries(&[entry(1, 10), entry(2, 10)], false, ALL);
         assert_eq!((last, more), (Some(2), false));
         assert_eq!(
             serde_json::from_slice::<Vec<Entry>>(&page)
@@ -476,31 +501,45 @@ mod tests {
                 .len(),
             2
         );
-        let (page, last, more) = page_entries(&[entry(1, 5 * 1024 * 1024)], false, true);
+        let (page, last, more) = page_entries(&[entry(1, 5 * 1024 * 1024)], false, ALL);
         assert_eq!((last, more), (Some(1), false), "one entry always fits");
         assert!(page.len() > PAGE_BYTES);
-        assert_eq!(page_entries(&[], true, true), (b"[]".to_vec(), None, true));
-        // A client that did not ask for tombstones gets none, and its cursor passes them.
+        assert_eq!(page_entries(&[], true, ALL), (b"[]".to_vec(), None, true));
+        // A client that did not ask for tombstones or claim entries (an older gateway) gets
+        // none, and its cursor passes them.
         let tomb = Entry {
             deleted: true,
             ..entry(3, 10)
         };
-        let (page, last, _) =
-            page_entries(&[entry(1, 10), entry(2, 10), tomb.clone()], false, false);
+        let claim = Entry {
+            jti: None,
+            claim: Some("email".into()),
+            value: Some("a@b.c".into()),
+            ..entry(4, 10)
+        };
+        let old = Understood {
+            tombstones: false,
+            claims: false,
+        };
+        let (page, last, _) = page_entries(
+            &[entry(1, 10), entry(2, 10), tomb.clone(), claim.clone()],
+            false,
+            old,
+        );
         assert_eq!(
             serde_json::from_slice::<Vec<Entry>>(&page)
                 .expect("JSON")
                 .len(),
             2
         );
-        assert_eq!(last, Some(3));
-        let (page, last, _) = page_entries(&[entry(1, 10), tomb], false, true);
+        assert_eq!(last, Some(4));
+        let (page, last, _) = page_entries(&[entry(1, 10), tomb, claim], false, ALL);
         assert_eq!(
             serde_json::from_slice::<Vec<Entry>>(&page)
                 .expect("JSON")
                 .len(),
-            2
+            3
         );
-        assert_eq!(last, Some(3));
+        assert_eq!(last, Some(4));
     }
 }

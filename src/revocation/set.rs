@@ -126,7 +126,8 @@ impl RevocationSet {
         h.write(iss.as_bytes());
         h.write_u8(0xff);
         h.write(value.as_bytes());
-        // The low two bits carry the kind, so counts stay exact through purges.
+        // The low two bits carry the kind, so counts stay exact through purges (four kinds
+        // fill them: a fifth needs a wider tag).
         (h.finish() & !3) | kind as u64
     }
 
@@ -335,12 +336,12 @@ impl RevocationSet {
             let epoch = &epoch.as_bytes()[..epoch.len().min(u16::MAX as usize)];
             buf.extend_from_slice(&(epoch.len() as u16).to_le_bytes());
             buf.extend_from_slice(epoch);
+            // Every name, whole: one left out would leave its entries matching nothing.
             let names = self.claim_names();
-            buf.extend_from_slice(&(names.len().min(u16::MAX as usize) as u16).to_le_bytes());
-            for name in names.iter().take(u16::MAX as usize) {
-                let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
-                buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
-                buf.extend_from_slice(name);
+            buf.extend_from_slice(&(names.len() as u32).to_le_bytes());
+            for name in &names {
+                buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                buf.extend_from_slice(name.as_bytes());
             }
         }
         let tmp = path.with_extension("tmp");
@@ -385,30 +386,27 @@ impl RevocationSet {
             .checked_mul(16)
             .and_then(|b| b.checked_add(header))
             .ok_or_else(|| bad("truncated"))?;
-        // After the entries: the epoch (v2), then the claim names (v3) after their count;
-        // each string a u16 length and its bytes.
+        // After the entries: the epoch (v2), a u16 length and its bytes; then the claim
+        // names (v3), a u32 count and each a u32 length and its bytes.
         let mut at = entries_end;
-        let u16_next = |at: &mut usize| -> std::io::Result<usize> {
-            let n = data
-                .get(*at..*at + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-                .ok_or_else(|| bad("truncated"))?;
-            *at += 2;
-            Ok(n)
+        let take = |at: &mut usize, len: usize| -> std::io::Result<&[u8]> {
+            let end = at.checked_add(len).ok_or_else(|| bad("truncated"))?;
+            let bytes = data.get(*at..end).ok_or_else(|| bad("truncated"))?;
+            *at = end;
+            Ok(bytes)
         };
-        let string = |at: &mut usize, len: usize| -> std::io::Result<String> {
-            let s = data.get(*at..*at + len).ok_or_else(|| bad("truncated"))?;
-            *at += len;
-            Ok(String::from_utf8_lossy(s).into_owned())
-        };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         if version >= 2 {
-            let len = u16_next(&mut at)?;
-            set.set_epoch(&string(&mut at, len)?);
+            let len = take(&mut at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]))?;
+            set.set_epoch(&text(take(&mut at, usize::from(len))?));
         }
         if version >= 3 {
-            for _ in 0..u16_next(&mut at)? {
-                let len = u16_next(&mut at)?;
-                set.add_claim_name(&string(&mut at, len)?);
+            let u32_next = |at: &mut usize| {
+                take(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            };
+            for _ in 0..u32_next(&mut at)? {
+                let len = u32_next(&mut at)?;
+                set.add_claim_name(&text(take(&mut at, len)?));
             }
         }
         if data.len() != at {

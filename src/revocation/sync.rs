@@ -205,7 +205,7 @@ impl SyncClient {
         loop {
             let since = self.set.cursor();
             let req = self.request(&format!(
-                "/v1/revocations?since={since}&limit=5000&tombstones=1"
+                "/v1/revocations?since={since}&limit=5000&tombstones=1&claims=1"
             ))?;
             let resp = self
                 .client
@@ -274,7 +274,7 @@ impl SyncClient {
         let cursor = self.set.cursor();
         let epoch = self.set.epoch();
         let mut req = self.request(&format!(
-            "/v1/revocations/stream?since={cursor}&heartbeat_ms={}&epoch={epoch}&tombstones=1",
+            "/v1/revocations/stream?since={cursor}&heartbeat_ms={}&epoch={epoch}&tombstones=1&claims=1",
             self.heartbeat.as_millis()
         ))?;
         if let Ok(v) = HeaderValue::from_str(&cursor.to_string()) {

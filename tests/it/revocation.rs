@@ -565,6 +565,10 @@ async fn control_api_refusals() {
             "`claim`",
         ),
         (
+            json!({ "iss": "i", "claim": "azp", "value": "app", "issued_before": 1 }),
+            "not one writers may revoke by",
+        ),
+        (
             json!({ "iss": "i", "claim": "email", "value": "", "issued_before": 1 }),
             "empty",
         ),

@@ -689,6 +689,20 @@ async fn subjects_and_events_map_to_revocations() {
             }
         }
     }
+    // `aliases`: every identifier that maps is revoked by (an access token may carry `sub`
+    // and not the phone number).
+    let before = w.entries().await.len();
+    let set = w.sign(&set_claims(
+        &w.tx_idp.url,
+        &format!("{RISC}account-disabled"),
+        ev("n"),
+        json!({ "format": "aliases", "identifiers": [ { "format": "phone_number", "phone_number": "+1777" }, { "format": "iss_sub", "iss": iss, "sub": "u11" } ] }),
+    ));
+    assert_eq!(w.push(&set).await.status, 202);
+    let entries = w.entries().await;
+    assert_eq!(entries.len(), before + 2);
+    assert!(entries.iter().any(|e| e.sub.as_deref() == Some("u11")));
+    assert!(entries.iter().any(|e| e.value.as_deref() == Some("+1777")));
     // The cutoff lands where the event says: a token of u7 issued before the event is
     // refused, one issued after it (a new sign-in) is not.
     let old = w.token(json!({ "sub": "u7", "iat": at - 10 }));
@@ -715,6 +729,7 @@ async fn subjects_and_events_map_to_revocations() {
         r#"jwtgate_ssf_events_total{event="other",result="ignored",transmitter="corp-ssf"} 1"#,
         r#"jwtgate_ssf_events_total{event="verification",result="ignored",transmitter="corp-ssf"} 1"#,
         r#"jwtgate_ssf_events_total{event="account-disabled",result="ignored",transmitter="corp-ssf"} 2"#,
+        r#"jwtgate_ssf_events_total{event="account-disabled",result="revoked",transmitter="corp-ssf"} 3"#,
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }

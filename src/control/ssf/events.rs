@@ -71,8 +71,9 @@ fn field(s: &serde_json::Map<String, Value>, name: &str, what: &str) -> Result<S
 
 /// What a subject identifier names that the gateways can revoke by.
 pub(super) struct Subject {
-    /// The user: by `sub`, or by another claim ([`Kind::Claim`], its key value).
-    pub user: Option<(Kind, String)>,
+    /// The user: by `sub`, or by another claim ([`Kind::Claim`], its key value) — each
+    /// identifier of it that maps, when `aliases` names several.
+    pub users: Vec<(Kind, String)>,
     pub session: Option<String>,
 }
 
@@ -104,19 +105,19 @@ pub(super) fn subject(tx: &TransmitterConfig, s: &Value) -> Result<Subject, SetE
         "email" => user_by(SubFormat::Email, text("email")?),
         "phone_number" => user_by(SubFormat::PhoneNumber, text("phone_number")?),
         "complex" => {
-            let user = match s.get("user") {
+            let users = match s.get("user") {
                 // A user the gateways cannot match (another issuer's) puts the whole
                 // subject outside this transmitter's reach, its session included.
-                Some(u) => match subject(tx, u)?.user {
-                    None => {
+                Some(u) => match subject(tx, u)?.users {
+                    none if none.is_empty() => {
                         return Ok(Subject {
-                            user: None,
+                            users: none,
                             session: None,
                         })
                     }
                     found => found,
                 },
-                None => None,
+                None => Vec::new(),
             };
             let session = match s.get("session") {
                 Some(Value::Object(sess))
@@ -127,27 +128,34 @@ pub(super) fn subject(tx: &TransmitterConfig, s: &Value) -> Result<Subject, SetE
                 Some(_) => return Err(invalid("a session subject must have the opaque format")),
                 None => None,
             };
-            return Ok(Subject { user, session });
+            return Ok(Subject { users, session });
         }
         "aliases" => {
             let list = s
                 .get("identifiers")
                 .and_then(Value::as_array)
                 .ok_or_else(|| invalid("aliases without identifiers"))?;
-            let mut user = None;
+            // Every identifier that maps: tokens may carry one and not another (an access
+            // token without `email`), and revoking by each can only revoke more.
+            let mut users = Vec::new();
             for alias in list {
-                if user.is_none() {
-                    user = subject(tx, alias)?.user;
+                for user in subject(tx, alias)?.users {
+                    if !users.contains(&user) {
+                        users.push(user);
+                    }
                 }
             }
-            user
+            return Ok(Subject {
+                users,
+                session: None,
+            });
         }
         "" => return Err(invalid("the subject has no format")),
         // `account`, `did`, `uri`: nothing the gateways can match.
         _ => None,
     };
     Ok(Subject {
-        user,
+        users: user.into_iter().collect(),
         session: None,
     })
 }

@@ -100,8 +100,9 @@ pub struct Valid {
     iat: u64,
     /// The event type's metric label.
     event: &'static str,
-    /// The revocation it calls for, if any.
-    revocation: Option<NewRevocation>,
+    /// The revocations it calls for (none, one, or one per identifier of an `aliases`
+    /// subject).
+    revocations: Vec<NewRevocation>,
 }
 
 /// What became of a valid SET.
@@ -254,8 +255,8 @@ impl Receiver {
             .as_object()
             .ok_or_else(|| invalid("the event is not an object"))?;
         let (event, effect) = event_type(uri);
-        let revocation = if effect == Effect::None {
-            None
+        let revocations = if effect == Effect::None {
+            Vec::new()
         } else {
             // SSF 1.0 names the subject in `sub_id`; CAEP drafts in the event's `subject`.
             let subject = claims
@@ -270,18 +271,18 @@ impl Receiver {
                 .and_then(Value::as_u64)
                 .unwrap_or(iat)
                 .min(now);
-            self.revocation(tx, effect, subject, at, now, uri)
+            self.revocations(tx, effect, subject, at, now, uri)
         };
         Ok(Valid {
             transmitter: t,
             jti: jti.to_owned(),
             iat,
             event,
-            revocation,
+            revocations,
         })
     }
 
-    fn revocation(
+    fn revocations(
         &self,
         tx: &TransmitterConfig,
         effect: Effect,
@@ -289,7 +290,7 @@ impl Receiver {
         at: u64,
         now: u64,
         uri: &str,
-    ) -> Option<NewRevocation> {
+    ) -> Vec<NewRevocation> {
         let reason = Some(format!("ssf {}: {}", tx.name, event_type(uri).0));
         match (effect, subject) {
             (
@@ -297,34 +298,30 @@ impl Receiver {
                 Subject {
                     session: Some(sid), ..
                 },
-            ) => Some(NewRevocation {
+            ) => vec![NewRevocation {
                 kind: Kind::Sid,
                 iss: tx.subjects_iss.clone(),
                 value: sid,
                 expires_at: now.saturating_add(self.retention.as_secs()),
                 issued_before: None,
                 reason,
-            }),
-            (
-                _,
-                Subject {
-                    user: Some((kind, value)),
-                    ..
-                },
-            ) => Some(NewRevocation {
-                kind,
-                iss: tx.subjects_iss.clone(),
-                value,
-                expires_at: at
-                    .saturating_add(1)
-                    .saturating_add(self.max_token_lifetime.as_secs())
-                    .saturating_add(MAX_LEEWAY_SECS),
-                // Tokens issued in the event's own second are cut off too (the cutoff is
-                // exclusive).
-                issued_before: Some(at.saturating_add(1)),
-                reason,
-            }),
-            _ => None,
+            }],
+            (_, Subject { users, .. }) => users
+                .into_iter()
+                .map(|(kind, value)| NewRevocation {
+                    kind,
+                    iss: tx.subjects_iss.clone(),
+                    value,
+                    expires_at: at
+                        .saturating_add(1)
+                        .saturating_add(self.max_token_lifetime.as_secs())
+                        .saturating_add(MAX_LEEWAY_SECS),
+                    // Tokens issued in the event's own second are cut off too (the cutoff
+                    // is exclusive).
+                    issued_before: Some(at.saturating_add(1)),
+                    reason: reason.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -352,13 +349,13 @@ pub async fn commit(
     now: u64,
 ) -> Result<Outcome, SetError> {
     let tx = &rx.cfg.transmitters[valid.transmitter];
-    let Some(revocation) = valid.revocation else {
+    if valid.revocations.is_empty() {
         // Nothing to write, nothing a replay could repeat: no durable write either.
         cp.metrics
             .ssf_event(&tx.name, valid.event, Outcome::Ignored.as_str());
         tracing::info!(transmitter = %tx.name, event = valid.event, result = "ignored", "security event");
         return Ok(Outcome::Ignored);
-    };
+    }
     // Remembered as long as the SET could pass the `iat` check: from its `iat` (which may
     // be up to the leeway ahead of now), plus `max_age` and the leeway, plus a margin.
     let once = Once {
@@ -371,7 +368,7 @@ pub async fn commit(
             .saturating_add(tx.issuer.leeway.as_secs())
             .saturating_add(60),
     };
-    let revocations = vec![revocation];
+    let revocations = valid.revocations;
     for r in &revocations {
         check_fields(r).map_err(|_| {
             invalid(
