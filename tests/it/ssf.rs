@@ -977,3 +977,79 @@ async fn remembered_ids_outlive_the_acceptance_window() {
         .iter()
         .all(|e| e.deleted || e.sid.is_none()));
 }
+
+/// Poll delivery against the real PostgreSQL: while the store cannot commit, a polled SET is
+/// neither acknowledged nor reported as refused, so the transmitter keeps it; once the store
+/// is back it is committed, then acknowledged — nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_set_waits_while_the_store_fails() {
+    let store = pg_url().await;
+    let schema = store
+        .rsplit("search_path%3D")
+        .next()
+        .expect("schema")
+        .to_owned();
+    let poll_tx = Signer::new("ec384.pem", Algorithm::ES384, "ssf-p");
+    let poll_idp = Idp::start(vec![poll_tx.jwk.clone()]).await;
+    let poll = PollServer::default();
+    let poll_addr = poll.start().await;
+    let dir = temp_dir();
+    std::fs::write(dir.join("poll.token"), POLL_TOKEN).expect("token file");
+    let extra = format!(
+        r#"shared_signals:
+  audience: "{AUD}"
+  transmitters:
+    - name: polled
+      issuer: "{iss}"
+      jwks_uri: "{jwks}"
+      subjects: "https://users.test"
+      poll: {{ url: "http://{poll_addr}/poll", interval: 50ms, token_file: "{token_file}" }}
+"#,
+        iss = poll_idp.url,
+        jwks = poll_idp.jwks_url(),
+        token_file = dir.join("poll.token").display(),
+    );
+    let control = start_control(&store, &extra).await;
+    let (admin, conn) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL");
+    tokio::spawn(conn);
+    // The table SET ids are committed in goes away: every commit fails.
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.jwtgate_seen_messages RENAME TO away"
+        ))
+        .await
+        .expect("rename");
+    let claims = set_claims(
+        &poll_idp.url,
+        &format!("{CAEP}session-revoked"),
+        json!({}),
+        complex("https://users.test", "42", "pg-1"),
+    );
+    let jti = claims["jti"].as_str().expect("jti").to_owned();
+    let header = json!({ "alg": "ES384", "kid": "ssf-p", "typ": "secevent+jwt" });
+    poll.offer(&jti, &poll_tx.mint_raw(&header, &claims));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!poll.acked.lock().expect("lock").contains(&jti));
+    assert!(!poll.errors.lock().expect("lock").contains_key(&jti));
+    assert!(control_entries(&control).await.is_empty());
+
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.away RENAME TO jwtgate_seen_messages"
+        ))
+        .await
+        .expect("rename");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !poll.acked.lock().expect("lock").contains(&jti) {
+        assert!(
+            Instant::now() < deadline,
+            "not acknowledged after the store came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = control_entries(&control).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].sid.as_deref(), Some("pg-1"));
+}
