@@ -138,6 +138,7 @@ impl Gateway {
                     u,
                     metrics.upstream(&u.name),
                     metrics.upstream_responses(&u.name),
+                    config.limits.workers,
                 )
             })
             .collect::<anyhow::Result<_>>()?;

@@ -354,8 +354,10 @@ impl Verifier {
                     return Err(Reject::UnknownKey);
                 }
                 miss => {
-                    // One shared, rate-limited refetch; then look again.
-                    if !keys.refetch_for_unknown_kid().await {
+                    // One shared, rate-limited refetch; then look again. Boxed: the fetch
+                    // is kilobytes of future that every request would otherwise carry
+                    // (and move) for a path taken at key rotation.
+                    if !Box::pin(keys.refetch_for_unknown_kid()).await {
                         return Err(match miss {
                             Lookup::Unavailable => Reject::KeysUnavailable,
                             _ => Reject::UnknownKey,

@@ -378,3 +378,100 @@ async fn per_client_cap() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(status_within(a, Duration::from_secs(2)).await, 200);
 }
+
+/// A hand-written HTTP/1.1 upstream that counts the connections it accepts and answers each
+/// request `200 ok`; with `close_after_one`, it closes every connection after its first
+/// response without saying so (no `Connection: close`), as an upstream whose keep-alive
+/// timeout just ran out does.
+async fn counting_upstream(
+    close_after_one: bool,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+                    buf.drain(..end);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                        .await
+                        .is_err()
+                        || close_after_one
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Upstream connections are kept alive and reused: 200 requests in a row travel on one
+/// connection. An upstream that closes each connection after one response, unannounced,
+/// costs no request: one that a closed connection could not take goes out on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_and_replaced() {
+    for close_after_one in [false, true] {
+        let (up, accepted) = counting_upstream(close_after_one).await;
+        let gw = start_gateway(&format!(
+            r#"
+listeners: [ {{ address: "127.0.0.1:0" }} ]
+limits: {{ workers: 1 }}
+upstreams: [ {{ name: up, url: "http://{up}" }} ]
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: up, auth: none }}
+"#
+        ))
+        .await;
+        let mut s = TcpStream::connect(gw.addrs[0]).await.expect("connect");
+        let mut failed = 0;
+        for i in 0..200 {
+            s.write_all(format!("GET /r{i} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).await.expect("response");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.expect("body");
+            if !head.starts_with("http/1.1 200") {
+                failed += 1;
+            }
+            if close_after_one {
+                // Let the upstream's close arrive, as it would between a user's clicks.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let connections = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(failed, 0, "close_after_one={close_after_one}");
+        if close_after_one {
+            assert!(connections >= 200, "{connections}");
+        } else {
+            assert_eq!(connections, 1, "requests in a row share one connection");
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Pooled keep-alive clients to the upstreams. Connection failures answer 502, a slow
 //! upstream 504; neither leaks upstream details to the client.
 
+pub mod pool;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -22,16 +24,26 @@ pub struct Upstream {
     pub timeout: Duration,
     /// The HTTP version spoken to this upstream.
     pub version: http::Version,
-    client: HttpsClient<RequestBody>,
+    transport: Transport,
     duration: Histogram,
     responses: UpstreamResponses,
 }
 
+/// How requests reach an upstream.
+enum Transport {
+    /// Plain `http`, HTTP/1: this crate's per-thread pool.
+    Pooled(pool::Pool),
+    /// TLS or HTTP/2: hyper-util's client.
+    Client(Box<HttpsClient<RequestBody>>),
+}
+
 impl Upstream {
+    /// An upstream served by `threads` worker threads (each gets its own idle connections).
     pub fn new(
         cfg: &UpstreamConfig,
         duration: Histogram,
         responses: UpstreamResponses,
+        threads: usize,
     ) -> anyhow::Result<Upstream> {
         let tls = crate::tls::upstream_client_config(
             cfg.ca.as_deref(),
@@ -44,17 +56,32 @@ impl Upstream {
             UpstreamProtocol::H1 => (Protocol::Http1, http::Version::HTTP_11),
             UpstreamProtocol::H2 => (Protocol::Http2, http::Version::HTTP_2),
         };
+        let scheme = cfg.uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = cfg
+            .uri
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("invalid"));
+        let transport = if scheme == Scheme::HTTP && protocol == Protocol::Http1 {
+            Transport::Pooled(pool::Pool::new(
+                authority.clone(),
+                cfg.connect_timeout,
+                threads,
+            ))
+        } else {
+            Transport::Client(Box::new(http_client::build(
+                tls,
+                protocol,
+                cfg.connect_timeout,
+            )))
+        };
         Ok(Upstream {
             name: cfg.name.clone(),
-            scheme: cfg.uri.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: cfg
-                .uri
-                .authority()
-                .cloned()
-                .unwrap_or_else(|| Authority::from_static("invalid")),
+            scheme,
+            authority,
             timeout: cfg.timeout,
             version,
-            client: http_client::build(tls, protocol, cfg.connect_timeout),
+            transport,
             duration,
             responses,
         })
@@ -77,17 +104,34 @@ impl Upstream {
     /// Send the request; the response body streams back untouched.
     pub async fn forward(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, Reject> {
         let start = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let result = match &self.transport {
+            Transport::Pooled(pool) => tokio::time::timeout(self.timeout, pool.send(req))
+                .await
+                .map(|r| {
+                    r.map_err(|e| {
+                        let connect = !matches!(e, pool::PoolError::Http(_));
+                        (SendError::from(e), connect)
+                    })
+                }),
+            Transport::Client(client) => tokio::time::timeout(self.timeout, client.request(req))
+                .await
+                .map(|r| {
+                    r.map_err(|e| {
+                        let connect = e.is_connect();
+                        (SendError::from(e), connect)
+                    })
+                }),
+        };
         self.duration.observe(start.elapsed().as_secs_f64());
         match result {
             Err(_) => Err(Reject::UpstreamTimeout),
-            Ok(Err(e)) => {
+            Ok(Err((e, connect))) => {
                 // The client's own body may be what failed: that is the client's error.
                 if let Some(reject) = client_body_error(&e) {
                     tracing::debug!(upstream = %self.name, error = %e, "request body refused");
                     return Err(reject);
                 }
-                tracing::warn!(upstream = %self.name, error = %e, connect = e.is_connect(), "upstream request failed");
+                tracing::warn!(upstream = %self.name, error = %e, connect, "upstream request failed");
                 Err(Reject::UpstreamUnavailable)
             }
             Ok(Ok(resp)) => {
@@ -105,6 +149,15 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Why an upstream exchange failed, whichever transport carried it.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Pool(#[from] pool::PoolError),
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
 }
 
 /// The refusal for a request whose own body broke the exchange: too large (413), silent
