@@ -153,7 +153,9 @@ impl Pool {
             let fresh = reused.is_none();
             let mut sender = match reused.take() {
                 Some(s) => s,
-                None => self.connect().await?,
+                // Boxed: a reused connection, the usual case, then carries a small
+                // future (connecting holds a resolver's and a handshake's).
+                None => Box::pin(self.connect()).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
