@@ -6,15 +6,16 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::header::HOST;
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
 
 use super::RequestBody;
 
@@ -34,14 +35,16 @@ const MAX_IDLE: usize = 512;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Pool {
-    authority: Authority,
+    /// `http://authority/`, what the connector dials.
+    target: Uri,
+    /// The `Host` a request without one gets: the authority without a default port.
     host: HeaderValue,
-    connect_timeout: Duration,
-    /// Per thread ([`SLOT`]): connections, least recently used first. A connection is
-    /// put back as soon as its response head arrived; it is taken again once ready (its
-    /// response body read).
-    lists: Box<[Mutex<VecDeque<Idle>>]>,
+    connector: HttpConnector,
+    lists: Arc<Lists>,
 }
+
+/// Per thread ([`SLOT`]): connections whose exchange is over, the most recently used last.
+struct Lists(Box<[Mutex<VecDeque<Idle>>]>);
 
 struct Idle {
     sender: SendRequest<RequestBody>,
@@ -51,10 +54,8 @@ struct Idle {
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("cannot connect to {0}: {1}")]
-    Connect(String, std::io::Error),
-    #[error("connecting to {0} timed out")]
-    ConnectTimeout(String),
+    #[error("cannot connect: {0}")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -63,68 +64,38 @@ impl Pool {
     /// A pool for `authority`, with a list for each of `threads` worker threads and one
     /// for every other thread.
     pub fn new(authority: Authority, connect_timeout: Duration, threads: usize) -> Pool {
-        let host = HeaderValue::from_str(authority.as_str())
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(Scheme::HTTP);
+        target.authority = Some(authority);
+        target.path_and_query = Some(PathAndQuery::from_static("/"));
+        // hyper-util's connector, as for every other upstream: resolution, each address
+        // within the timeout, the other address family after 300 ms, TCP_NODELAY, TCP
+        // keep-alive.
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
         Pool {
-            authority,
-            host,
-            connect_timeout,
-            lists: (0..=threads).map(|_| Mutex::default()).collect(),
-        }
-    }
-
-    fn list(&self) -> &Mutex<VecDeque<Idle>> {
-        let slot = SLOT.with(Cell::get);
-        &self.lists[slot % self.lists.len()]
-    }
-
-    /// A ready connection of this thread, dropping closed and stale ones on the way.
-    fn idle(&self) -> Option<SendRequest<RequestBody>> {
-        let mut list = self.list().lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..list.len() {
-            let idle = list.pop_front()?;
-            if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
-                continue;
-            }
-            if idle.sender.is_ready() {
-                return Some(idle.sender);
-            }
-            // Still reading its last response: look again later.
-            list.push_back(idle);
-        }
-        None
-    }
-
-    fn put_back(&self, sender: SendRequest<RequestBody>) {
-        let mut list = self.list().lock().unwrap_or_else(|e| e.into_inner());
-        if list.len() < MAX_IDLE {
-            list.push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            target: Uri::from_parts(target).unwrap_or_default(),
+            host: HeaderValue::from_str(&host)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            connector,
+            lists: Arc::new(Lists((0..=threads).map(|_| Mutex::default()).collect())),
         }
     }
 
     async fn connect(&self) -> Result<SendRequest<RequestBody>, PoolError> {
-        let addr = (
-            self.authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']'),
-            self.authority.port_u16().unwrap_or(80),
-        );
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
-                .await
-            {
-                Err(_) => return Err(PoolError::ConnectTimeout(self.authority.to_string())),
-                Ok(Err(e)) => return Err(PoolError::Connect(self.authority.to_string(), e)),
-                Ok(Ok(s)) => s,
-            };
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        let io = self
+            .connector
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(|e| PoolError::Connect(e.into()))?;
+        let (sender, conn) = http1::handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -134,21 +105,22 @@ impl Pool {
     }
 
     /// Send `req` (its URI absolute) in origin form, with a `Host` if it has none. A request
-    /// a reused connection could not take (the upstream closed it meanwhile) goes again on
-    /// a new one.
+    /// a reused connection did not take (the upstream closed it meanwhile) goes again, once,
+    /// on a new one; hyper hands a request back only when none of it was written.
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, PoolError> {
-        if let Some(pq) = req.uri().path_and_query().cloned() {
-            *req.uri_mut() = Uri::from(pq);
-        } else {
-            *req.uri_mut() = Uri::from(PathAndQuery::from_static("/"));
-        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
         }
-        let mut reused = self.idle();
+        let mut reused = self.lists.take();
         loop {
             let fresh = reused.is_none();
             let mut sender = match reused.take() {
@@ -159,9 +131,14 @@ impl Pool {
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    // A switched protocol owns the connection now.
-                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                        self.put_back(sender);
+                    // A switched protocol owns the connection now; one whose response
+                    // framing the gateway refuses (both Transfer-Encoding and
+                    // Content-Length) is left to close.
+                    let h = resp.headers();
+                    let distrusted =
+                        h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH);
+                    if resp.status() != StatusCode::SWITCHING_PROTOCOLS && !distrusted {
+                        self.lists.release(sender);
                     }
                     return Ok(resp);
                 }
@@ -170,6 +147,58 @@ impl Pool {
                     _ => return Err(e.into_error().into()),
                 },
             }
+        }
+    }
+}
+
+impl Lists {
+    fn mine(&self) -> &Mutex<VecDeque<Idle>> {
+        let slot = SLOT.with(Cell::get);
+        &self.0[slot % self.0.len()]
+    }
+
+    /// This thread's most recently used connection that is still open and fresh: the one
+    /// least likely to be closing on an upstream's keep-alive timeout.
+    fn take(&self) -> Option<SendRequest<RequestBody>> {
+        let mut list = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(idle) = list.pop_back() {
+            if idle.sender.is_ready() && idle.since.elapsed() <= IDLE_TIMEOUT {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    /// Back to this thread's list once the exchange is over: at once when it already is,
+    /// else when the response body has been read (a task waits for that, on this thread;
+    /// a connection that closes meanwhile is dropped).
+    fn release(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
+        if sender.is_ready() {
+            self.put_back(sender);
+            return;
+        }
+        let lists = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                lists.put_back(sender);
+            }
+        });
+    }
+
+    fn put_back(&self, sender: SendRequest<RequestBody>) {
+        let mut list = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        // The least recently used one, if stale, goes: a sweep paced by the traffic.
+        if list
+            .front()
+            .is_some_and(|idle| idle.since.elapsed() > IDLE_TIMEOUT)
+        {
+            list.pop_front();
+        }
+        if list.len() < MAX_IDLE {
+            list.push_back(Idle {
+                sender,
+                since: Instant::now(),
+            });
         }
     }
 }
