@@ -132,17 +132,44 @@ struct World {
     _echo: Echo,
 }
 
+/// The polled transmitter: its keys, their JWKS, its poll endpoint, and a folder holding
+/// `poll.token`, the bearer token it expects.
+struct Polled {
+    tx: Signer,
+    idp: Idp,
+    server: PollServer,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+async fn polled() -> Polled {
+    let tx = Signer::new("ec384.pem", Algorithm::ES384, "ssf-p");
+    let idp = Idp::start(vec![tx.jwk.clone()]).await;
+    let server = PollServer::default();
+    let addr = server.start().await;
+    let dir = temp_dir();
+    std::fs::write(dir.join("poll.token"), POLL_TOKEN).expect("token file");
+    Polled {
+        tx,
+        idp,
+        server,
+        addr,
+        dir,
+    }
+}
+
 async fn world() -> World {
     let user_key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
     let idp = Idp::start(vec![user_key.jwk.clone()]).await;
     let tx = Signer::new("rsa2048.pem", Algorithm::RS256, "ssf-1");
     let tx_idp = Idp::start(vec![tx.jwk.clone()]).await;
-    let poll_tx = Signer::new("ec384.pem", Algorithm::ES384, "ssf-p");
-    let poll_idp = Idp::start(vec![poll_tx.jwk.clone()]).await;
-    let poll = PollServer::default();
-    let poll_addr = poll.start().await;
-    let dir = temp_dir();
-    std::fs::write(dir.join("poll.token"), POLL_TOKEN).expect("token file");
+    let Polled {
+        tx: poll_tx,
+        idp: poll_idp,
+        server: poll,
+        addr: poll_addr,
+        dir,
+    } = polled().await;
     let store = format!("sqlite://{}", dir.join("rev.db").display());
     let extra = format!(
         r#"issuers:
@@ -230,7 +257,42 @@ fn complex(iss: &str, sub: &str, sid: &str) -> Value {
     json!({ "format": "complex", "user": { "format": "iss_sub", "iss": iss, "sub": sub }, "session": { "format": "opaque", "id": sid } })
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The code of the close frame `socket` gets within a second.
+async fn closed_within_1s(socket: &mut Socket) -> CloseCode {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), socket.next()).await {
+            Err(_) => panic!("the WebSocket is still open after 1 s"),
+            Ok(Some(Ok(Message::Close(Some(f))))) => return f.code,
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("closed without a close frame: {other:?}"),
+        }
+    }
+}
+
 impl World {
+    /// A WebSocket to the first gateway's chat route, with `token`.
+    async fn chat(&self, token: &str) -> Socket {
+        let mut req = format!("ws://{}/chat", self.gateways[0].addrs[0])
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("value"),
+        );
+        tokio_tungstenite::connect_async(req)
+            .await
+            .expect("handshake")
+            .0
+    }
+    /// The status gateway `i` answers a request carrying `token`.
+    async fn status_at(&self, i: usize, token: &str) -> u16 {
+        get(self.gateways[i].addrs[0], "/", &[&bearer(token)])
+            .await
+            .status
+    }
     fn sign(&self, claims: &Value) -> String {
         self.tx.mint_raw(
             &json!({ "alg": "RS256", "kid": "ssf-1", "typ": "secevent+jwt" }),
@@ -296,16 +358,7 @@ async fn pushed_session_revoked_reaches_every_gateway_and_socket() {
     let w = world().await;
     let doomed = w.token(json!({ "sid": "s-1" }));
     let other = w.token(json!({ "sid": "s-2" }));
-    let mut req = format!("ws://{}/chat", w.gateways[0].addrs[0])
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {doomed}").parse().expect("value"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("handshake");
+    let mut socket = w.chat(&doomed).await;
     for gw in &w.gateways {
         assert_eq!(get(gw.addrs[0], "/", &[&bearer(&doomed)]).await.status, 200);
     }
@@ -313,15 +366,7 @@ async fn pushed_session_revoked_reaches_every_gateway_and_socket() {
     let start = Instant::now();
     let r = w.push(&w.sign(&w.session_revoked("s-1"))).await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(1), socket.next()).await {
-            Err(_) => panic!("the WebSocket is still open after 1 s"),
-            Ok(Some(Ok(Message::Close(Some(f))))) => break f.code,
-            Ok(Some(Ok(_))) => continue,
-            Ok(other) => panic!("closed without a close frame: {other:?}"),
-        }
-    };
-    assert_eq!(closed, CloseCode::Policy);
+    assert_eq!(closed_within_1s(&mut socket).await, CloseCode::Policy);
     w.refused_everywhere(&doomed).await;
     assert!(start.elapsed() < Duration::from_secs(1));
     for gw in &w.gateways {
@@ -708,12 +753,7 @@ async fn subjects_and_events_map_to_revocations() {
     let old = w.token(json!({ "sub": "u7", "iat": at - 10 }));
     let new = w.token(json!({ "sub": "u7", "iat": at + 10 }));
     w.refused_everywhere(&old).await;
-    assert_eq!(
-        get(w.gateways[0].addrs[0], "/", &[&bearer(&new)])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(w.status_at(0, &new).await, 200);
     // `event_timestamp` in the future is taken as now.
     let set = w.sign(&set_claims(
         &w.tx_idp.url,
@@ -746,16 +786,7 @@ async fn claim_subjects_revoke_tokens_and_sockets_holding_the_claim() {
     let doomed = w.token(json!({ "phone": "+15550001", "iat": at - 5 }));
     let neighbour = w.token(json!({ "phone": "+15550002", "iat": at - 5 }));
     let later = w.token(json!({ "phone": "+15550001", "iat": at + 5 }));
-    let mut req = format!("ws://{}/chat", w.gateways[0].addrs[0])
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {doomed}").parse().expect("value"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("handshake");
+    let mut socket = w.chat(&doomed).await;
     let set = w.sign(&set_claims(
         &w.tx_idp.url,
         &format!("{RISC}account-disabled"),
@@ -763,15 +794,7 @@ async fn claim_subjects_revoke_tokens_and_sockets_holding_the_claim() {
         json!({ "format": "phone_number", "phone_number": "+15550001" }),
     ));
     assert_eq!(w.push(&set).await.status, 202);
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(1), socket.next()).await {
-            Err(_) => panic!("the WebSocket is still open after 1 s"),
-            Ok(Some(Ok(Message::Close(Some(f))))) => break f.code,
-            Ok(Some(Ok(_))) => continue,
-            Ok(other) => panic!("closed without a close frame: {other:?}"),
-        }
-    };
-    assert_eq!(closed, CloseCode::Policy);
+    assert_eq!(closed_within_1s(&mut socket).await, CloseCode::Policy);
     w.refused_everywhere(&doomed).await;
     for gw in &w.gateways {
         for ok in [&neighbour, &later] {
@@ -794,21 +817,12 @@ async fn claim_subjects_revoke_tokens_and_sockets_holding_the_claim() {
         &w.poll_tx.mint_raw(&header, &c),
     );
     let start = Instant::now();
-    while get(w.gateways[1].addrs[0], "/", &[&bearer(&grace)])
-        .await
-        .status
-        != 401
-    {
+    while w.status_at(1, &grace).await != 401 {
         assert!(start.elapsed() < Duration::from_secs(5), "not committed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     w.refused_everywhere(&grace).await;
-    assert_eq!(
-        get(w.gateways[0].addrs[0], "/", &[&bearer(&other)])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(w.status_at(0, &other).await, 200);
     let entries = w.entries().await;
     let e = entries
         .iter()
@@ -901,11 +915,7 @@ async fn polled_sets_are_committed_then_acknowledged() {
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let token2 = w.token(json!({ "sid": "p-2" }));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while get(w.gateways[1].addrs[0], "/", &[&bearer(&token2)])
-        .await
-        .status
-        != 401
-    {
+    while w.status_at(1, &token2).await != 401 {
         assert!(Instant::now() < deadline, "not committed after recovery");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -989,12 +999,7 @@ async fn polled_set_waits_while_the_store_fails() {
         .next()
         .expect("schema")
         .to_owned();
-    let poll_tx = Signer::new("ec384.pem", Algorithm::ES384, "ssf-p");
-    let poll_idp = Idp::start(vec![poll_tx.jwk.clone()]).await;
-    let poll = PollServer::default();
-    let poll_addr = poll.start().await;
-    let dir = temp_dir();
-    std::fs::write(dir.join("poll.token"), POLL_TOKEN).expect("token file");
+    let p = polled().await;
     let extra = format!(
         r#"shared_signals:
   audience: "{AUD}"
@@ -1003,11 +1008,12 @@ async fn polled_set_waits_while_the_store_fails() {
       issuer: "{iss}"
       jwks_uri: "{jwks}"
       subjects: "https://users.test"
-      poll: {{ url: "http://{poll_addr}/poll", interval: 50ms, token_file: "{token_file}" }}
+      poll: {{ url: "http://{addr}/poll", interval: 50ms, token_file: "{token_file}" }}
 "#,
-        iss = poll_idp.url,
-        jwks = poll_idp.jwks_url(),
-        token_file = dir.join("poll.token").display(),
+        iss = p.idp.url,
+        jwks = p.idp.jwks_url(),
+        addr = p.addr,
+        token_file = p.dir.join("poll.token").display(),
     );
     let control = start_control(&store, &extra).await;
     let (admin, conn) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
@@ -1022,17 +1028,17 @@ async fn polled_set_waits_while_the_store_fails() {
         .await
         .expect("rename");
     let claims = set_claims(
-        &poll_idp.url,
+        &p.idp.url,
         &format!("{CAEP}session-revoked"),
         json!({}),
         complex("https://users.test", "42", "pg-1"),
     );
     let jti = claims["jti"].as_str().expect("jti").to_owned();
     let header = json!({ "alg": "ES384", "kid": "ssf-p", "typ": "secevent+jwt" });
-    poll.offer(&jti, &poll_tx.mint_raw(&header, &claims));
+    p.server.offer(&jti, &p.tx.mint_raw(&header, &claims));
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!poll.acked.lock().expect("lock").contains(&jti));
-    assert!(!poll.errors.lock().expect("lock").contains_key(&jti));
+    assert!(!p.server.acked.lock().expect("lock").contains(&jti));
+    assert!(!p.server.errors.lock().expect("lock").contains_key(&jti));
     assert!(control_entries(&control).await.is_empty());
 
     admin
@@ -1042,7 +1048,7 @@ async fn polled_set_waits_while_the_store_fails() {
         .await
         .expect("rename");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !poll.acked.lock().expect("lock").contains(&jti) {
+    while !p.server.acked.lock().expect("lock").contains(&jti) {
         assert!(
             Instant::now() < deadline,
             "not acknowledged after the store came back"

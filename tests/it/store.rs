@@ -83,24 +83,21 @@ async fn suite(url: StoreUrl) {
     // Whether a token is revoked (writer checks): by jti, sid, or a sub cutoff after iat.
     let iss = "https://iss";
     let none: &[String] = &[];
-    for (keys, iat, want) in [
-        ([Some("a"), None, None], Some(now), true),
-        ([Some("zz"), None, None], Some(now), false),
-        ([Some("zz"), Some("sess"), None], Some(now), true),
-        ([Some("zz"), None, Some("u1")], Some(now - 20), true),
-        ([Some("zz"), None, Some("u1")], Some(now), false),
-        ([Some("zz"), None, Some("u1")], None, true),
-        ([Some("zz"), None, Some("u2")], Some(now - 20), false),
-    ] {
-        assert_eq!(
-            store
-                .revokes(iss, keys, none, iat, now)
-                .await
-                .expect("revokes"),
-            want,
-            "{keys:?} {iat:?}"
-        );
-    }
+    assert_revokes(
+        &store,
+        iss,
+        now,
+        &[
+            ([Some("a"), None, None], none, Some(now), true),
+            ([Some("zz"), None, None], none, Some(now), false),
+            ([Some("zz"), Some("sess"), None], none, Some(now), true),
+            ([Some("zz"), None, Some("u1")], none, Some(now - 20), true),
+            ([Some("zz"), None, Some("u1")], none, Some(now), false),
+            ([Some("zz"), None, Some("u1")], none, None, true),
+            ([Some("zz"), None, Some("u2")], none, Some(now - 20), false),
+        ],
+    )
+    .await;
     assert!(!store
         .revokes(
             "https://other",
@@ -399,18 +396,32 @@ async fn claim_entries(store: &Store, now: u64) {
     let ada = [jwtgate::revocation::claim_value("email", "ADA@example.com")];
     let bob = [jwtgate::revocation::claim_value("email", "bob@example.com")];
 
-    for (keys, claims, iat, want) in [
-        ([Some("zz"), None, None], &ada[..], Some(now - 20), true),
-        ([Some("zz"), None, None], &ada[..], Some(now), false),
-        ([Some("zz"), None, None], &bob[..], Some(now - 20), false),
-    ] {
+    assert_revokes(
+        store,
+        iss,
+        now,
+        &[
+            ([Some("zz"), None, None], &ada[..], Some(now - 20), true),
+            ([Some("zz"), None, None], &ada[..], Some(now), false),
+            ([Some("zz"), None, None], &bob[..], Some(now - 20), false),
+        ],
+    )
+    .await;
+}
+
+/// Each case: a token's `[jti, sid, sub]`, its claim key values and `iat`, and whether a
+/// live entry of `iss` revokes it (the writer check).
+type RevokesCase<'a> = ([Option<&'a str>; 3], &'a [String], Option<u64>, bool);
+
+async fn assert_revokes(store: &Store, iss: &str, now: u64, cases: &[RevokesCase<'_>]) {
+    for (keys, claims, iat, want) in cases {
         assert_eq!(
             store
-                .revokes(iss, keys, claims, iat, now)
+                .revokes(iss, *keys, claims, *iat, now)
                 .await
                 .expect("revokes"),
-            want,
-            "{claims:?} {iat:?}"
+            *want,
+            "{keys:?} {claims:?} {iat:?}"
         );
     }
 }
