@@ -55,7 +55,7 @@ pub fn spawn(
         std::thread::Builder::new()
             .name(format!("jwtgate-worker-{i}"))
             .spawn(move || {
-                crate::upstream::pool::set_worker(i);
+                crate::upstream::pool::set_worker(i, count);
                 runtime.block_on(work(mine, shared, shutdown, stop_rx));
                 drop(runtime);
                 let _ = done_tx.send(());

@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,12 @@ thread_local! {
     static SLOT: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Called on a worker thread before it serves: its list in every pool.
-pub fn set_worker(index: usize) {
+/// Worker threads running (fixed at start; a reload cannot change it).
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Called on a worker thread before it serves: its list in every pool, of `count`.
+pub fn set_worker(index: usize, count: usize) {
+    WORKERS.fetch_max(count, Ordering::Relaxed);
     SLOT.with(|s| s.set(index + 1));
 }
 
@@ -61,9 +66,11 @@ pub enum PoolError {
 }
 
 impl Pool {
-    /// A pool for `authority`, with a list for each of `threads` worker threads and one
-    /// for every other thread.
+    /// A pool for `authority`, with a list for each of `threads` worker threads (or of
+    /// those running, when more: `limits.workers` takes effect on restart only) and one for
+    /// every other thread.
     pub fn new(authority: Authority, connect_timeout: Duration, threads: usize) -> Pool {
+        let threads = threads.max(WORKERS.load(Ordering::Relaxed));
         let host = match authority.port_u16() {
             Some(port) if port != 80 => format!("{}:{port}", authority.host()),
             _ => authority.host().to_owned(),
