@@ -39,6 +39,9 @@ struct PollServer {
     errors: Arc<Mutex<BTreeMap<String, Value>>>,
     auth: Arc<Mutex<Vec<Option<String>>>>,
     failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Answer 400 to any poll that acknowledges or reports something (a transmitter that
+    /// forgot those ids).
+    refusing_reports: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PollServer {
@@ -79,6 +82,19 @@ impl PollServer {
             return r;
         }
         let asked: Value = serde_json::from_slice(&body).expect("poll request is JSON");
+        let reports = asked["ack"].as_array().is_some_and(|a| !a.is_empty())
+            || asked["setErrs"].as_object().is_some_and(|e| !e.is_empty());
+        if reports
+            && self
+                .refusing_reports
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let mut r = Response::new(Full::new(Bytes::from_static(
+                br#"{"err":"invalid_request","description":"unknown jti"}"#,
+            )));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        }
         let mut queue = self.queue.lock().expect("lock");
         for id in asked["ack"].as_array().expect("ack array") {
             let id = id.as_str().expect("ack id").to_owned();
@@ -1058,4 +1074,43 @@ async fn polled_set_waits_while_the_store_fails() {
     let entries = control_entries(&control).await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].sid.as_deref(), Some("pg-1"));
+}
+
+/// A transmitter that keeps refusing our report (it forgot the ids we acknowledge) does not
+/// stall polling: after four refusals the report is dropped, and SETs offered since are
+/// still received and committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_report_is_dropped_and_polling_goes_on() {
+    let w = world().await;
+    w.poll
+        .refusing_reports
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let header = json!({ "alg": "ES384", "kid": "ssf-p", "typ": "secevent+jwt" });
+    let offer = |sid: &str| {
+        let c = set_claims(
+            &w.poll_idp.url,
+            &format!("{CAEP}session-revoked"),
+            json!({}),
+            complex(&w.idp.url, "42", sid),
+        );
+        w.poll.offer(
+            c["jti"].as_str().expect("jti"),
+            &w.poll_tx.mint_raw(&header, &c),
+        );
+    };
+    offer("r-1");
+    w.refused_everywhere(&w.token(json!({ "sid": "r-1" })))
+        .await;
+    // From now on every poll carries the acknowledgement the transmitter refuses.
+    offer("r-2");
+    let later = w.token(json!({ "sid": "r-2" }));
+    // Refusals back off 1, 2, 4 s (jittered) before the report is dropped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.status_at(0, &later).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "polling stalled behind a refused report"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
