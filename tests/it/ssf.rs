@@ -175,6 +175,11 @@ async fn polled() -> Polled {
 }
 
 async fn world() -> World {
+    world_with_leeway(30).await
+}
+
+/// [`world`] with the pushing transmitter's `leeway` in seconds.
+async fn world_with_leeway(leeway: u64) -> World {
     let user_key = Signer::new("ec256.pem", Algorithm::ES256, "k1");
     let idp = Idp::start(vec![user_key.jwk.clone()]).await;
     let tx = Signer::new("rsa2048.pem", Algorithm::RS256, "ssf-1");
@@ -199,6 +204,7 @@ shared_signals:
       subjects: corp
       sub_formats: [email, opaque]
       subject_claims: {{ phone_number: phone }}
+      leeway: {leeway}s
       push: {{ token_sha256: {push} }}
     - name: polled
       issuer: "{poll_iss}"
@@ -964,44 +970,48 @@ async fn polled_sets_are_committed_then_acknowledged() {
 /// is refused as too old — never applied again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remembered_ids_outlive_the_acceptance_window() {
-    let w = world().await;
-    // `iat` up to the leeway ahead of the receiver's clock is accepted.
-    let mut claims = w.session_revoked("s-w");
-    claims["iat"] = json!(now() + 20);
-    let set = w.sign(&claims);
-    assert_eq!(w.push(&set).await.status, 202);
-    let id = w.entries().await[0].cursor;
-    let r = request(
-        w.control.addr,
-        "DELETE",
-        &format!("/v1/revocations/{id}"),
-        &[&format!("Authorization: Bearer {WRITER_KEY}")],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    let clock = &w.control.plane.clock;
-    let store = &w.control.plane.store;
-    // Just inside the window: the id is still there after a purge; the replay writes
-    // nothing.
-    clock.advance(Duration::from_secs(86_400));
-    store.purge(clock.unix()).await.expect("purge");
-    assert_eq!(w.push(&set).await.status, 202);
-    assert!(w
-        .entries()
-        .await
-        .iter()
-        .all(|e| e.deleted || e.sid.is_none()));
-    // Past it: the id may be gone, and the SET is refused by its age.
-    clock.advance(Duration::from_secs(120));
-    store.purge(clock.unix()).await.expect("purge");
-    let r = w.push(&set).await;
-    assert_eq!(r.status, 400);
-    assert_eq!(r.json()["err"], "invalid_request");
-    assert!(w
-        .entries()
-        .await
-        .iter()
-        .all(|e| e.deleted || e.sid.is_none()));
+    // The default leeway, and one past the 60 s margin ids are kept beyond the window.
+    for leeway in [30, 300] {
+        let w = world_with_leeway(leeway).await;
+        // `iat` up to the leeway ahead of the receiver's clock is accepted.
+        let ahead = leeway - 10;
+        let mut claims = w.session_revoked("s-w");
+        claims["iat"] = json!(now() + ahead);
+        let set = w.sign(&claims);
+        assert_eq!(w.push(&set).await.status, 202);
+        let id = w.entries().await[0].cursor;
+        let r = request(
+            w.control.addr,
+            "DELETE",
+            &format!("/v1/revocations/{id}"),
+            &[&format!("Authorization: Bearer {WRITER_KEY}")],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let clock = &w.control.plane.clock;
+        let store = &w.control.plane.store;
+        // Just inside the window (`iat` no older than max_age + leeway): the id is still
+        // there after a purge; the replay writes nothing.
+        clock.advance(Duration::from_secs(86_400 + ahead + leeway - 10));
+        store.purge(clock.unix()).await.expect("purge");
+        assert_eq!(w.push(&set).await.status, 202, "leeway {leeway}");
+        assert!(w
+            .entries()
+            .await
+            .iter()
+            .all(|e| e.deleted || e.sid.is_none()));
+        // Past it: the id may be gone, and the SET is refused by its age.
+        clock.advance(Duration::from_secs(120));
+        store.purge(clock.unix()).await.expect("purge");
+        let r = w.push(&set).await;
+        assert_eq!(r.status, 400, "leeway {leeway}");
+        assert_eq!(r.json()["err"], "invalid_request");
+        assert!(w
+            .entries()
+            .await
+            .iter()
+            .all(|e| e.deleted || e.sid.is_none()));
+    }
 }
 
 /// Poll delivery against the real PostgreSQL: while the store cannot commit, a polled SET is
