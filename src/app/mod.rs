@@ -219,18 +219,18 @@ fn apply_to(set: Arc<RevocationSet>, live: Arc<LiveRegistry>) -> Apply {
     Arc::new(move |e: &Entry| {
         match e.key() {
             Some((kind, value)) if e.deleted => set.remove(kind, &e.iss, &value),
-            Some((Kind::Claim, value)) => {
-                set.insert(Kind::Claim, &e.iss, &value, e.expires_at, e.issued_before);
-                let key = set.key(Kind::Claim, &e.iss, &value);
-                let claim = e.claim.as_deref().unwrap_or_default();
-                live.revoke_claim(
-                    |claims| set.claim_key(claims, claim) == Some(key),
-                    e.issued_before,
-                );
-            }
             Some((kind, value)) => {
                 set.insert(kind, &e.iss, &value, e.expires_at, e.issued_before);
-                live.revoke(kind, set.key(kind, &e.iss, &value), e.issued_before);
+                let key = set.key(kind, &e.iss, &value);
+                if kind == Kind::Claim {
+                    let claim = e.claim.as_deref().unwrap_or_default();
+                    live.revoke_claim(
+                        |claims| set.claim_key(claims, claim) == Some(key),
+                        e.issued_before,
+                    );
+                } else {
+                    live.revoke(kind, key, e.issued_before);
+                }
             }
             None => {}
         }

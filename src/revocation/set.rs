@@ -336,7 +336,9 @@ impl RevocationSet {
             let epoch = &epoch.as_bytes()[..epoch.len().min(u16::MAX as usize)];
             buf.extend_from_slice(&(epoch.len() as u16).to_le_bytes());
             buf.extend_from_slice(epoch);
-            // Every name, whole: one left out would leave its entries matching nothing.
+            // Every name, whole: one left out would leave its entries matching nothing. Read
+            // under the map's lock: an entry's name is added before the entry, so every
+            // entry written above has its name here (the only nesting of the two locks).
             let names = self.claim_names();
             buf.extend_from_slice(&(names.len() as u32).to_le_bytes());
             for name in &names {

@@ -87,13 +87,18 @@ impl Upstream {
         })
     }
 
-    /// The upstream URI for a normalized path and (already filtered) query.
+    /// The upstream URI for a normalized path and (already filtered) query: origin form
+    /// for the pool, which writes it as it is; absolute for hyper-util's client, which
+    /// picks the connection by it.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
         let pq = match query {
             Some(q) => PathAndQuery::from_maybe_shared(format!("{path}?{q}")),
             None => PathAndQuery::try_from(path),
         }
         .map_err(|_| Reject::BadPath(crate::path::PathError::ControlByte))?;
+        if let Transport::Pooled(_) = self.transport {
+            return Ok(Uri::from(pq));
+        }
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
@@ -107,41 +112,26 @@ impl Upstream {
         let result = match &self.transport {
             Transport::Pooled(pool) => tokio::time::timeout(self.timeout, pool.send(req))
                 .await
-                .map(|r| {
-                    r.map_err(|e| {
-                        let connect = !matches!(e, pool::PoolError::Http(_));
-                        (SendError::from(e), connect)
-                    })
-                }),
+                .map(|r| r.map_err(SendError::from)),
             Transport::Client(client) => tokio::time::timeout(self.timeout, client.request(req))
                 .await
-                .map(|r| {
-                    r.map_err(|e| {
-                        let connect = e.is_connect();
-                        (SendError::from(e), connect)
-                    })
-                }),
+                .map(|r| r.map_err(SendError::from)),
         };
         self.duration.observe(start.elapsed().as_secs_f64());
         match result {
             Err(_) => Err(Reject::UpstreamTimeout),
-            Ok(Err((e, connect))) => {
+            Ok(Err(e)) => {
                 // The client's own body may be what failed: that is the client's error.
                 if let Some(reject) = client_body_error(&e) {
                     tracing::debug!(upstream = %self.name, error = %e, "request body refused");
                     return Err(reject);
                 }
-                tracing::warn!(upstream = %self.name, error = %e, connect, "upstream request failed");
+                tracing::warn!(upstream = %self.name, error = %e, connect = e.is_connect(), "upstream request failed");
                 Err(Reject::UpstreamUnavailable)
             }
             Ok(Ok(resp)) => {
                 self.responses.count(resp.status());
-                // RFC 9112 §6.3: a response with both Transfer-Encoding and Content-Length
-                // is a smuggling attempt or a broken upstream; its framing is not trusted.
-                let h = resp.headers();
-                if h.contains_key(http::header::TRANSFER_ENCODING)
-                    && h.contains_key(http::header::CONTENT_LENGTH)
-                {
+                if distrusted_framing(resp.headers()) {
                     tracing::warn!(upstream = %self.name, "upstream response with both Transfer-Encoding and Content-Length refused");
                     return Err(Reject::UpstreamUnavailable);
                 }
@@ -158,6 +148,23 @@ enum SendError {
     Pool(#[from] pool::PoolError),
     #[error(transparent)]
     Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// No connection could be made (as opposed to an exchange that failed).
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Pool(e) => !matches!(e, pool::PoolError::Http(_)),
+            SendError::Client(e) => e.is_connect(),
+        }
+    }
+}
+
+/// RFC 9112 §6.3: a response with both Transfer-Encoding and Content-Length is a smuggling
+/// attempt or a broken upstream; its framing is not trusted (the response is refused, its
+/// connection never reused).
+fn distrusted_framing(h: &http::HeaderMap) -> bool {
+    h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH)
 }
 
 /// The refusal for a request whose own body broke the exchange: too large (413), silent

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -111,19 +111,13 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Send `req` (its URI absolute) in origin form, with a `Host` if it has none. A request
+    /// Send `req` (its URI in origin form), with a `Host` if it has none. A request
     /// a reused connection did not take (the upstream closed it meanwhile) goes again, once,
     /// on a new one; hyper hands a request back only when none of it was written.
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, PoolError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
         }
@@ -139,12 +133,10 @@ impl Pool {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     // A switched protocol owns the connection now; one whose response
-                    // framing the gateway refuses (both Transfer-Encoding and
-                    // Content-Length) is left to close.
-                    let h = resp.headers();
-                    let distrusted =
-                        h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH);
-                    if resp.status() != StatusCode::SWITCHING_PROTOCOLS && !distrusted {
+                    // framing the gateway refuses is left to close.
+                    if resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                        && !super::distrusted_framing(resp.headers())
+                    {
                         self.lists.release(sender);
                     }
                     return Ok(resp);
