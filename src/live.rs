@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounterVec, IntGauge};
@@ -22,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::revocation::set::TokenKeys;
 use crate::revocation::Kind;
+use crate::upstream::UpstreamBody;
 use crate::verify::Verified;
 
 /// Why the gateway ended a live connection.
@@ -284,7 +284,7 @@ type Closing = Pin<Box<dyn Future<Output = CloseReason> + Send>>;
 /// slot until it ends.
 pub struct LiveBody {
     /// `None` once the gateway ended the stream.
-    inner: Option<Incoming>,
+    inner: Option<UpstreamBody>,
     live: Option<(Registration, Closing)>,
     idle: Option<crate::clock::IdleDeadline>,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -294,13 +294,13 @@ pub struct LiveBody {
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error(transparent)]
-    Upstream(#[from] hyper::Error),
+    Upstream(#[from] crate::upstream::ResponseBodyError),
     #[error("the upstream sent nothing within the body timeout")]
     Idle,
 }
 
 impl LiveBody {
-    pub fn plain(inner: Incoming) -> LiveBody {
+    pub fn plain(inner: UpstreamBody) -> LiveBody {
         LiveBody {
             inner: Some(inner),
             live: None,
@@ -309,7 +309,7 @@ impl LiveBody {
         }
     }
 
-    pub fn watched(inner: Incoming, reg: Registration) -> LiveBody {
+    pub fn watched(inner: UpstreamBody, reg: Registration) -> LiveBody {
         let closed = Box::pin(reg.closed());
         LiveBody {
             live: Some((reg, closed)),

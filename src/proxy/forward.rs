@@ -19,7 +19,7 @@ use crate::error::Reject;
 use crate::headers::{self, Forwarding};
 use crate::live::{self, Hold, LiveBody, Registration};
 use crate::token;
-use crate::upstream::RequestBody;
+use crate::upstream::{RequestBody, UpstreamBody};
 
 /// Step 8, mutate: the upstream sees the normalized path, the gateway's identity headers
 /// and `X-Forwarded-*`, without the token (unless `forward_token`) and without hop-by-hop
@@ -128,7 +128,7 @@ pub async fn send(
     admitted: &Admitted<'_>,
     parts: Parts,
     body: Incoming,
-) -> Result<(Response<Incoming>, OwnedSemaphorePermit), Reject> {
+) -> Result<(Response<UpstreamBody>, OwnedSemaphorePermit), Reject> {
     let route = admitted.route;
     if let Some(max) = route.max_body_bytes {
         let declared = parts
@@ -163,7 +163,7 @@ pub fn downstream(
     gw: &Gateway,
     admitted: &Admitted<'_>,
     client_upgrade: Option<ClientUpgrade>,
-    (mut resp, slot): (Response<Incoming>, OwnedSemaphorePermit),
+    (mut resp, slot): (Response<UpstreamBody>, OwnedSemaphorePermit),
 ) -> Result<Response<Body>, Reject> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(client_upgrade), Some(key)) = (client_upgrade, admitted.websocket.as_ref())

@@ -1,6 +1,8 @@
 //! Pooled keep-alive clients to the upstreams. Connection failures answer 502, a slow
 //! upstream 504; neither leaks upstream details to the client.
 
+mod chunked;
+pub mod h1;
 pub mod pool;
 
 use std::time::{Duration, Instant};
@@ -107,7 +109,10 @@ impl Upstream {
     }
 
     /// Send the request; the response body streams back untouched.
-    pub async fn forward(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, Reject> {
+    pub async fn forward(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, Reject> {
         let start = Instant::now();
         let result = match &self.transport {
             Transport::Pooled(pool) => tokio::time::timeout(self.timeout, pool.send(req))
@@ -115,7 +120,10 @@ impl Upstream {
                 .map(|r| r.map_err(SendError::from)),
             Transport::Client(client) => tokio::time::timeout(self.timeout, client.request(req))
                 .await
-                .map(|r| r.map_err(SendError::from)),
+                .map(|r| {
+                    r.map(|r| r.map(UpstreamBody::Hyper))
+                        .map_err(SendError::from)
+                }),
         };
         self.duration.observe(start.elapsed().as_secs_f64());
         match result {
@@ -154,7 +162,7 @@ impl SendError {
     /// No connection could be made (as opposed to an exchange that failed).
     fn is_connect(&self) -> bool {
         match self {
-            SendError::Pool(e) => !matches!(e, pool::PoolError::Http(_)),
+            SendError::Pool(e) => matches!(e, pool::PoolError::Connect(_)),
             SendError::Client(e) => e.is_connect(),
         }
     }
@@ -165,6 +173,55 @@ impl SendError {
 /// connection never reused).
 fn distrusted_framing(h: &http::HeaderMap) -> bool {
     h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH)
+}
+
+/// A response body from the upstream: read by hyper's client, or by [`h1`] in the
+/// request's own task.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Direct(h1::Body),
+}
+
+/// Why a response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Direct(#[from] h1::BodyError),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, ResponseBodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
+            UpstreamBody::Direct(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Direct(b) => b.size_hint(),
+        }
+    }
 }
 
 /// The refusal for a request whose own body broke the exchange: too large (413), silent

@@ -3,6 +3,9 @@
 //! wake-ups), and pays for none of hyper-util's general client (a boxed 3.5 KB future per
 //! request, a pool keyed by a hashed map and shared, under one lock, by every thread).
 //! TLS and HTTP/2 upstreams use that client.
+//!
+//! A GET or HEAD without a body is exchanged by [`super::h1`] in the request's own task;
+//! other requests go through hyper's HTTP/1 client. Each kind has its own idle lists.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -16,9 +19,12 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::RequestBody;
+use super::h1;
+use super::{RequestBody, UpstreamBody};
 
 thread_local! {
     /// This thread's list in every pool: 0 off the workers, 1 + its index on a worker.
@@ -45,15 +51,45 @@ pub struct Pool {
     /// The `Host` a request without one gets: the authority without a default port.
     host: HeaderValue,
     connector: HttpConnector,
-    lists: Arc<Lists>,
+    /// Connections hyper's client drives.
+    senders: Arc<Lists<SendRequest<RequestBody>>>,
+    /// Connections [`h1`] reads and writes itself.
+    conns: Arc<Lists<h1::Conn>>,
 }
 
 /// Per thread ([`SLOT`]): connections whose exchange is over, the most recently used last.
-struct Lists(Box<[Mutex<VecDeque<Idle>>]>);
+struct Lists<T>(Box<[Mutex<VecDeque<Idle<T>>>]>);
 
-struct Idle {
-    sender: SendRequest<RequestBody>,
+struct Idle<T> {
+    conn: T,
     since: Instant,
+}
+
+/// A connection that may sit in a list.
+trait Reusable {
+    /// Still open, as far as is known without a system call.
+    fn usable(&self) -> bool;
+}
+
+impl Reusable for SendRequest<RequestBody> {
+    fn usable(&self) -> bool {
+        self.is_ready()
+    }
+}
+
+impl Reusable for h1::Conn {
+    fn usable(&self) -> bool {
+        self.is_idle()
+    }
+}
+
+/// Where an [`h1`] connection goes back once its response has ended.
+pub struct Home(Arc<Lists<h1::Conn>>);
+
+impl Home {
+    pub fn put_back(self, conn: h1::Conn) {
+        self.0.put_back(conn);
+    }
 }
 
 /// Why a request got no response.
@@ -63,6 +99,8 @@ pub enum PoolError {
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Exchange(#[from] h1::Error),
 }
 
 impl Pool {
@@ -91,17 +129,21 @@ impl Pool {
             host: HeaderValue::from_str(&host)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             connector,
-            lists: Arc::new(Lists((0..=threads).map(|_| Mutex::default()).collect())),
+            senders: Arc::new(Lists::new(threads)),
+            conns: Arc::new(Lists::new(threads)),
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, PoolError> {
-        let io = self
-            .connector
+    async fn dial(&self) -> Result<TokioIo<TcpStream>, PoolError> {
+        self.connector
             .clone()
             .call(self.target.clone())
             .await
-            .map_err(|e| PoolError::Connect(e.into()))?;
+            .map_err(|e| PoolError::Connect(e.into()))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, PoolError> {
+        let io = self.dial().await?;
         let (sender, conn) = http1::handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -117,11 +159,38 @@ impl Pool {
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, PoolError> {
+    ) -> Result<Response<UpstreamBody>, PoolError> {
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
         }
-        let mut reused = self.lists.take();
+        if h1::eligible(&req) {
+            return Ok(self.exchange(req).await?.map(UpstreamBody::Direct));
+        }
+        Ok(self.send_hyper(req).await?.map(UpstreamBody::Hyper))
+    }
+
+    /// A GET or HEAD in this task; one that found its reused connection closing goes
+    /// again, once, on a new connection.
+    async fn exchange(&self, req: Request<RequestBody>) -> Result<Response<h1::Body>, PoolError> {
+        if let Some(conn) = self.conns.take() {
+            match h1::exchange(conn, &req, Home(self.conns.clone())).await {
+                Err(h1::Error::Unanswered(e)) => {
+                    tracing::debug!(error = ?e, "reused upstream connection closed; sending again");
+                }
+                other => return Ok(other?),
+            }
+        }
+        // Boxed: a reused connection, the usual case, then carries a small future.
+        let io = Box::pin(self.dial()).await?;
+        let conn = h1::Conn::new(io.into_inner());
+        Ok(h1::exchange(conn, &req, Home(self.conns.clone())).await?)
+    }
+
+    async fn send_hyper(
+        &self,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, PoolError> {
+        let mut reused = self.senders.take();
         loop {
             let fresh = reused.is_none();
             let mut sender = match reused.take() {
@@ -137,7 +206,7 @@ impl Pool {
                     if resp.status() != StatusCode::SWITCHING_PROTOCOLS
                         && !super::distrusted_framing(resp.headers())
                     {
-                        self.lists.release(sender);
+                        self.senders.release(sender);
                     }
                     return Ok(resp);
                 }
@@ -150,24 +219,47 @@ impl Pool {
     }
 }
 
-impl Lists {
-    fn mine(&self) -> &Mutex<VecDeque<Idle>> {
+impl<T: Reusable> Lists<T> {
+    fn new(threads: usize) -> Lists<T> {
+        Lists((0..=threads).map(|_| Mutex::default()).collect())
+    }
+
+    fn mine(&self) -> &Mutex<VecDeque<Idle<T>>> {
         let slot = SLOT.with(Cell::get);
         &self.0[slot % self.0.len()]
     }
 
     /// This thread's most recently used connection that is still open and fresh: the one
     /// least likely to be closing on an upstream's keep-alive timeout.
-    fn take(&self) -> Option<SendRequest<RequestBody>> {
+    fn take(&self) -> Option<T> {
         let mut list = self.mine().lock().unwrap_or_else(|e| e.into_inner());
         while let Some(idle) = list.pop_back() {
-            if idle.sender.is_ready() && idle.since.elapsed() <= IDLE_TIMEOUT {
-                return Some(idle.sender);
+            if idle.conn.usable() && idle.since.elapsed() <= IDLE_TIMEOUT {
+                return Some(idle.conn);
             }
         }
         None
     }
 
+    fn put_back(&self, conn: T) {
+        let mut list = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        // The least recently used one, if stale, goes: a sweep paced by the traffic.
+        if list
+            .front()
+            .is_some_and(|idle| idle.since.elapsed() > IDLE_TIMEOUT)
+        {
+            list.pop_front();
+        }
+        if list.len() < MAX_IDLE {
+            list.push_back(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Lists<SendRequest<RequestBody>> {
     /// Back to this thread's list once the exchange is over: at once when it already is,
     /// else when the response body has been read (a task waits for that, on this thread;
     /// a connection that closes meanwhile is dropped).
@@ -182,22 +274,5 @@ impl Lists {
                 lists.put_back(sender);
             }
         });
-    }
-
-    fn put_back(&self, sender: SendRequest<RequestBody>) {
-        let mut list = self.mine().lock().unwrap_or_else(|e| e.into_inner());
-        // The least recently used one, if stale, goes: a sweep paced by the traffic.
-        if list
-            .front()
-            .is_some_and(|idle| idle.since.elapsed() > IDLE_TIMEOUT)
-        {
-            list.pop_front();
-        }
-        if list.len() < MAX_IDLE {
-            list.push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
     }
 }

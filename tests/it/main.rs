@@ -21,6 +21,7 @@ mod socketio;
 mod ssf;
 mod store;
 mod tls;
+mod upstream_h1;
 mod verify;
 mod websocket;
 mod writes;
