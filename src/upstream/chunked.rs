@@ -9,6 +9,9 @@ use super::h1::BodyError;
 /// Bytes of a chunk-size line (size, whitespace, extensions), and of a trailer section, at
 /// most (hyper's limits).
 const MAX_CHUNK_LINE: usize = 16 * 1024;
+/// Bytes of chunk extensions over a whole body, at most (hyper's limit): they are
+/// skipped, and must not let an upstream send unbounded bytes around little data.
+const MAX_EXTENSIONS: usize = 16 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Trailer fields, at most.
 const MAX_FIELDS: usize = 100;
@@ -21,6 +24,8 @@ pub struct Chunked {
     size: u64,
     /// Bytes of the current size line.
     line: usize,
+    /// Bytes of extensions so far.
+    extensions: usize,
     trailers: Vec<u8>,
 }
 
@@ -95,7 +100,13 @@ impl Chunked {
                 (Size | SizeWs | Extension, b'\r') => SizeLf,
                 (Size | SizeWs, _) => return bad("invalid chunk size"),
                 (Extension, b'\n') => return bad("bare LF in chunk extension"),
-                (Extension, _) => Extension,
+                (Extension, _) => {
+                    self.extensions += 1;
+                    if self.extensions > MAX_EXTENSIONS {
+                        return bad("chunk extensions over the limit");
+                    }
+                    Extension
+                }
                 (SizeLf, b'\n') => {
                     self.line = 0;
                     if self.size == 0 {
@@ -231,6 +242,14 @@ mod tests {
         let long = [b"5;".as_slice(), &vec![b'a'; MAX_CHUNK_LINE], b"\r\n"].concat();
         assert!(matches!(
             decode_all(&long, 4096),
+            Err(BodyError::Chunked(_))
+        ));
+        // Small lines, but too many extension bytes over the body.
+        let many: Vec<u8> = (0..MAX_EXTENSIONS / 1000 + 1)
+            .flat_map(|_| [b"1;".as_slice(), &[b'e'; 1000], b"\r\nx\r\n"].concat())
+            .collect();
+        assert!(matches!(
+            decode_all(&many, 4096),
             Err(BodyError::Chunked(_))
         ));
         let trailers = [b"0\r\n".as_slice(), &vec![b'a'; MAX_TRAILERS + 10]].concat();

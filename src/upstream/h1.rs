@@ -31,6 +31,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Interim (1xx) responses skipped before the final one, at most.
 const MAX_INTERIM: usize = 16;
+/// A read buffer larger than this is not kept with an idle connection.
+const KEEP_BUFFER: usize = 64 * 1024;
 /// Read size while a response streams.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -53,11 +55,29 @@ impl Conn {
         }
     }
 
-    /// Still usable, as far as the reactor knows: no close and no stray bytes reported
-    /// since its last exchange (either makes it readable).
+    /// Still usable: the socket holds nothing, neither a close nor stray bytes, asked of
+    /// the kernel itself (one non-blocking peek). The reactor's readiness would not do:
+    /// it lags the socket, and reads as "nothing" once the task's budget is spent, and a
+    /// stray byte taken for the next response is a response sent to the wrong client.
     pub fn is_idle(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.io.poll_read_ready(&mut cx).is_pending()
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        matches!(
+            socket2::SockRef::from(&self.io).peek(&mut byte),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
+    /// Back to the pool: the request head it kept is wiped, and a read buffer an
+    /// outsized response grew is let go.
+    fn idle(mut self, buf: BytesMut) -> Conn {
+        self.out.fill(0);
+        self.out.clear();
+        self.buf = if buf.capacity() > KEEP_BUFFER {
+            BytesMut::new()
+        } else {
+            buf
+        };
+        self
     }
 }
 
@@ -75,11 +95,11 @@ pub fn eligible<B: http_body::Body>(req: &Request<B>) -> bool {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Nothing of a response arrived: the write failed, or the connection closed or broke
-    /// before the first byte. On a reused connection that is an upstream closing it
-    /// meanwhile, and the request (GET or HEAD, idempotent) may go again.
-    #[error("upstream connection closed before responding{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
-    Unanswered(Option<std::io::Error>),
+    /// The request could not be written: on a reused connection, the upstream closed it
+    /// meanwhile, and the request may go again on a new one. (Once written, it never
+    /// goes twice, as with hyper's client: the upstream may have acted on it.)
+    #[error("upstream connection closed before the request was written: {0}")]
+    Unsent(std::io::Error),
     #[error("upstream connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("upstream response head: {0}")]
@@ -96,7 +116,7 @@ pub async fn exchange<B>(
     conn.out.clear();
     encode(req, &mut conn.out);
     if let Err(e) = conn.io.write_all(&conn.out).await {
-        return Err(Error::Unanswered(Some(e)));
+        return Err(Error::Unsent(e));
     }
     let is_head = req.method() == Method::HEAD;
     let mut buf = std::mem::take(&mut conn.buf);
@@ -104,13 +124,12 @@ pub async fn exchange<B>(
     buf.reserve(8192);
     let mut interim = 0;
     loop {
-        let received = !buf.is_empty() || interim > 0;
-        match conn.io.read_buf(&mut buf).await {
-            Ok(0) if received => return Err(Error::Head("truncated")),
-            Ok(0) => return Err(Error::Unanswered(None)),
-            Ok(_) => {}
-            Err(e) if received => return Err(e.into()),
-            Err(e) => return Err(Error::Unanswered(Some(e))),
+        if conn.io.read_buf(&mut buf).await? == 0 {
+            return Err(Error::Head(if buf.is_empty() && interim == 0 {
+                "connection closed before a response"
+            } else {
+                "truncated"
+            }));
         }
         loop {
             match parse_head(&mut buf, is_head)? {
@@ -238,6 +257,10 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
         }
         headers.append(name, value);
     }
+    if super::distrusted_framing(&headers) || super::body_may_follow(is_head, status, &headers) {
+        // Refused by the caller, or a body may come after all: never reused.
+        keep_alive = false;
+    }
     let framing =
         if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Length(0)
@@ -246,8 +269,6 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
                 return Err(Error::Head("Transfer-Encoding in HTTP/1.0"));
             }
             if headers.contains_key(CONTENT_LENGTH) {
-                // Refused by the caller (`distrusted_framing`); never reused.
-                keep_alive = false;
                 Framing::Close
             } else if last
                 .to_str()
@@ -377,10 +398,9 @@ impl Body {
     /// nothing else arrived and both sides keep it alive, else it closes.
     fn finish(&mut self) {
         let conn = self.conn.take();
-        if let (Some(mut conn), true) = (conn, self.keep_alive && self.buf.is_empty()) {
+        if let (Some(conn), true) = (conn, self.keep_alive && self.buf.is_empty()) {
             if let Some(home) = self.home.take() {
-                conn.buf = std::mem::take(&mut self.buf);
-                home.put_back(conn);
+                home.put_back(conn.idle(std::mem::take(&mut self.buf)));
             }
         }
     }
@@ -392,8 +412,6 @@ impl Body {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_SIZE);
         }
-        // tokio's read (not `try_read`): a short read clears the readiness, which
-        // `Conn::is_idle` later reads as "nothing arrived since".
         let read = std::pin::pin!(conn.io.read_buf(&mut self.buf));
         read.poll(cx).map_err(BodyError::from)
     }
@@ -517,18 +535,30 @@ mod tests {
                 false,
                 (Length(3), true),
             ),
+            // No body by method or status; one that is announced may follow anyway, so
+            // the connection is not reused.
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                true,
+                (Length(0), false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
                 true,
                 (Length(0), true),
             ),
             (
                 "HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
                 false,
-                (Length(0), true),
+                (Length(0), false),
             ),
             (
                 "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                (Length(0), false),
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
                 false,
                 (Length(0), true),
             ),
@@ -558,6 +588,9 @@ mod tests {
                 false,
                 (Length(0), false),
             ),
+            // Both framings: refused upstream of here, and never reused, bodiless or not.
+            ("HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", false, (Length(0), false)),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", true, (Length(0), false)),
         ];
         for (raw, is_head, want) in cases {
             assert_eq!(framing(raw, *is_head).ok(), Some(*want), "{raw:?}");

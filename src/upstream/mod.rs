@@ -224,6 +224,18 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
+/// A response without a body by its request's method (HEAD) or its status (204, 304)
+/// whose headers announce one anyway (`Transfer-Encoding`, a non-zero `Content-Length`):
+/// some upstreams then send that body after the head, where it would be read as the next
+/// request's response, on a connection reused meanwhile. Such a connection is not reused.
+fn body_may_follow(head_request: bool, status: http::StatusCode, h: &http::HeaderMap) -> bool {
+    (head_request || matches!(status.as_u16(), 204 | 304))
+        && (h.contains_key(http::header::TRANSFER_ENCODING)
+            || h.get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.as_bytes() != b"0"))
+}
+
 /// The refusal for a request whose own body broke the exchange: too large (413), silent
 /// (408), or malformed framing from the client (400).
 fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<Reject> {

@@ -169,13 +169,13 @@ impl Pool {
         Ok(self.send_hyper(req).await?.map(UpstreamBody::Hyper))
     }
 
-    /// A GET or HEAD in this task; one that found its reused connection closing goes
-    /// again, once, on a new connection.
+    /// A GET or HEAD in this task; one its reused connection did not take (closed
+    /// meanwhile) goes again, once, on a new connection.
     async fn exchange(&self, req: Request<RequestBody>) -> Result<Response<h1::Body>, PoolError> {
         if let Some(conn) = self.conns.take() {
             match h1::exchange(conn, &req, Home(self.conns.clone())).await {
-                Err(h1::Error::Unanswered(e)) => {
-                    tracing::debug!(error = ?e, "reused upstream connection closed; sending again");
+                Err(h1::Error::Unsent(e)) => {
+                    tracing::debug!(error = %e, "reused upstream connection closed; sending again");
                 }
                 other => return Ok(other?),
             }
@@ -190,6 +190,7 @@ impl Pool {
         &self,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, PoolError> {
+        let head_request = req.method() == http::Method::HEAD;
         let mut reused = self.senders.take();
         loop {
             let fresh = reused.is_none();
@@ -202,9 +203,11 @@ impl Pool {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     // A switched protocol owns the connection now; one whose response
-                    // framing the gateway refuses is left to close.
+                    // framing the gateway refuses, or after which a body may follow, is left
+                    // to close.
                     if resp.status() != StatusCode::SWITCHING_PROTOCOLS
                         && !super::distrusted_framing(resp.headers())
+                        && !super::body_may_follow(head_request, resp.status(), resp.headers())
                     {
                         self.senders.release(sender);
                     }
