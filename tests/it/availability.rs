@@ -386,39 +386,12 @@ async fn per_client_cap() {
 async fn counting_upstream(
     close_after_one: bool,
 ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
-                    buf.drain(..end);
-                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-                        .await
-                        .is_err()
-                        || close_after_one
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
+    head_by_head_upstream(move |_| Answer {
+        bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_vec(),
+        piece: usize::MAX,
+        close: close_after_one,
+    })
+    .await
 }
 
 /// Upstream connections are kept alive and reused: 200 requests in a row travel on one

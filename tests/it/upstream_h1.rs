@@ -11,14 +11,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// What the upstream answers to `/<case>/…`: the bytes, written in pieces of `piece`
-/// bytes with a pause between them, and whether it then closes the connection.
-fn answer(path: &str) -> (Vec<u8>, usize, bool) {
+/// What the upstream answers to `/<case>/…`.
+fn answer(path: &str) -> Answer {
     let case = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let own = format!("own:{path}");
     let sized = |body: &str| {
@@ -44,16 +42,16 @@ fn answer(path: &str) -> (Vec<u8>, usize, bool) {
             5,
             false,
         ),
-        "head" => ("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".into(), 1000, false),
+        "head" => ("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".into(), usize::MAX, false),
         "close" => (
             format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
-            1000,
+            usize::MAX,
             false,
         ),
         // A second response the gateway never asked for, right behind the first.
         "smuggle" => (
             format!("{}HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled", sized(&own)),
-            1000,
+            usize::MAX,
             false,
         ),
         // The same, a moment after the first response: the connection is idle by then.
@@ -77,58 +75,24 @@ fn answer(path: &str) -> (Vec<u8>, usize, bool) {
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{own}\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
                 own.len()
             ),
-            1000,
+            usize::MAX,
             false,
         ),
-        "truncated" => ("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort".into(), 1000, true),
-        "bad-chunk" => ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".into(), 1000, false),
-        "bad-head" => ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nBad Name: x\r\n\r\nabc".into(), 1000, false),
-        "bad-length" => ("HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\nabc".into(), 1000, false),
-        _ => (sized(&own), 1000, false),
+        "truncated" => ("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort".into(), usize::MAX, true),
+        "bad-chunk" => ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".into(), usize::MAX, false),
+        "bad-head" => ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nBad Name: x\r\n\r\nabc".into(), usize::MAX, false),
+        "bad-length" => ("HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\nabc".into(), usize::MAX, false),
+        _ => (sized(&own), usize::MAX, false),
     };
-    (raw.into_bytes(), piece, close)
+    Answer {
+        bytes: raw.into_bytes(),
+        piece,
+        close,
+    }
 }
 
-/// An upstream answering each request head as [`answer`] says; counts its connections.
 async fn framing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end);
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                    let (raw, piece, close) = answer(&path);
-                    for part in raw.chunks(piece) {
-                        if s.write_all(part).await.is_err() {
-                            return;
-                        }
-                        if piece < 1000 {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                    }
-                    if close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
+    head_by_head_upstream(answer).await
 }
 
 struct Got {

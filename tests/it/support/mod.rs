@@ -598,3 +598,59 @@ pub mod ws {
         (addr, seen)
     }
 }
+
+/// What a [`head_by_head_upstream`] writes back for one request head: the bytes, the size of
+/// the pieces they go out in (1 ms apart when there is more than one), and whether the
+/// connection closes after them.
+pub struct Answer {
+    pub bytes: Vec<u8>,
+    pub piece: usize,
+    pub close: bool,
+}
+
+/// An upstream that reads request heads one after another on each connection (bodies
+/// are not expected) and answers each as `answer(path)` says; counts its connections.
+pub async fn head_by_head_upstream(
+    answer: impl Fn(&str) -> Answer + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let a = answer(head.split(' ').nth(1).unwrap_or("/"));
+                    let pieces = a.bytes.len().div_ceil(a.piece.max(1));
+                    for (i, part) in a.bytes.chunks(a.piece.max(1)).enumerate() {
+                        if s.write_all(part).await.is_err() {
+                            return;
+                        }
+                        if i + 1 < pieces {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    if a.close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
