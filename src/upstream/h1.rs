@@ -9,7 +9,8 @@
 //! `chunked` is decoded, any other coding is read to the close; `Content-Length` values
 //! must agree; with neither, the body ends with the connection. A connection goes back to
 //! the pool only when its response ended exactly where its framing said, nothing more
-//! arrived, and neither side asked to close.
+//! arrived, neither side asked to close, and no announced body may still follow a HEAD,
+//! 204 or 304 (see `super::body_may_follow`).
 
 use std::future::Future;
 use std::pin::Pin;
