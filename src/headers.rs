@@ -99,6 +99,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether any `name` field's comma-separated list holds `token` (ASCII case ignored), as
+/// `Connection: keep-alive, Upgrade` holds `upgrade`.
+pub fn list_has(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// Drop every header a `Connection` header names.
 fn strip_connection_named(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {

@@ -241,19 +241,10 @@ fn check_method(parts: &Parts) -> Result<(), Reject> {
 /// `Connection: upgrade`, `Upgrade: websocket` and one key. (`Upgrade: h2c` and anything
 /// else is dropped with the hop-by-hop headers.)
 fn websocket_key(parts: &Parts) -> Option<HeaderValue> {
-    let has_token = |name: http::header::HeaderName, token: &str| {
-        parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
     let upgrade = parts.method == Method::GET
         && parts.version == http::Version::HTTP_11
-        && has_token(CONNECTION, "upgrade")
-        && has_token(UPGRADE, "websocket");
+        && crate::headers::list_has(&parts.headers, CONNECTION, "upgrade")
+        && crate::headers::list_has(&parts.headers, UPGRADE, "websocket");
     let mut keys = parts.headers.get_all(SEC_WEBSOCKET_KEY).iter();
     match (upgrade, keys.next(), keys.next()) {
         (true, Some(key), None) => Some(key.clone()),

@@ -220,13 +220,6 @@ pub fn downstream(
 /// `Connection: upgrade`, and `Sec-WebSocket-Accept` computed from the client's key.
 fn accepts_websocket(h: &http::HeaderMap, key: &HeaderValue) -> bool {
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    let has_token = |name: http::header::HeaderName, token: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key.as_bytes());
     ctx.update(GUID);
@@ -236,7 +229,9 @@ fn accepts_websocket(h: &http::HeaderMap, key: &HeaderValue) -> bool {
         (Some(a), None) => a.as_bytes() == expected.as_bytes(),
         _ => false,
     };
-    has_token(UPGRADE, "websocket") && has_token(CONNECTION, "upgrade") && accept_ok
+    headers::list_has(h, UPGRADE, "websocket")
+        && headers::list_has(h, CONNECTION, "upgrade")
+        && accept_ok
 }
 
 /// The `Sec-WebSocket-Protocol` marker the token came with, if it came that way.

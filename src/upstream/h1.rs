@@ -247,21 +247,19 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
     }
     let raw = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    let mut keep_alive = version == Version::HTTP_11;
     for &(n0, n1, v0, v1) in &spans[..count] {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
         let name = HeaderName::from_bytes(&raw[n0..n1]).map_err(|_| Error::Head("header name"))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
             .map_err(|_| Error::Head("header value"))?;
-        if name == CONNECTION && has_token(&value, "close") {
-            keep_alive = false;
-        }
         headers.append(name, value);
     }
-    if super::distrusted_framing(&headers) || super::body_may_follow(is_head, status, &headers) {
-        // Refused by the caller, or a body may come after all: never reused.
-        keep_alive = false;
-    }
+    // A response the caller refuses, or after which a body may come after all, leaves
+    // its connection unused.
+    let keep_alive = version == Version::HTTP_11
+        && !crate::headers::list_has(&headers, CONNECTION, "close")
+        && !super::distrusted_framing(&headers)
+        && !super::body_may_follow(is_head, status, &headers);
     let framing =
         if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Length(0)
@@ -286,16 +284,13 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
         } else {
             Framing::Close
         };
-    if framing == Framing::Close {
-        keep_alive = false;
-    }
     Ok(Parsed::Final(Head {
         status,
         version,
         reason,
         headers,
         framing,
-        keep_alive,
+        keep_alive: keep_alive && framing != Framing::Close,
     }))
 }
 
@@ -316,12 +311,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         }
     }
     found
-}
-
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 impl Head {

@@ -351,6 +351,16 @@ impl World {
     async fn entries(&self) -> Vec<jwtgate::revocation::Entry> {
         control_entries(&self.control).await
     }
+    /// An operator lifts the entry at `cursor` through the API.
+    async fn lift(&self, cursor: u64) -> Resp {
+        request(
+            self.control.addr,
+            "DELETE",
+            &format!("/v1/revocations/{cursor}"),
+            &[&format!("Authorization: Bearer {WRITER_KEY}")],
+        )
+        .await
+    }
     /// Wait until every gateway refuses `token` as revoked; how long that took.
     async fn refused_everywhere(&self, token: &str) -> Duration {
         let start = Instant::now();
@@ -583,14 +593,7 @@ async fn refused_and_replayed_sets_revoke_nothing() {
     assert_eq!(w.entries().await.len(), 1);
     // An operator lifts the revocation; the old SET, replayed after a restart, does not
     // bring it back.
-    let id = entries[0].cursor;
-    let r = request(
-        w.control.addr,
-        "DELETE",
-        &format!("/v1/revocations/{id}"),
-        &[&format!("Authorization: Bearer {WRITER_KEY}")],
-    )
-    .await;
+    let r = w.lift(entries[0].cursor).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(w.push(&set).await.status, 202);
     let lifted = |entries: Vec<jwtgate::revocation::Entry>| {
@@ -979,14 +982,7 @@ async fn remembered_ids_outlive_the_acceptance_window() {
         claims["iat"] = json!(now() + ahead);
         let set = w.sign(&claims);
         assert_eq!(w.push(&set).await.status, 202);
-        let id = w.entries().await[0].cursor;
-        let r = request(
-            w.control.addr,
-            "DELETE",
-            &format!("/v1/revocations/{id}"),
-            &[&format!("Authorization: Bearer {WRITER_KEY}")],
-        )
-        .await;
+        let r = w.lift(w.entries().await[0].cursor).await;
         assert_eq!(r.status, 200);
         let clock = &w.control.plane.clock;
         let store = &w.control.plane.store;
