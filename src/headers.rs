@@ -94,9 +94,24 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Drop hop-by-hop headers and every header a `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip_connection_named(headers);
-    for name in &HOP_BY_HOP {
+    // One pass over the few names a response carries (comparing a standard name is an
+    // enum compare) instead of a hashed removal per hop-by-hop name.
+    remove_where(headers, |k| HOP_BY_HOP.contains(k));
+}
+
+/// Remove every field whose name `doomed` picks. Nothing is allocated unless one is found.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let found: Vec<HeaderName> = headers.keys().filter(|k| doomed(k)).cloned().collect();
+    for name in found {
         headers.remove(name);
     }
+}
+
+/// Whether `name` (any case) is a hop-by-hop header, dropped at every hop anyway.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
 }
 
 /// Whether any `name` field's comma-separated list holds `token` (ASCII case ignored), as
@@ -110,34 +125,36 @@ pub fn list_has(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Drop every header a `Connection` header names.
+/// Drop every header a `Connection` header names. Names that are hop-by-hop anyway are
+/// left to the caller's hop-by-hop pass, so the usual `Connection: keep-alive` costs no
+/// allocation.
 fn strip_connection_named(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    if !headers.contains_key(CONNECTION) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !is_hop_by_hop(t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
 }
 
 /// Every name a request loses whatever the configuration: hop-by-hop, [`UNTRUSTED`], and
-/// the forwarding headers the gateway sets from what it saw. One lookup per header the
-/// request carries, instead of one removal per name on the list.
-static DROPPED: std::sync::LazyLock<std::collections::HashSet<HeaderName>> =
-    std::sync::LazyLock::new(|| {
-        HOP_BY_HOP
-            .iter()
-            .chain(&UNTRUSTED)
-            .chain(&[FORWARDED, X_FORWARDED_HOST, X_FORWARDED_PROTO])
-            .cloned()
-            .collect()
-    });
+/// the forwarding headers the gateway sets from what it saw. Compared in a pass over the
+/// request's few names: a standard name against a custom one is an enum compare, cheaper
+/// than hashing every name for a set.
+fn dropped(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || [FORWARDED, X_FORWARDED_HOST, X_FORWARDED_PROTO].contains(name)
+        || UNTRUSTED.contains(name)
+}
 
 /// A client-sent request id is kept when it is short and plain; otherwise replaced.
 fn well_formed_request_id(v: &HeaderValue) -> bool {
@@ -201,21 +218,16 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     // The client's view of the chain is not trusted either (the gateway is the edge), nor
     // any copy of an identity header, nor a name an upstream folding `_` into `-` would
     // read as one of those.
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            DROPPED.contains(*k)
-                || f.identity_names.contains(k)
-                || (k.as_str().contains('_')
-                    && (f.underscores != Underscores::Allow
-                        || f.identity_names.iter().any(|o| folds_into(k, o))
-                        || OWNED.iter().chain(&UNTRUSTED).any(|o| folds_into(k, o))))
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+    remove_where(headers, |k| {
+        dropped(k)
+            || f.identity_names.contains(k)
+            || (k.as_str().contains('_')
+                && (f.underscores != Underscores::Allow
+                    || f.identity_names.iter().any(|o| folds_into(k, o))
+                    || OWNED.iter().chain(&UNTRUSTED).any(|o| folds_into(k, o))))
+    });
+    // Room for what follows at once, instead of growing the table on the way.
+    headers.reserve(f.identity.len() + 6);
     for (name, value) in f.identity {
         headers.insert(name.clone(), value.clone());
     }

@@ -197,6 +197,25 @@ impl Authority {
             None => self.host.clone(),
         }
     }
+
+    /// Whether `value` is already this authority's canonical rendering (so it can be used
+    /// as is, without rendering a copy).
+    pub fn renders_as(&self, value: &[u8]) -> bool {
+        let Some(rest) = value.strip_prefix(self.host.as_bytes()) else {
+            return false;
+        };
+        match (self.port, rest) {
+            (None, rest) => rest.is_empty(),
+            (Some(port), rest) => rest.strip_prefix(b":").is_some_and(|digits| {
+                // No leading zero: `:080` is not the rendering of port 80.
+                !digits.starts_with(b"0")
+                    && std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| d.parse::<u16>().ok())
+                        == Some(port)
+            }),
+        }
+    }
 }
 
 /// Parse a `Host` / `:authority` value strictly (RFC 9110 §7.2, RFC 3986 §3.2.2): a
@@ -355,6 +374,12 @@ mod tests {
         for (raw, want) in ok {
             let a = parse_authority(raw.as_bytes()).unwrap_or_else(|| panic!("{raw}"));
             assert_eq!(a.render(), want, "{raw}");
+            // The client's own value is passed on only when it is the rendering.
+            assert_eq!(a.renders_as(raw.as_bytes()), raw == want, "{raw}");
+        }
+        let a = parse_authority(b"a:80").unwrap_or_else(|| panic!("a:80"));
+        for other in ["a:080", "a:8", "a:800", "a:", "a", "ab:80", "a:80 ", "A:80"] {
+            assert!(!a.renders_as(other.as_bytes()), "{other}");
         }
         for bad in [
             "", ":80", "a:b:c", "a:80:80", "user@a", "a/b", "a b", "a..b", ".a", "a.:80.", "a:",

@@ -140,7 +140,11 @@ fn admitted<'g>(
             std::borrow::Cow::Owned(p) => Some(p),
             std::borrow::Cow::Borrowed(_) => None,
         },
-        host: host.and_then(|a| HeaderValue::from_str(&a.render()).ok()),
+        // Usually the client's `Host` is canonical already and is passed on as it came.
+        host: host.and_then(|a| match parts.headers.get(HOST) {
+            Some(given) if a.renders_as(given.as_bytes()) => Some(given.clone()),
+            _ => HeaderValue::from_str(&a.render()).ok(),
+        }),
         websocket: websocket_key(parts),
         token,
         route_identity: Vec::new(),
