@@ -67,31 +67,46 @@ impl Clock {
 }
 
 /// A deadline that moves forward whenever there is activity: `poll_expired` reports when
-/// `idle` has passed since the last [`reset`](Self::reset). For body idle timeouts, polled
-/// from inside `poll_frame`.
+/// `idle` has passed, counted from the first wait after the last [`reset`](Self::reset).
+/// For body idle timeouts, polled from inside `poll_frame`. Lazy: a body whose frames are
+/// all ready when asked for (the usual response, read whole with its head) never reads the
+/// clock nor arms a timer; activity only marks the deadline, which moves when a wait starts.
 #[derive(Debug)]
 pub struct IdleDeadline {
     idle: Duration,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Armed at the first wait.
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Activity since the sleep was last set.
+    moved: bool,
 }
 
 impl IdleDeadline {
     pub fn new(idle: Duration) -> IdleDeadline {
         IdleDeadline {
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
+            moved: false,
         }
     }
 
-    /// Activity: the deadline moves to `idle` from now.
+    /// Activity: the next wait counts `idle` from its own start.
     pub fn reset(&mut self) {
-        let at = tokio::time::Instant::now() + self.idle;
-        self.sleep.as_mut().reset(at);
+        self.moved = true;
     }
 
-    /// Whether the deadline passed; registers the waker otherwise.
+    /// Whether `idle` passed since the wait began (or, after activity, since this wait
+    /// began); registers the waker otherwise.
     pub fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        self.sleep.as_mut().poll(cx).is_ready()
+        let idle = self.idle;
+        let moved = std::mem::take(&mut self.moved);
+        let fresh = self.sleep.is_none();
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if moved && !fresh {
+            sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+        }
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 

@@ -256,18 +256,22 @@ impl ConnState {
         }
     }
 
-    /// When to look again.
+    /// When to look again. Requests starting and ending do not wake the connection (only a
+    /// cancelled one does), so the look is never further off than the idle timeout or
+    /// twice the body timeout: a connection that turns idle meanwhile, or a response body
+    /// that starts meanwhile and stalls, is still cut on time.
     fn next_check(&self, d: Deadlines) -> Instant {
-        if self.bodies.load(Ordering::Acquire) > 0 {
-            return self.at(&self.body_progress_ms) + d.body * 2;
-        }
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Instant::now() + d.idle;
-        }
-        if self.requests.load(Ordering::Acquire) == 0 {
-            return self.started + d.header;
-        }
-        self.at(&self.idle_since_ms) + d.idle
+        let now = Instant::now();
+        let due = if self.bodies.load(Ordering::Acquire) > 0 {
+            self.at(&self.body_progress_ms) + d.body * 2
+        } else if self.in_flight.load(Ordering::Acquire) > 0 {
+            now + d.idle
+        } else if self.requests.load(Ordering::Acquire) == 0 {
+            self.started + d.header
+        } else {
+            self.at(&self.idle_since_ms) + d.idle
+        };
+        due.min(now + d.idle.min(d.body * 2))
     }
 
     /// Mark `stamp` now (ms since the connection started): no lock on the per-frame path.
@@ -361,13 +365,15 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if !self.responded {
-            self.state.cancelled.fetch_add(1, Ordering::AcqRel);
-        }
         if self.state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.state.mark(&self.state.idle_since_ms);
         }
-        self.state.wake.notify_one();
+        // Only a cancellation changes what the connection must decide now (rapid reset);
+        // idleness is found by the connection's own next look.
+        if !self.responded {
+            self.state.cancelled.fetch_add(1, Ordering::AcqRel);
+            self.state.wake.notify_one();
+        }
     }
 }
 
