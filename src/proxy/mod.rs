@@ -240,7 +240,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
         described: None,
     };
     let result = if let Some(asked) = &peer.forward_auth {
-        authz::decide(&gw, req, &peer, asked, &mut trace).await
+        // Boxed: forward-auth listeners alone pay for their future's size.
+        Box::pin(authz::decide(&gw, req, &peer, asked, &mut trace)).await
     } else {
         process(&gw, req, &peer, &mut trace).await
     };

@@ -28,6 +28,8 @@ use super::pool::Home;
 
 /// Headers in a response head, at most (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Hop-by-hop, like `Connection`: never passed on.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Bytes of a response head (with any 1xx before it), at most (hyper's default buffer).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Interim (1xx) responses skipped before the final one, at most.
@@ -247,17 +249,40 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
     }
     let raw = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    // `Connection` and `Keep-Alive` concern this hop alone: read here and, unless
+    // `Connection` names an end-to-end header the client must not get (left for the
+    // hop-by-hop pass to strip), never put in the response.
+    let (mut close, mut names_others) = (false, false);
     for &(n0, n1, v0, v1) in &spans[..count] {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
         let name = HeaderName::from_bytes(&raw[n0..n1]).map_err(|_| Error::Head("header name"))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
             .map_err(|_| Error::Head("header value"))?;
-        headers.append(name, value);
+        if name == CONNECTION {
+            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if !token.is_empty() && !crate::headers::is_hop_by_hop(token) {
+                    names_others = true;
+                }
+            }
+        } else if name != KEEP_ALIVE {
+            headers.append(name, value);
+        }
+    }
+    if names_others {
+        for &(n0, n1, v0, v1) in &spans[..count] {
+            if raw[n0 as usize..n1 as usize].eq_ignore_ascii_case(b"connection") {
+                let value = HeaderValue::from_maybe_shared(raw.slice(v0 as usize..v1 as usize))
+                    .map_err(|_| Error::Head("header value"))?;
+                headers.append(CONNECTION, value);
+            }
+        }
     }
     // A response the caller refuses, or after which a body may come after all, leaves
     // its connection unused.
     let keep_alive = version == Version::HTTP_11
-        && !crate::headers::list_has(&headers, CONNECTION, "close")
+        && !close
         && !super::distrusted_framing(&headers)
         && !super::body_may_follow(is_head, status, &headers);
     let framing =

@@ -166,7 +166,11 @@ impl Pool {
         if h1::eligible(&req) {
             return Ok(self.exchange(req).await?.map(UpstreamBody::Direct));
         }
-        Ok(self.send_hyper(req).await?.map(UpstreamBody::Hyper))
+        // Boxed: the request future every GET carries stays the size of the direct
+        // exchange (a future is copied at each level it is awaited through).
+        Ok(Box::pin(self.send_hyper(req))
+            .await?
+            .map(UpstreamBody::Hyper))
     }
 
     /// A GET or HEAD in this task; one its reused connection did not take (closed

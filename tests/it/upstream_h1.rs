@@ -48,6 +48,17 @@ fn answer(path: &str) -> Answer {
             usize::MAX,
             false,
         ),
+        // Hop-by-hop fields, and one `Connection` names, stay on the gateway's hop.
+        "named" => (
+            format!("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\nX-Internal: secret\r\nX-Kept: yes\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            7,
+            false,
+        ),
+        "close-listed" => (
+            format!("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nConnection: X-Other, CLOSE\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            usize::MAX,
+            false,
+        ),
         // A second response the gateway never asked for, right behind the first.
         "smuggle" => (
             format!("{}HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled", sized(&own)),
@@ -176,6 +187,8 @@ async fn every_framing_arrives_whole_and_reuse_follows_it() {
         // It announces 1000 bytes: the connection is not trusted to stay clean.
         ("head", "HEAD", "", false),
         ("close", "GET", "own:/close/1", false),
+        ("named", "GET", "own:/named/1", true),
+        ("close-listed", "GET", "own:/close-listed/1", false),
     ];
     for &(case, method, want, reused) in cases {
         let (up, accepted) = framing_upstream().await;
@@ -185,6 +198,18 @@ async fn every_framing_arrives_whole_and_reuse_follows_it() {
         assert_eq!(got.status, 200, "{case}");
         let body = got.body.unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(String::from_utf8_lossy(&body), want, "{case}");
+        for hop in ["connection", "keep-alive", "x-internal"] {
+            assert!(
+                !got.headers.contains_key(hop),
+                "{case}: {hop} reached the client"
+            );
+        }
+        if case == "named" {
+            assert_eq!(
+                got.headers.get("x-kept").map(|v| v.as_bytes()),
+                Some(&b"yes"[..])
+            );
+        }
         if case == "head" {
             assert_eq!(
                 got.headers.get("content-length").map(|v| v.as_bytes()),
