@@ -209,6 +209,7 @@ impl Authority {
             (Some(port), rest) => rest.strip_prefix(b":").is_some_and(|digits| {
                 // No leading zero: `:080` is not the rendering of port 80.
                 !digits.starts_with(b"0")
+                    && digits.iter().all(u8::is_ascii_digit)
                     && std::str::from_utf8(digits)
                         .ok()
                         .and_then(|d| d.parse::<u16>().ok())
@@ -378,7 +379,9 @@ mod tests {
             assert_eq!(a.renders_as(raw.as_bytes()), raw == want, "{raw}");
         }
         let a = parse_authority(b"a:80").unwrap_or_else(|| panic!("a:80"));
-        for other in ["a:080", "a:8", "a:800", "a:", "a", "ab:80", "a:80 ", "A:80"] {
+        for other in [
+            "a:080", "a:8", "a:800", "a:", "a", "ab:80", "a:80 ", "A:80", "a:+80",
+        ] {
             assert!(!a.renders_as(other.as_bytes()), "{other}");
         }
         for bad in [

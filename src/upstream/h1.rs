@@ -259,12 +259,16 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
         let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
             .map_err(|_| Error::Head("header value"))?;
         if name == CONNECTION {
-            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if !token.is_empty() && !crate::headers::is_hop_by_hop(token) {
-                    names_others = true;
-                }
+            // A value that is not plain text cannot be read for `close`: the connection is
+            // not trusted to stay open.
+            let Ok(list) = value.to_str() else {
+                close = true;
+                continue;
+            };
+            for token in list.split(',').map(str::trim) {
+                // `close` also names a field (RFC 9110 §7.6.1), stripped like any other.
+                close |= token.eq_ignore_ascii_case("close");
+                names_others |= !token.is_empty() && !crate::headers::is_hop_by_hop(token);
             }
         } else if name != KEEP_ALIVE {
             headers.append(name, value);

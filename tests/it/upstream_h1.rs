@@ -44,7 +44,7 @@ fn answer(path: &str) -> Answer {
         ),
         "head" => ("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".into(), usize::MAX, false),
         "close" => (
-            format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            format!("HTTP/1.1 200 OK\r\nConnection: close\r\nClose: internal\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
             usize::MAX,
             false,
         ),
@@ -55,7 +55,13 @@ fn answer(path: &str) -> Answer {
             false,
         ),
         "close-listed" => (
-            format!("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nConnection: X-Other, CLOSE\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            format!("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nConnection: X-Other, CLOSE\r\nClose: internal\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            usize::MAX,
+            false,
+        ),
+        // A `Connection` value that is not text cannot be read for `close`.
+        "unreadable" => (
+            format!("HTTP/1.1 200 OK\r\nConnection: keep-alive, \u{ff}\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
             usize::MAX,
             false,
         ),
@@ -189,6 +195,7 @@ async fn every_framing_arrives_whole_and_reuse_follows_it() {
         ("close", "GET", "own:/close/1", false),
         ("named", "GET", "own:/named/1", true),
         ("close-listed", "GET", "own:/close-listed/1", false),
+        ("unreadable", "GET", "own:/unreadable/1", false),
     ];
     for &(case, method, want, reused) in cases {
         let (up, accepted) = framing_upstream().await;
@@ -198,7 +205,7 @@ async fn every_framing_arrives_whole_and_reuse_follows_it() {
         assert_eq!(got.status, 200, "{case}");
         let body = got.body.unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(String::from_utf8_lossy(&body), want, "{case}");
-        for hop in ["connection", "keep-alive", "x-internal"] {
+        for hop in ["connection", "keep-alive", "x-internal", "close"] {
             assert!(
                 !got.headers.contains_key(hop),
                 "{case}: {hop} reached the client"
