@@ -23,7 +23,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// authorized (Symfony, Laravel, Spring, IIS, Express method-override, …), and
 /// client-address headers whose only trustworthy source is the gateway. Dropped from every
 /// request.
-const UNTRUSTED: [HeaderName; 29] = [
+static UNTRUSTED: [HeaderName; 29] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-original-uri"),
@@ -56,7 +56,7 @@ const UNTRUSTED: [HeaderName; 29] = [
 ];
 
 /// Headers the gateway sets itself.
-const OWNED: [HeaderName; 6] = [
+static OWNED: [HeaderName; 6] = [
     FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -80,7 +80,7 @@ fn folds_into(name: &HeaderName, owned: &HeaderName) -> bool {
 }
 
 /// RFC 9110 §7.6.1 plus the de-facto ones.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -146,14 +146,15 @@ fn strip_connection_named(headers: &mut HeaderMap) {
     }
 }
 
+/// The forwarding headers the gateway sets from what it saw, besides `X-Forwarded-For`.
+static SET_FROM_SEEN: [HeaderName; 3] = [FORWARDED, X_FORWARDED_HOST, X_FORWARDED_PROTO];
+
 /// Every name a request loses whatever the configuration: hop-by-hop, [`UNTRUSTED`], and
 /// the forwarding headers the gateway sets from what it saw. Compared in a pass over the
 /// request's few names: a standard name against a custom one is an enum compare, cheaper
 /// than hashing every name for a set.
 fn dropped(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || [FORWARDED, X_FORWARDED_HOST, X_FORWARDED_PROTO].contains(name)
-        || UNTRUSTED.contains(name)
+    HOP_BY_HOP.contains(name) || SET_FROM_SEEN.contains(name) || UNTRUSTED.contains(name)
 }
 
 /// A client-sent request id is kept when it is short and plain; otherwise replaced.

@@ -29,7 +29,7 @@ use super::pool::Home;
 /// Headers in a response head, at most (hyper's default).
 const MAX_HEADERS: usize = 100;
 /// Hop-by-hop, like `Connection`: never passed on.
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Bytes of a response head (with any 1xx before it), at most (hyper's default buffer).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Interim (1xx) responses skipped before the final one, at most.
