@@ -393,3 +393,43 @@ async fn token_cache_is_bounded_in_bytes() {
     let (entries, _) = gw.gateway.verifier.cache_usage();
     assert!(entries <= 50, "{entries} entries past max_entries 50");
 }
+
+/// A verification that checked a signature yields once before it returns: the other
+/// connections ready on the same worker verify too, and their forwards leave together (the
+/// upstream's core is woken once per batch, not once per request). A cache hit does not wait.
+#[tokio::test]
+async fn cold_verifications_are_forwarded_together() {
+    let s = setup().await;
+    let v = &s.gw.gateway.verifier;
+    let signer = Signer::new("ec256.pem", Algorithm::ES256, "es256");
+    let tokens = [
+        signer.mint(&claims(&s.idp.url)),
+        signer.mint(&claims(&s.idp.url)),
+    ];
+    let log = std::sync::Mutex::new(Vec::new());
+    let step = |t: &'static str| log.lock().expect("log").push(t);
+    let one = |token: &'static str, name: [&'static str; 2]| {
+        let step = &step;
+        async move {
+            step(name[0]);
+            let verified = v.verify(token, &[0], now()).await;
+            assert!(verified.is_ok(), "{:?}", verified.err());
+            step(name[1]);
+        }
+    };
+    let [a, b] = tokens.map(|t| &*Box::leak(t.into_boxed_str()));
+    // (`join!` may poll either first; what matters is where the outs fall.)
+    tokio::join!(one(a, ["a in", "a out"]), one(b, ["b in", "b out"]));
+    let seen = std::mem::take(&mut *log.lock().expect("log"));
+    assert!(
+        seen[..2].iter().all(|t| t.ends_with(" in")) && seen.len() == 4,
+        "cold: both verify before either is forwarded: {seen:?}"
+    );
+    // The same tokens again: cache hits return at once.
+    tokio::join!(one(a, ["a in", "a out"]), one(b, ["b in", "b out"]));
+    let seen = std::mem::take(&mut *log.lock().expect("log"));
+    assert!(
+        seen[1].ends_with(" out") && seen[1][..1] == seen[0][..1],
+        "cache hits: no wait: {seen:?}"
+    );
+}
