@@ -150,7 +150,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    let code = match cli.command {
         Command::Check { config } => check(&config),
         Command::Control { config } => runtime.block_on(jwtgate::app::run_control(&config)),
         Command::Revoke(args) => {
@@ -224,11 +224,15 @@ fn main() -> ExitCode {
         Command::Dev { port, bind } => match runtime.block_on(jwtgate::dev::run(bind, port)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
+                jwtgate::logging::flush();
                 eprintln!("jwtgate dev: {e:#}");
                 ExitCode::FAILURE
             }
         },
-    }
+    };
+    // Log lines held in the buffer (see `logging`) reach stderr before the process ends.
+    jwtgate::logging::flush();
+    code
 }
 
 /// The status `url` (plain http: the admin and control listeners) answers a GET with,

@@ -232,8 +232,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
     let start = Instant::now();
     let method = req.method().clone();
     // Only an access line that will be written pays for a copy of the path.
-    let path = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO)
-        .then(|| req.uri().path().to_owned());
+    let access = tracing::enabled!(target: "jwtgate::access", tracing::Level::INFO);
+    let path = access.then(|| req.uri().path().to_owned());
     let mut trace = Trace {
         route: None,
         request_id: headers::request_id(req.headers()),
@@ -260,28 +260,77 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
     series.count(reason);
     let elapsed = start.elapsed();
     series.duration.observe(elapsed.as_secs_f64());
-    let route = trace.route.map(|i| &gw.config.routes[i]);
-    tracing::info!(
-        target: "jwtgate::access",
-        request_id = trace.request_id.to_str().unwrap_or("-"),
-        client = %peer.addr.ip(),
-        method = trace.described.as_ref().map_or(method.as_str(), |(m, _)| m.as_str()),
-        path = trace
-            .described
-            .as_ref()
-            .map(|(_, p)| p.as_str())
-            .or(path.as_deref()),
-        route = route.map_or(NO_ROUTE, |r| r.name.as_str()),
-        upstream = route
-            .filter(|_| peer.forward_auth.is_none())
-            .map(|r| gw.upstreams[r.upstream].name.as_str()),
-        status = resp.status().as_u16(),
-        outcome = reason.outcome().as_str(),
-        reason = reason.as_str(),
-        bytes = http_body::Body::size_hint(resp.body()).exact(),
-        duration_us = elapsed.as_micros() as u64,
-    );
+    if access {
+        access_line(
+            &gw,
+            &trace,
+            &peer,
+            &method,
+            path.as_deref(),
+            reason,
+            &resp,
+            elapsed,
+        );
+    }
     resp
+}
+
+/// The request's access line: built straight into the log buffer when the logs are JSON
+/// (`tracing`'s JSON formatter would cost more than the rest of a cache hit), through
+/// `tracing` otherwise. Same fields, same order either way.
+#[allow(clippy::too_many_arguments)]
+fn access_line(
+    gw: &Gateway,
+    trace: &Trace,
+    peer: &Peer,
+    method: &http::Method,
+    path: Option<&str>,
+    reason: Reason,
+    resp: &Response<Body>,
+    elapsed: std::time::Duration,
+) {
+    let route = trace.route.map(|i| &gw.config.routes[i]);
+    let request_id = trace.request_id.to_str().unwrap_or("-");
+    let method = trace
+        .described
+        .as_ref()
+        .map_or(method.as_str(), |(m, _)| m.as_str());
+    let path = trace.described.as_ref().map(|(_, p)| p.as_str()).or(path);
+    let route_name = route.map_or(NO_ROUTE, |r| r.name.as_str());
+    let upstream = route
+        .filter(|_| peer.forward_auth.is_none())
+        .map(|r| gw.upstreams[r.upstream].name.as_str());
+    let bytes = http_body::Body::size_hint(resp.body()).exact();
+    let duration_us = elapsed.as_micros() as u64;
+    let Some(mut line) = crate::logging::JsonLine::info() else {
+        tracing::info!(
+            target: "jwtgate::access",
+            request_id,
+            client = %peer.addr.ip(),
+            method,
+            path,
+            route = route_name,
+            upstream,
+            status = resp.status().as_u16(),
+            outcome = reason.outcome().as_str(),
+            reason = reason.as_str(),
+            bytes,
+            duration_us,
+        );
+        return;
+    };
+    line.str("request_id", request_id)
+        .ip("client", peer.addr.ip())
+        .str("method", method)
+        .opt_str("path", path)
+        .str("route", route_name)
+        .opt_str("upstream", upstream)
+        .u64("status", u64::from(resp.status().as_u16()))
+        .str("outcome", reason.outcome().as_str())
+        .str("reason", reason.as_str())
+        .opt_u64("bytes", bytes)
+        .u64("duration_us", duration_us);
+    line.finish("jwtgate::access");
 }
 
 /// The request path in its phases; a refusal at any step is a [`Reject`].
