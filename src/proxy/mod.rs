@@ -275,9 +275,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Peer) -> Res
     resp
 }
 
-/// The request's access line: built straight into the log buffer when the logs are JSON
-/// (`tracing`'s JSON formatter would cost more than the rest of a cache hit), through
-/// `tracing` otherwise. Same fields, same order either way.
+/// The request's access line: built straight into the log buffer when the subscriber is
+/// this crate's (`tracing`'s formatter would cost more than the rest of a cache hit), through
+/// `tracing` otherwise. Same bytes either way.
 #[allow(clippy::too_many_arguments)]
 fn access_line(
     gw: &Gateway,
@@ -302,7 +302,7 @@ fn access_line(
         .map(|r| gw.upstreams[r.upstream].name.as_str());
     let bytes = http_body::Body::size_hint(resp.body()).exact();
     let duration_us = elapsed.as_micros() as u64;
-    let Some(mut line) = crate::logging::JsonLine::info() else {
+    let Some(mut line) = crate::logging::EventLine::info("jwtgate::access") else {
         tracing::info!(
             target: "jwtgate::access",
             request_id,
@@ -330,7 +330,7 @@ fn access_line(
         .str("reason", reason.as_str())
         .opt_u64("bytes", bytes)
         .u64("duration_us", duration_us);
-    line.finish("jwtgate::access");
+    line.finish();
 }
 
 /// The request path in its phases; a refusal at any step is a [`Reject`].
