@@ -24,6 +24,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub const HOLD_BYTES: usize = 32 * 1024;
 
 static HELD: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// Taken before [`HELD`] by whoever writes to stderr, so batches leave in the order they
+/// were taken. It holds the buffer a batch is swapped into: appending a line never waits
+/// for a write.
+static WRITING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// Set when no flusher thread could start: then every line is written at once.
 static UNBUFFERED: AtomicBool = AtomicBool::new(false);
 /// The shape of this module's subscriber, so [`EventLine`] can write lines of that shape
@@ -63,14 +67,51 @@ pub fn init(cfg: &LogConfig) {
 
 /// Write whatever lines are held to stderr.
 pub fn flush() {
-    write_out(&mut HELD.lock().unwrap_or_else(PoisonError::into_inner));
+    write_held(&mut lock(&WRITING));
 }
 
-fn write_out(held: &mut Vec<u8>) {
-    if !held.is_empty() {
+/// Flushes the held lines when dropped: the first binding of `main`, so that they are
+/// written after everything else ends, a panic that unwinds out of `main` included.
+pub struct FlushOnExit;
+
+impl Drop for FlushOnExit {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
+fn lock(m: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Hold `line`; write the batch now if the line is urgent or the batch is full.
+fn hold(line: &[u8], urgent: bool) {
+    if urgent || UNBUFFERED.load(Ordering::Relaxed) {
+        let mut out = lock(&WRITING);
+        lock(&HELD).extend_from_slice(line);
+        write_held(&mut out);
+        return;
+    }
+    let full = {
+        let mut held = lock(&HELD);
+        held.extend_from_slice(line);
+        held.len() >= HOLD_BYTES
+    };
+    // A write under way takes this batch's lines with it, or the next flush does.
+    if full {
+        if let Ok(mut out) = WRITING.try_lock() {
+            write_held(&mut out);
+        }
+    }
+}
+
+/// Swap the held lines into `out` (the [`WRITING`] buffer, empty) and write them.
+fn write_held(out: &mut Vec<u8>) {
+    std::mem::swap(&mut *lock(&HELD), out);
+    if !out.is_empty() {
         // Nowhere left to report a failed write of the log itself.
-        let _ = std::io::stderr().lock().write_all(held);
-        held.clear();
+        let _ = std::io::stderr().lock().write_all(out);
+        out.clear();
     }
 }
 
@@ -89,8 +130,21 @@ fn start_flusher() {
     }
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if let Ok(mut held) = HELD.try_lock() {
-            write_out(&mut held);
+        // Bounded: the panicking thread may itself be the one writing.
+        for _ in 0..50 {
+            match WRITING.try_lock() {
+                Ok(mut out) => {
+                    write_held(&mut out);
+                    break;
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    write_held(&mut p.into_inner());
+                    break;
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
         }
         report(info);
     }));
@@ -120,11 +174,7 @@ struct Line {
 
 impl Write for Line {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
-        held.extend_from_slice(line);
-        if self.urgent || held.len() >= HOLD_BYTES {
-            write_out(&mut held);
-        }
+        hold(line, self.urgent);
         Ok(line.len())
     }
 
@@ -265,12 +315,7 @@ impl EventLine {
 
     /// End the line and hand it to the buffer.
     pub fn finish(self) {
-        let line = self.end();
-        let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
-        held.extend_from_slice(&line);
-        if held.len() >= HOLD_BYTES || UNBUFFERED.load(Ordering::Relaxed) {
-            write_out(&mut held);
-        }
+        hold(&self.end(), false);
     }
 }
 

@@ -139,6 +139,9 @@ struct RevokeArgs {
 }
 
 fn main() -> ExitCode {
+    // Log lines held in the buffer (see `logging`) reach stderr before the process ends:
+    // dropped last, after the runtime.
+    let _flush_logs = jwtgate::logging::FlushOnExit;
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -150,7 +153,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match cli.command {
+    match cli.command {
         Command::Check { config } => check(&config),
         Command::Control { config } => runtime.block_on(jwtgate::app::run_control(&config)),
         Command::Revoke(args) => {
@@ -229,10 +232,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-    };
-    // Log lines held in the buffer (see `logging`) reach stderr before the process ends.
-    jwtgate::logging::flush();
-    code
+    }
 }
 
 /// The status `url` (plain http: the admin and control listeners) answers a GET with,
