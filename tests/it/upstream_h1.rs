@@ -19,12 +19,14 @@ use crate::support::*;
 fn answer(path: &str) -> Answer {
     let case = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let own = format!("own:{path}");
-    let sized = |body: &str| {
+    // A 200 with `fields` (each ending in CRLF) before its `Content-Length`.
+    let with = |fields: &str, body: &str| {
         format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\n{fields}Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
     };
+    let sized = |body: &str| with("", body);
     let (raw, piece, close) = match case {
         "sized" => (sized(&own), 3, false),
         "chunked" => (
@@ -44,24 +46,24 @@ fn answer(path: &str) -> Answer {
         ),
         "head" => ("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".into(), usize::MAX, false),
         "close" => (
-            format!("HTTP/1.1 200 OK\r\nConnection: close\r\nClose: internal\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            with("Connection: close\r\nClose: internal\r\n", &own),
             usize::MAX,
             false,
         ),
         // Hop-by-hop fields, and one `Connection` names, stay on the gateway's hop.
         "named" => (
-            format!("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\nX-Internal: secret\r\nX-Kept: yes\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            with("Connection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\nX-Internal: secret\r\nX-Kept: yes\r\n", &own),
             7,
             false,
         ),
         "close-listed" => (
-            format!("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nConnection: X-Other, CLOSE\r\nClose: internal\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            with("Connection: Keep-Alive\r\nConnection: X-Other, CLOSE\r\nClose: internal\r\n", &own),
             usize::MAX,
             false,
         ),
         // A `Connection` value that is not text cannot be read for `close`.
         "unreadable" => (
-            format!("HTTP/1.1 200 OK\r\nConnection: keep-alive, \u{ff}\r\nContent-Length: {}\r\n\r\n{own}", own.len()),
+            with("Connection: keep-alive, \u{ff}\r\n", &own),
             usize::MAX,
             false,
         ),
