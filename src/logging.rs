@@ -185,9 +185,9 @@ impl Write for Line {
 
 /// An INFO line in the installed subscriber's shape, built without `tracing`'s formatter:
 /// for the access line, written once per request, where that formatter costs 18,700
-/// (text) to 26,300 (JSON) instructions: 45–63 % of what the rest of a cache hit costs (42,000). The
-/// caller checks that the event is enabled, as for any event. Lines are byte for byte what
-/// the subscriber writes:
+/// (text) to 26,300 (JSON) instructions: 45–63 % of what the rest of a cache hit costs
+/// (42,000). The caller checks that the event is enabled, as for any event. Lines are byte
+/// for byte what the subscriber writes:
 ///
 /// - JSON: `{"timestamp":"…","level":"INFO","k":"v",…,"target":"…"}`
 /// - text: `… ␣INFO target: k="v" ip=10.0.0.1 n=3` (strings quoted and escaped as `{:?}`)
